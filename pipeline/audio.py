@@ -6,6 +6,7 @@ used, when installed, for anything else. A GPU install with a matching torchaudi
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,14 +43,19 @@ def probe(data: bytes) -> sf._SoundFileInfo:
     try:
         return sf.info(io.BytesIO(data))
     except Exception as e:  # libsndfile raises several types
-        raise AudioError(f"not a readable audio file: {e}") from None
+        raise AudioError(f"not a readable audio file: {_reason(e)}") from None
 
 
-def _decode_pyav(data: bytes) -> Audio:
+def _reason(e: Exception) -> str:
+    """libsndfile's message without the object repr it starts with."""
+    return re.sub(r"^Error opening <[^>]*>: ", "", str(e)).strip()
+
+
+def _decode_pyav(data: bytes, reason: str) -> Audio:
     try:
         import av  # optional dependency
     except ImportError:
-        raise AudioError("format not supported by libsndfile and PyAV is not installed") from None
+        raise AudioError(f"not a readable audio file ({reason}; PyAV not installed for other formats)") from None
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.audio[0]
@@ -73,14 +79,14 @@ def decode(data: bytes, max_duration_s: float | None = None) -> Audio:
         raise AudioError("empty file (0 bytes)")
     try:
         info = sf.info(io.BytesIO(data))
-    except Exception:
-        return _validate(_decode_pyav(data), max_duration_s)
+    except Exception as e:
+        return _validate(_decode_pyav(data, _reason(e)), max_duration_s)
     if max_duration_s is not None and info.frames / max(info.samplerate, 1) > max_duration_s:
         raise AudioError(f"recording is {info.frames / info.samplerate:.0f} s, over the limit of {max_duration_s:.0f} s")
     try:
         arr, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"truncated or corrupt audio data: {e}") from None
+        raise AudioError(f"truncated or corrupt audio data: {_reason(e)}") from None
     return _validate(Audio(np.ascontiguousarray(arr.T), int(rate)), max_duration_s)
 
 

@@ -130,6 +130,11 @@ def split_segments(row: dict) -> list[np.ndarray]:
     return [row["audio"][off[i]: off[i + 1]] for i in range(len(off) - 1)]
 
 
+def _text(v) -> str | None:
+    """Ray hands missing strings over as None or NaN; normalise to None."""
+    return v if isinstance(v, str) else None
+
+
 class Prepare:
     """``map_batches`` callable: decode and segment a batch of recordings (pandas-free dict-of-lists batches)."""
 
@@ -138,5 +143,5 @@ class Prepare:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["recording_id"])
-        rows = [prepare_recording({k: batch[k][i] for k in batch}, self.cfg) for i in range(n)]
+        rows = [prepare_recording({k: _text(batch[k][i]) for k in batch}, self.cfg) for i in range(n)]
         return {k: [r[k] for r in rows] for k in PREPARED_COLUMNS}
