@@ -1,0 +1,38 @@
+"""Connecting to Ray: a running cluster (``ray job submit``, ``RAY_ADDRESS``) or an embedded local instance."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
+    """Join the cluster at ``address`` / ``RAY_ADDRESS`` if any, else start a local Ray.
+
+    Locally, Ray gets at least 4 logical CPUs: on 2-core machines an actor pool of whole-CPU actors next to a
+    streaming producer otherwise deadlocks silently (DESIGN.md §4); the logical count only shapes scheduling.
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "EMOQ_CACHE", "VLLM_CPU_KVCACHE_SPACE")
+                        if k in os.environ}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "emoq-ray"))
+    ncpu = num_cpus or max(4, os.cpu_count() or 1)
+    kwargs = {"num_cpus": ncpu, "include_dashboard": False, "runtime_env": env}
+    if object_store_mb:
+        kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
+    ray.init(**kwargs)
+
+
+def limit_object_store(max_bytes: int | None) -> None:
+    """Cap the object-store memory the streaming executor may use, so memory stays flat on large inputs."""
+    if not max_bytes:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=max_bytes)
