@@ -135,13 +135,8 @@ def _text(v) -> str | None:
     return v if isinstance(v, str) else None
 
 
-class Prepare:
-    """``map_batches`` callable: decode and segment a batch of recordings (pandas-free dict-of-lists batches)."""
-
-    def __init__(self, cfg: PrepareConfig):
-        self.cfg = cfg
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["recording_id"])
-        rows = [prepare_recording({k: _text(batch[k][i]) for k in batch}, self.cfg) for i in range(n)]
-        return {k: [r[k] for r in rows] for k in PREPARED_COLUMNS}
+def prepare_batch(batch: dict, cfg: PrepareConfig) -> dict:
+    """``map_batches`` function: decode and segment a batch of recordings (numpy dict-of-columns batches)."""
+    n = len(batch["recording_id"])
+    rows = [prepare_recording({k: _text(batch[k][i]) for k in batch}, cfg) for i in range(n)]
+    return {k: [r[k] for r in rows] for k in PREPARED_COLUMNS}

@@ -129,29 +129,24 @@ def summarize(out_uri: str) -> pa.Table:
     return summary
 
 
-class WriteParts:
-    """``map_batches`` callable: write one atomic part file per batch of labelled recordings.
+def write_parts(batch: dict, out_uri: str, labels: list[str], model_id: str) -> dict:
+    """``map_batches`` function: write one atomic part file per batch of labelled recordings.
 
     Returns one small row per recording (for the driver's report), so nothing large flows back to the driver.
     """
-
-    def __init__(self, out_uri: str, labels: list[str], model_id: str):
-        self.out_uri, self.labels, self.model_id = out_uri, list(labels), model_id
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["recording_id"])
-        recs = [{k: batch[k][i] for k in batch} for i in range(n)]
-        for r in recs:  # Ray may hand missing strings over as NaN
-            for k in ("error", "channel_names", "seg_transcript", "path"):
-                r[k] = r.get(k) if isinstance(r.get(k), str) else None
-        rows = [r for rec in recs for r in segment_rows(rec, self.labels, self.model_id)]
-        if rows:
-            hint = "\n".join(sorted(str(r["recording_id"]) for r in recs)).encode()
-            write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(self.out_uri), hint)
-        return {
-            "recording_id": [r["recording_id"] for r in recs],
-            "num_segments": [len(r["seg_start_s"]) for r in recs],
-            "duration_s": [float(r["duration_s"]) if r.get("duration_s") is not None else float("nan") for r in recs],
-            "speech_s": [float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) for r in recs],
-            "error": [r["error"] for r in recs],
-        }
+    n = len(batch["recording_id"])
+    recs = [{k: batch[k][i] for k in batch} for i in range(n)]
+    for r in recs:  # Ray may hand missing strings over as NaN
+        for k in ("error", "channel_names", "seg_transcript", "path"):
+            r[k] = r.get(k) if isinstance(r.get(k), str) else None
+    rows = [r for rec in recs for r in segment_rows(rec, labels, model_id)]
+    if rows:
+        hint = "\n".join(sorted(str(r["recording_id"]) for r in recs)).encode()
+        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri), hint)
+    return {
+        "recording_id": [r["recording_id"] for r in recs],
+        "num_segments": [len(r["seg_start_s"]) for r in recs],
+        "duration_s": [float(r["duration_s"]) if r.get("duration_s") is not None else float("nan") for r in recs],
+        "speech_s": [float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) for r in recs],
+        "error": [r["error"] for r in recs],
+    }

@@ -1,0 +1,57 @@
+"""vLLM labeling stage: soft prompts in, one label per segment out (restricted to the label set, with the
+per-label probabilities from the same decode step and the chosen label's probability as confidence).
+
+``ray.data.llm`` cannot take prompt embeddings, so this is a callable class around ``vllm.LLM`` for
+``map_batches`` (one engine per actor; ``num_gpus`` / tensor parallelism from the job config on GPU clusters).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from pipeline.stages import _cols, _rows
+
+
+class LabelWithVLLM:
+    def __init__(self, bundle_dir: str, mode: str = "tokens", use_merged: bool | None = None,
+                 engine_overrides: dict | None = None):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        from emoq_model.bundle import read_meta
+        from emoq_model.serving import engine_kwargs, lora_request
+
+        meta = read_meta(bundle_dir)
+        self.labels = list(meta["labels"])
+        self.label_ids = list(meta["label_token_ids"])
+        self.mode = mode
+        kw = engine_kwargs(bundle_dir, use_merged=use_merged, **(engine_overrides or {}))
+        self.llm = LLM(**kw)
+        self.lora = None if not kw.get("enable_lora") else lora_request(bundle_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        from emoq_model.serving import classify
+
+        rows = _rows(batch)
+        prompts, owner = [], []
+        for r, row in enumerate(rows):
+            emb, off = row["prompt_embeds"], row["prompt_offsets"]
+            for s in range(len(off) - 1):
+                prompts.append(torch.from_numpy(np.ascontiguousarray(emb[off[s]:off[s + 1]])))
+                owner.append(r)
+        n_lab = len(self.labels)
+        if prompts:
+            scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
+            names = scores.labels(self.labels)
+        for r, row in enumerate(rows):
+            idx = [i for i, o in enumerate(owner) if o == r]
+            row["labels"] = [names[i] for i in idx]
+            row["confidence"] = np.array([scores.confidence[i] for i in idx], np.float32)
+            row["probabilities"] = (np.stack([scores.probs[i] for i in idx]).astype(np.float32) if idx
+                                    else np.zeros((0, n_lab), np.float32))
+            row.pop("prompt_embeds", None)
+            row.pop("prompt_offsets", None)
+        keys = [k for k in rows[0]] if rows else []
+        return _cols(rows, keys)

@@ -1,0 +1,92 @@
+"""Model stages of the labeling pipeline as Ray Data ``map_batches`` callables (one instance per actor).
+
+:class:`EncodePrompts` runs the frozen speech encoder and the EmoQ-Former on every segment of a batch of prepared
+recordings and builds the soft prompts with the model package's one prompt function; :class:`LabelWithVLLM`
+(``pipeline.labeler``) turns those into labels. Both keep recordings whole: one row in, one row out.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from pipeline.prepare import split_segments
+
+
+def _rows(batch: dict) -> list[dict]:
+    n = len(batch["recording_id"])
+    return [{k: batch[k][i] for k in batch} for i in range(n)]
+
+
+def _cols(rows: list[dict], keys) -> dict:
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def length_batches(lengths: list[int], max_items: int, max_samples: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted), bounded by items and padded samples."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) >= max_items or lengths[i] * (len(cur) + 1) > max_samples):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+class EncodePrompts:
+    """Speech encoder + EmoQ-Former + soft-prompt construction for every segment of each recording.
+
+    Output per recording: ``prompt_embeds`` (all segments' ``[T_i, H]`` prompts stacked, float32 or the LLM's
+    dtype) and ``prompt_offsets`` (``n_segments + 1`` row offsets). The raw ``audio`` column is dropped.
+    """
+
+    def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
+                 max_batch_seconds: float = 240.0, num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        from emoq_model.bundle import load_bundle
+
+        self.front = load_bundle(bundle_dir, device=device, load_llm=False, with_encoder=True)
+        self.sample_rate = self.front.encoder.sample_rate
+        self.max_items = max_batch_segments
+        self.max_samples = int(max_batch_seconds * self.sample_rate)
+
+    @torch.inference_mode()
+    def encode(self, waves: list[np.ndarray], transcripts: list[str | None]) -> list[torch.Tensor]:
+        """Prompt embeddings ``[T_i, H]`` per segment, in input order."""
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        for idx in length_batches([len(w) for w in waves], self.max_items, self.max_samples):
+            texts = [transcripts[i] for i in idx]
+            batch = self.front.batch_from_audio([waves[i] for i in idx],
+                                                transcripts=texts if any(texts) else None)
+            for i, e in zip(idx, self.front.prompt_embeds(batch).embeds):
+                out[i] = e.float().cpu()
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        rows = _rows(batch)
+        waves, owner, texts = [], [], []
+        for r, row in enumerate(rows):
+            segs = split_segments(row) if row.get("seg_offsets") is not None else []
+            tx = json.loads(row["seg_transcript"]) if isinstance(row.get("seg_transcript"), str) else []
+            for s, w in enumerate(segs):
+                waves.append(w)
+                owner.append(r)
+                texts.append(tx[s] if s < len(tx) else None)
+        embeds = self.encode(waves, texts) if waves else []
+        hidden = int(self.front.embed.embedding_dim)
+        per_rec: list[list[torch.Tensor]] = [[] for _ in rows]
+        for r, e in zip(owner, embeds):
+            per_rec[r].append(e)
+        for row, es in zip(rows, per_rec):
+            lengths = [e.shape[0] for e in es]
+            row["prompt_embeds"] = (torch.cat(es).numpy() if es else np.zeros((0, hidden), np.float32))
+            row["prompt_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            row.pop("audio", None)
+        keys = [k for k in rows[0] if k != "audio"] if rows else []
+        return _cols(rows, keys)
