@@ -1,0 +1,105 @@
+"""Label emotions in a corpus of recordings: folders, globs, audio files or manifests → Parquet.
+
+    ray job submit --working-dir . -- python jobs/label_corpus.py /data/calls --bundle /models/emoq --output /out
+    python jobs/label_corpus.py calls.csv --bundle runs/demo/bundle --output out/   # embedded local Ray
+
+Reruns on the same ``--output`` resume: recordings already written are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.label_job import LabelJobConfig, StageResources, run  # noqa: E402
+from pipeline.prepare import PrepareConfig  # noqa: E402
+from pipeline.segment import VADConfig  # noqa: E402
+
+
+def _engine_kv(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        k, _, v = it.partition("=")
+        if not k or not _:
+            raise SystemExit(f"--engine expects key=value, got {it!r}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="+", help="folders, globs, audio files or manifests (.csv/.jsonl/.parquet)")
+    ap.add_argument("--bundle", required=True, help="trained EmoQ bundle directory")
+    ap.add_argument("--output", required=True, help="output directory (local path or pyarrow URI)")
+    ap.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else embedded local Ray)")
+    ap.add_argument("--batch-recordings", type=int, default=8)
+    ap.add_argument("--encode-actors", type=int, default=1)
+    ap.add_argument("--encode-cpus", type=float, default=1.0)
+    ap.add_argument("--encode-gpus", type=float, default=0.0)
+    ap.add_argument("--label-actors", type=int, default=1)
+    ap.add_argument("--label-cpus", type=float, default=1.0)
+    ap.add_argument("--label-gpus", type=float, default=0.0)
+    ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
+    ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
+    ap.add_argument("--max-channels", type=int, default=4)
+    ap.add_argument("--min-speech", type=float, default=0.3)
+    ap.add_argument("--max-segment", type=float, default=12.0)
+    ap.add_argument("--min-gap", type=float, default=0.35)
+    ap.add_argument("--vllm-mode", choices=("tokens", "choice"), default="tokens")
+    ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
+    ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 gpu_memory_utilization=0.9")
+    ap.add_argument("--object-store-mb", type=int, default=1024)
+    ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
+    return ap.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
+    vad = VADConfig(min_speech_s=a.min_speech, max_segment_s=a.max_segment, min_gap_s=a.min_gap)
+    engine = {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, **_engine_kv(a.engine)}
+    return LabelJobConfig(
+        inputs=list(a.inputs), output=a.output, bundle=a.bundle,
+        prepare=PrepareConfig(max_duration_s=a.max_duration, max_channels=a.max_channels, vad=vad),
+        batch_recordings=a.batch_recordings,
+        encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus),
+        label=StageResources(a.label_actors, a.label_cpus, a.label_gpus),
+        device=a.device, vllm_mode=a.vllm_mode, use_merged=True if a.merged else None, engine=engine,
+        object_store_limit_mb=a.object_store_mb, resume=not a.no_resume)
+
+
+def print_report(report: dict) -> None:
+    import pyarrow.parquet as pq
+
+    print(f"\nLabeled {report['labeled']} recordings ({report['segments']} segments, "
+          f"{report['audio_hours']:.3f} h of audio) in {report['wall_s']:.1f} s "
+          f"= {report['audio_s_per_s']:.1f} audio s/s; {report['failed']} failed, "
+          f"{report['already_done']} already done.")
+    print(f"Segments: {report['segments_dir']}\nSummary:  {report['summary']}")
+    summary = pq.read_table(report["summary"]).to_pandas()
+    if len(summary):
+        cols = ["recording_id", "duration_s", "num_segments", "dominant_label", "mean_confidence", "error"]
+        with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 60):
+            print(summary[cols].head(20).to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    a = parse_args(argv)
+    from pipeline.ray_env import init_ray
+
+    init_ray(a.address)
+    report = run(config_from_args(a))
+    print_report(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
