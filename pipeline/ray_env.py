@@ -20,7 +20,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "EMOQ_CACHE", "VLLM_CPU_KVCACHE_SPACE")
                         if k in os.environ}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        # A submitted job already carries its runtime env (working dir, env vars); merging another one fails.
+        ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "emoq-ray"))
     ncpu = num_cpus or max(4, os.cpu_count() or 1)
