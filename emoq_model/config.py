@@ -1,0 +1,437 @@
+"""EmoQ configuration: dataclasses, YAML loading with dotted overrides, validation.
+
+``load_config(path, ["former.num_layers=4", "labels.names=[neutral,sad]"])`` reads a YAML file (or the defaults
+when ``path`` is None), applies overrides (values parsed as YAML scalars/lists), expands path placeholders and
+validates. Placeholders in string values: ``${assets}`` (the offline asset cache,
+:func:`emoq_model.assets.cache_dir`), ``${config_dir}`` (directory of the YAML file), ``${env:NAME}``.
+Errors are :class:`ConfigError` (a ``ValueError``) naming the offending key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or inconsistent."""
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen speech encoder (any local HF HuBERT / wav2vec2 / WavLM / Whisper directory)."""
+
+    path: str = "${assets}/whisper-tiny.en"
+    layer: Union[str, int] = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
+    weighted_layers: Union[list[int], None] = None  # hidden-state indices the weighted sum uses (None: all)
+    dtype: str = "float32"
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    whisper_real_length: bool = True  # Whisper: run on the batch's real length instead of 30 s windows
+    exact_batching: bool = True  # group-norm wav2vec2-family models (no padding support) run item by item
+    trust_remote_code: bool = False
+
+
+@dataclass
+class FormerConfig:
+    """EmoQ-Former (BLIP-2 Q-Former) sizes and text fusion."""
+
+    num_queries: int = 32
+    num_layers: int = 4
+    num_heads: int = 4
+    hidden: int = 256
+    intermediate: int = 1024
+    cross_attention_frequency: int = 1
+    text_fusion: Literal["none", "concat"] = "concat"
+    dropout: float = 0.1
+
+
+@dataclass
+class LLMConfig:
+    """Causal LM loaded from a local directory."""
+
+    path: str = "${assets}/tiny-qwen2"
+    dtype: str = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: Union[str, None] = None  # None: the transformers default (sdpa)
+
+
+@dataclass
+class PromptConfig:
+    """Soft prompt: ``[chat prefix + instruction] [queries] [transcript] [chat suffix + answer prefix] -> label``."""
+
+    system: Union[str, None] = "You are an expert in recognising emotions in speech."
+    instruction: str = (
+        "Listen to the speech and answer with one word, the speaker's emotion: {labels}."
+    )  # "{labels}" expands to the comma-separated label names
+    speech_intro: str = "\nSpeech: "
+    transcript_intro: str = "\nTranscript: "
+    answer_prefix: str = ""
+    include_transcript: bool = True  # put transcript tokens into the LLM prompt (when a transcript is given)
+    max_transcript_tokens: int = 64
+
+
+@dataclass
+class LabelConfig:
+    """Label names (each must be ONE token of the LLM's tokenizer in the answer form ``token_prefix + name``)."""
+
+    names: list[str] = field(default_factory=lambda: ["neutral", "happy", "angry", "sad"])
+    token_prefix: str = ""
+
+
+@dataclass
+class LossConfig:
+    """MAL = supcon_weight * SupCon + focal_weight * focal."""
+
+    supcon_weight: float = 1.0
+    temperature: float = 0.1
+    focal_weight: float = 1.0
+    gamma: float = 2.0
+    alpha: Union[str, list[float]] = "auto"  # "auto" (from class counts) | "none" | one weight per label
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class Stage1Config:
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 32
+    weight_decay: float = 0.01
+
+
+@dataclass
+class Stage2Config:
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    former_trainable: bool = False
+    mal_weight: float = 0.0  # weight of the MAL auxiliary loss in stage 2 (needs former_trainable)
+    label_ce_weight: float = 1.0  # + cross-entropy over the label tokens only at the answer (= predict_proba)
+
+
+@dataclass
+class StageConfig:
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
+@dataclass
+class EmoQConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    former: FormerConfig = field(default_factory=FormerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: StageConfig = field(default_factory=StageConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ------------------------------------------------------------------------------------------ conversion
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check / convert ``value`` to the annotated type ``tp`` (dataclass, Union, Literal, list, scalar)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this module
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key(s) {[where + k for k in unknown]}; known: {sorted(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> EmoQConfig:
+    """Build (and type-check, but not validate) a config from a nested dict; missing keys take defaults."""
+    return _from_dict(EmoQConfig, data or {})
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    cls: Any = EmoQConfig
+    for i, p in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i])} is not a section")
+        hints = typing.get_type_hints(cls)
+        if p not in hints:
+            raise ConfigError(f"override {dotted!r}: unknown key {p!r} in "
+                              f"{'.'.join(parts[:i]) or 'top level'}; known: {sorted(hints)}")
+        cls = hints[p]
+        if i == len(parts) - 1:
+            node[p] = value
+        else:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p} is not a mapping in the YAML")
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML, e.g. ``4``, ``true``, ``[a, b]``) to a dict."""
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
+
+
+def expand_placeholders(text: str, variables: dict[str, str]) -> str:
+    """Expand ``${name}`` (from ``variables``; ``assets`` resolves lazily) and ``${env:NAME}``."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name.startswith("env:"):
+            env = name[4:]
+            if env not in os.environ:
+                raise ConfigError(f"placeholder ${{{name}}}: environment variable {env} is not set")
+            return os.environ[env]
+        if name == "assets" and "assets" not in variables:
+            from emoq_model.assets import cache_dir
+
+            variables["assets"] = str(cache_dir())
+        if name not in variables:
+            raise ConfigError(f"unknown placeholder ${{{name}}} in {text!r}; known: {sorted(variables) + ['env:NAME']}")
+        return variables[name]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def resolve_paths(cfg: EmoQConfig, variables: dict[str, str] | None = None) -> EmoQConfig:
+    """Expand placeholders in the model paths and make them absolute (in place; returns ``cfg``)."""
+    variables = dict(variables or {})
+    for section in (cfg.encoder, cfg.llm):
+        section.path = str(Path(expand_placeholders(section.path, variables)).expanduser().resolve())
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
+    """Check value ranges and consistency; with ``check_assets`` also the model directories' configs and the
+    label words against the LLM tokenizer (each label one token in the answer form)."""
+    f, lo, lab, st = cfg.former, cfg.loss, cfg.labels, cfg.train
+    checks = [
+        (f.num_queries >= 1, "former.num_queries must be >= 1"),
+        (f.num_layers >= 1, "former.num_layers must be >= 1"),
+        (f.num_heads >= 1 and f.hidden % f.num_heads == 0,
+         f"former.hidden ({f.hidden}) must be a multiple of former.num_heads ({f.num_heads})"),
+        (f.intermediate >= 1, "former.intermediate must be >= 1"),
+        (1 <= f.cross_attention_frequency <= f.num_layers,
+         "former.cross_attention_frequency must be in [1, former.num_layers]"),
+        (0.0 <= f.dropout < 1.0, "former.dropout must be in [0, 1)"),
+        (cfg.prompt.max_transcript_tokens >= 0, "prompt.max_transcript_tokens must be >= 0"),
+        (len(lab.names) >= 2, "labels.names needs at least 2 labels"),
+        (len(set(lab.names)) == len(lab.names), f"labels.names has duplicates: {lab.names}"),
+        (lo.temperature > 0, "loss.temperature must be > 0"),
+        (lo.gamma >= 0, "loss.gamma must be >= 0"),
+        (lo.supcon_weight >= 0 and lo.focal_weight >= 0, "loss weights must be >= 0"),
+        (lo.supcon_weight + lo.focal_weight > 0, "loss.supcon_weight + loss.focal_weight must be > 0"),
+        (not isinstance(lo.alpha, str) or lo.alpha in ("auto", "none"),
+         f"loss.alpha must be 'auto', 'none' or a list of floats, got {lo.alpha!r}"),
+        (isinstance(lo.alpha, str) or len(lo.alpha) == len(lab.names),
+         f"loss.alpha has {0 if isinstance(lo.alpha, str) else len(lo.alpha)} weights for {len(lab.names)} labels"),
+        (cfg.lora.r >= 1 and cfg.lora.alpha > 0, "lora.r and lora.alpha must be positive"),
+        (len(cfg.lora.target_modules) > 0, "lora.target_modules must not be empty"),
+        (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout must be in [0, 1)"),
+        (st.stage2.mal_weight >= 0, "train.stage2.mal_weight must be >= 0"),
+        (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
+        (st.stage2.mal_weight == 0 or st.stage2.former_trainable,
+         "train.stage2.mal_weight > 0 needs train.stage2.former_trainable=true (MAL only trains the Former)"),
+        (all(s.epochs >= 0 and s.lr > 0 and s.batch_size >= 1 for s in (st.stage1, st.stage2)),
+         "train.stage*: epochs >= 0, lr > 0, batch_size >= 1"),
+        (isinstance(cfg.encoder.layer, int) or cfg.encoder.layer in ("last", "weighted"),
+         f"encoder.layer must be 'last', 'weighted' or an integer, got {cfg.encoder.layer!r}"),
+        (cfg.encoder.weighted_layers is None or cfg.encoder.layer == "weighted",
+         "encoder.weighted_layers is only used with encoder.layer=weighted"),
+        (cfg.encoder.weighted_layers is None or len(cfg.encoder.weighted_layers) >= 1,
+         "encoder.weighted_layers must not be empty"),
+    ]
+    for dt, key in ((cfg.encoder.dtype, "encoder.dtype"), (cfg.llm.dtype, "llm.dtype")):
+        checks.append((dt in DTYPES, f"{key} must be one of {DTYPES}, got {dt!r}"))
+    for dev, key in ((cfg.encoder.device, "encoder.device"), (cfg.llm.device, "llm.device")):
+        checks.append((dev == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", dev) is not None,
+                       f"{key} must be auto, cpu, cuda or cuda:N, got {dev!r}"))
+    if "{" in cfg.prompt.instruction.replace("{labels}", ""):
+        checks.append((False, "prompt.instruction may only contain the {labels} placeholder"))
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if check_assets:
+        _validate_assets(cfg)
+    return cfg
+
+
+def _validate_assets(cfg: EmoQConfig) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    for key, section in (("encoder.path", cfg.encoder), ("llm.path", cfg.llm)):
+        if not Path(section.path).is_dir():
+            raise ConfigError(f"{key}: {section.path} is not a directory (build the assets or fix the path)")
+    enc = AutoConfig.from_pretrained(cfg.encoder.path, trust_remote_code=cfg.encoder.trust_remote_code)
+    n_states = num_encoder_hidden_states(enc)
+    idx = [cfg.encoder.layer] if isinstance(cfg.encoder.layer, int) else (cfg.encoder.weighted_layers or [])
+    for i in idx:
+        if not -n_states <= i < n_states:
+            raise ConfigError(f"encoder layer index {i} out of range: {cfg.encoder.path} has {n_states} hidden "
+                              f"states (0 = embeddings .. {n_states - 1} = last layer)")
+    tok = AutoTokenizer.from_pretrained(cfg.llm.path, trust_remote_code=cfg.llm.trust_remote_code)
+    bad = {}
+    for name in cfg.labels.names:
+        ids = tok.encode(cfg.labels.token_prefix + name, add_special_tokens=False)
+        if len(ids) != 1:
+            bad[name] = tok.convert_ids_to_tokens(ids)
+    if bad:
+        raise ConfigError(f"labels must be single tokens of {cfg.llm.path} (answer form "
+                          f"{cfg.labels.token_prefix!r} + name); these are not: {bad}")
+    ids = [tok.encode(cfg.labels.token_prefix + n, add_special_tokens=False)[0] for n in cfg.labels.names]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"labels share token ids: {dict(zip(cfg.labels.names, ids))}")
+    if tok.eos_token_id is None:
+        raise ConfigError(f"tokenizer of {cfg.llm.path} has no eos token")
+
+
+def num_encoder_hidden_states(hf_config) -> int:
+    """Number of hidden states an encoder returns with ``output_hidden_states`` (layers + embeddings)."""
+    n = getattr(hf_config, "encoder_layers", None) if hf_config.model_type == "whisper" else None
+    return int(n if n is not None else hf_config.num_hidden_layers) + 1
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    check_assets: bool = True,
+    variables: dict[str, str] | None = None,
+) -> EmoQConfig:
+    """Load a YAML config (or defaults), apply overrides, expand placeholders, validate.
+
+    ``variables`` adds placeholders (e.g. ``{"bundle": "/path/to/bundle"}``).
+    """
+    data: dict = {}
+    variables = dict(variables or {})
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        variables.setdefault("config_dir", str(path.resolve().parent))
+    data = apply_overrides(data, overrides)
+    cfg = config_from_dict(data)
+    resolve_paths(cfg, variables)
+    return validate(cfg, check_assets=check_assets)
+
+
+def demo_config_path() -> Path:
+    """The demo YAML shipped with the package (tiny Qwen2 + Whisper tiny.en from the asset cache)."""
+    return Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Config dtype string -> torch dtype; ``auto`` = bfloat16 on cuda, float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype)

@@ -1,0 +1,226 @@
+"""Frozen speech encoder: any local HF HuBERT / wav2vec2 / WavLM checkpoint, or a Whisper model's encoder.
+
+The encoder is the frozen, precomputable half of the front end: it returns either one hidden-state layer
+(``layer="last"`` or an index) or the stack of hidden states (``layer="weighted"``, shape ``[L, B, T, D]``);
+the learned softmax layer weights live in the EmoQ-Former (:class:`emoq_model.former.LayerWeights`), so cached
+features can be trained on.
+
+Batching never changes an item's result (within float tolerance): every item's features are extracted alone
+(per-item normalisation), the batch is zero-padded and padded frames are masked in attention. Group-norm
+wav2vec2-family models (e.g. HuBERT-base), whose convolutional front end normalises over the whole padded
+waveform, run item by item when ``exact_batching`` is set. Whisper runs, by default, on the real length of the
+batch (position table sliced, padded frames masked) instead of 30 s windows; ``whisper_real_length=False`` gives
+the standard HF path (30 s windows, no masking) and slices its output to the valid frames.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoq_model.config import EncoderConfig, resolve_device, resolve_dtype
+
+WAV2VEC2_FAMILY = ("hubert", "wav2vec2", "wavlm", "wav2vec2-conformer", "data2vec-audio", "sew", "sew-d", "unispeech",
+                   "unispeech-sat")
+MIN_SAMPLES = 400  # 25 ms: shorter items are zero-padded (the conv front ends need one full window)
+
+
+@dataclass
+class EncoderOutput:
+    """``hidden``: ``[B, T, D]`` (one layer) or ``[L, B, T, D]`` (stacked layers); ``mask``: ``[B, T]`` bool."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def to(self, device=None, dtype=None) -> "EncoderOutput":
+        return EncoderOutput(self.hidden.to(device=device, dtype=dtype), self.mask.to(device))
+
+    def item(self, i: int) -> torch.Tensor:
+        """Item ``i``'s valid frames: ``[T_i, D]`` or ``[L, T_i, D]``."""
+        n = int(self.mask[i].sum())
+        return self.hidden[..., i, :n, :]
+
+
+def whisper_frames(num_samples: int | torch.Tensor, hop: int = 160) -> int | torch.Tensor:
+    """Whisper encoder frames for a clip: mel frames ``ceil(samples / hop)``, then the stride-2 conv halves them."""
+    if isinstance(num_samples, torch.Tensor):
+        mel = torch.div(num_samples + hop - 1, hop, rounding_mode="floor")
+        return torch.div(mel + 1, 2, rounding_mode="floor")
+    return (math.ceil(num_samples / hop) + 1) // 2
+
+
+class SpeechEncoder(nn.Module):
+    """Frozen speech encoder in inference mode. Call with a list of 1-D float32 arrays at :attr:`sample_rate`."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+        self.cfg = cfg
+        device = torch.device(resolve_device(cfg.device))
+        dtype = resolve_dtype(cfg.dtype, cfg.device)
+        hf_cfg = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        self.family = hf_cfg.model_type
+        if self.family != "whisper" and self.family not in WAV2VEC2_FAMILY:
+            raise ValueError(f"{cfg.path}: unsupported encoder type {self.family!r} (whisper or {WAV2VEC2_FAMILY})")
+        self.feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.path)
+        model = AutoModel.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        if self.family == "whisper":
+            model = model.get_encoder()  # the decoder is dropped
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.sample_rate = int(self.feature_extractor.sampling_rate)
+        self.hidden_size = int(hf_cfg.d_model if self.family == "whisper" else hf_cfg.hidden_size)
+        n_layers = hf_cfg.encoder_layers if self.family == "whisper" else hf_cfg.num_hidden_layers
+        self.num_hidden_states = int(n_layers) + 1  # embeddings + every layer
+        self.layer_indices = self._layer_indices()
+        self.pass_mask = self.family != "whisper" and bool(getattr(self.feature_extractor, "return_attention_mask",
+                                                                    False))
+        self.per_item = (self.family != "whisper" and cfg.exact_batching
+                         and getattr(hf_cfg, "feat_extract_norm", "layer") == "group")
+
+    def _layer_indices(self) -> list[int] | None:
+        """Hidden-state indices stacked for ``weighted`` (or the single index); None for ``last``."""
+        layer, n = self.cfg.layer, self.num_hidden_states
+        if layer == "last":
+            return None
+        idx = [layer] if isinstance(layer, int) else (self.cfg.weighted_layers or list(range(n)))
+        for i in idx:
+            if not -n <= i < n:
+                raise ValueError(f"encoder layer index {i} out of range for {n} hidden states")
+        return [i % n for i in idx]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_output_layers(self) -> int:
+        """L of the stacked output (``layer="weighted"``), 1 otherwise."""
+        return len(self.layer_indices) if self.cfg.layer == "weighted" else 1
+
+    def train(self, mode: bool = True) -> "SpeechEncoder":
+        return super().train(False)  # always frozen / eval (no dropout, no SpecAugment)
+
+    # ------------------------------------------------------------------------------------------ lengths
+
+    def frame_lengths(self, sample_lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Valid encoder frames per item for the given sample counts (after the minimum-length padding)."""
+        n = torch.as_tensor(sample_lengths, dtype=torch.long).clamp(min=MIN_SAMPLES)
+        if self.family == "whisper":
+            return whisper_frames(n, self.feature_extractor.hop_length)
+        return self.model._get_feat_extract_output_lengths(n).long()
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    @torch.inference_mode()
+    def forward(self, audio: Sequence[np.ndarray]) -> EncoderOutput:
+        """Encode a batch of variable-length mono clips (1-D float arrays at :attr:`sample_rate`)."""
+        if len(audio) == 0:
+            raise ValueError("empty batch")
+        waves = [self._prepare(a, i) for i, a in enumerate(audio)]
+        if self.family == "whisper":
+            return self._whisper(waves)
+        if self.per_item and len(waves) > 1:
+            return _pad_outputs([self._wav2vec2([w]) for w in waves])
+        return self._wav2vec2(waves)
+
+    def _prepare(self, a, i: int) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim != 1:
+            raise ValueError(f"item {i}: expected 1-D mono audio, got shape {a.shape}")
+        if a.size == 0:
+            raise ValueError(f"item {i}: empty audio")
+        if self.family == "whisper" and a.size > self.feature_extractor.n_samples:
+            raise ValueError(f"item {i}: {a.size / self.sample_rate:.1f} s is longer than Whisper's "
+                             f"{self.feature_extractor.n_samples / self.sample_rate:.0f} s window; segment it first")
+        if a.size < MIN_SAMPLES:
+            a = np.pad(a, (0, MIN_SAMPLES - a.size))
+        return a
+
+    def _select(self, hidden_states: Sequence[torch.Tensor], last: torch.Tensor) -> torch.Tensor:
+        if self.layer_indices is None:
+            return last
+        if self.cfg.layer == "weighted":
+            return torch.stack([hidden_states[i] for i in self.layer_indices])
+        return hidden_states[self.layer_indices[0]]
+
+    # wav2vec2 / HuBERT / WavLM ---------------------------------------------------------------------
+
+    def _wav2vec2(self, waves: list[np.ndarray]) -> EncoderOutput:
+        feats = [self.feature_extractor(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0]
+                 for w in waves]
+        lengths = torch.tensor([f.shape[-1] for f in feats])
+        x = torch.zeros(len(feats), int(lengths.max()), dtype=torch.float32)
+        for i, f in enumerate(feats):
+            x[i, : f.shape[-1]] = torch.from_numpy(f)
+        sample_mask = torch.arange(x.shape[1])[None] < lengths[:, None]
+        kwargs = {"attention_mask": sample_mask.long().to(self.device)} if self.pass_mask else {}
+        out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None,
+                         **kwargs)
+        frames = self.model._get_feat_extract_output_lengths(lengths).long()
+        hidden = self._select(out.hidden_states, out.last_hidden_state)
+        mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
+        return EncoderOutput(hidden, mask.to(hidden.device))
+
+    # Whisper -------------------------------------------------------------------------------------------
+
+    def _whisper(self, waves: list[np.ndarray]) -> EncoderOutput:
+        fe = self.feature_extractor
+        frames = whisper_frames(torch.tensor([w.size for w in waves]), fe.hop_length)
+        if not self.cfg.whisper_real_length:  # standard HF path: 30 s windows, no masking, sliced afterwards
+            x = fe(waves, sampling_rate=self.sample_rate, return_tensors="pt").input_features
+            out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None)
+            hidden = self._select(out.hidden_states, out.last_hidden_state)[..., : int(frames.max()), :]
+        else:
+            mels = []
+            for w in waves:  # each clip alone: exact per-clip log-mel normalisation; pad to whole hops
+                w = np.pad(w, (0, -w.size % fe.hop_length))
+                mels.append(fe(w, sampling_rate=self.sample_rate, padding="longest",
+                               return_tensors="pt").input_features[0])
+            mel_len = torch.tensor([m.shape[-1] for m in mels])
+            x = torch.zeros(len(mels), mels[0].shape[0], int(mel_len.max()))
+            for i, m in enumerate(mels):
+                x[i, :, : m.shape[-1]] = m
+            hidden = self._whisper_real_length(x.to(self.device, self.dtype), mel_len.to(self.device))
+        mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
+        return EncoderOutput(hidden, mask.to(hidden.device))
+
+    def _whisper_real_length(self, mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
+        """HF ``WhisperEncoder.forward`` on ``[B, n_mels, M]`` with M <= 3000: the position table is sliced to the
+        batch length and padded frames are masked; the submodules and weights are the encoder's own."""
+        enc = self.model
+        m_mask = torch.arange(mel.shape[-1], device=mel.device)[None] < mel_len[:, None]
+        x = nn.functional.gelu(enc.conv1(mel)) * m_mask[:, None, :].to(mel.dtype)  # zeros = the conv's own padding
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        t = x.shape[1]
+        if t > enc.embed_positions.num_embeddings:
+            raise ValueError(f"{t} frames exceed Whisper's {enc.embed_positions.num_embeddings} positions")
+        x = x + enc.embed_positions.weight[:t]
+        valid = torch.arange(t, device=x.device)[None] < torch.div(mel_len + 1, 2, rounding_mode="floor")[:, None]
+        attn = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
+        attn = attn[:, None, None, :]  # [B, 1, 1, T] additive key mask
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, attn)
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        return self._select(states, states[-1])
+
+
+def _pad_outputs(outs: list[EncoderOutput]) -> EncoderOutput:
+    t = max(o.hidden.shape[-2] for o in outs)
+    hidden = torch.cat([nn.functional.pad(o.hidden, (0, 0, 0, t - o.hidden.shape[-2])) for o in outs], dim=-3)
+    mask = torch.cat([nn.functional.pad(o.mask, (0, t - o.mask.shape[-1])) for o in outs], dim=0)
+    return EncoderOutput(hidden, mask)

@@ -1,0 +1,442 @@
+"""Cached encoder features (written by ``jobs/extract_features.py``) and feature normalisation.
+
+Feature cache layout (a directory, local or any pyarrow filesystem URI)::
+
+    <cache>/meta.json                 format, encoder config, layers, width, dtype, row/error counts
+    <cache>/shards/*.parquet          one row per utterance (FEATURE_COLUMNS)
+    <cache>/speaker_stats.parquet     per-speaker mean/std of the frames (speaker, n_frames, mean, std)
+
+A row: ``utt_id, path, label, transcript, speaker, split`` (from the manifest), ``error`` (None, or why the file
+could not be used: such rows have no frames), ``num_samples`` (at the encoder rate), ``duration_s``,
+``n_layers, n_frames, dim`` and ``frames``: the valid encoder frames as raw little-endian bytes (``meta.dtype``,
+float16 by default) of shape ``[n_layers, n_frames, dim]`` (``n_layers`` = stacked hidden states for
+``encoder.layer=weighted``, else 1 and the frames are ``[T, D]`` for the model).
+
+Feature normalisation (:class:`FeatureNorm`), applied to encoder frames before the EmoQ-Former:
+
+* ``none``: frames as the encoder gives them.
+* ``speaker``: per speaker (at labeling time: per channel of a recording, which is one speaker), per hidden state
+  and channel: ``(x - mean_s) / sqrt(var_s + eps)`` with mean/var over all valid frames of that speaker's
+  utterances (all its segments). A group with fewer than ``min_frames`` frames is shrunk towards the global
+  training statistics (``global_stats``, saved with the model): its moments are mixed with the global ones with
+  weight ``w = n / min_frames`` (a group with at least ``min_frames`` frames uses only its own statistics).
+* ``utterance``: the same with each utterance (segment) as its own group.
+
+Statistics are computed in float64 from the stored values. :func:`speaker_stats` / :class:`StatsAccumulator`
+compute them for any grouping; :meth:`FeatureNorm.apply` normalises a list of items.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+FORMAT = "emoq-features/1"
+META_FILE = "meta.json"
+SHARDS_DIR = "shards"
+SPEAKER_STATS_FILE = "speaker_stats.parquet"
+NORM_FILE = "feature_norm.json"
+NORM_STATS_FILE = "feature_norm_stats.npz"
+INDEX_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples", "duration_s",
+                 "n_layers", "n_frames", "dim"]
+FEATURE_COLUMNS = INDEX_COLUMNS + ["frames"]
+NORM_MODES = ("none", "speaker", "utterance")
+
+
+def feature_schema() -> pa.Schema:
+    return pa.schema([
+        ("utt_id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("transcript", pa.string()),
+        ("speaker", pa.string()), ("split", pa.string()), ("error", pa.string()), ("num_samples", pa.int64()),
+        ("duration_s", pa.float64()), ("n_layers", pa.int32()), ("n_frames", pa.int32()), ("dim", pa.int32()),
+        ("frames", pa.binary()),
+    ])
+
+
+# ------------------------------------------------------------------------------------------ filesystem helpers
+
+
+def _resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    uri = os.fspath(uri)
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def read_text(uri: str) -> str:
+    fs, path = _resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file (atomically on local disks)."""
+    fs, path = _resolve(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def exists(uri: str) -> bool:
+    fs, path = _resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = os.fspath(uri)
+    if "://" in uri:
+        return "/".join([uri.rstrip("/"), *parts])
+    return os.path.join(uri, *parts)
+
+
+# ------------------------------------------------------------------------------------------ frames encoding
+
+
+def encode_frames(frames: np.ndarray, dtype: str = "float16") -> tuple[bytes, tuple[int, int, int]]:
+    """``[T, D]`` or ``[L, T, D]`` -> (raw bytes in ``dtype``, (L, T, D)). Values beyond float16 range are clipped."""
+    a = np.asarray(frames)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"frames must be [T, D] or [L, T, D], got {a.shape}")
+    if dtype == "float16":
+        a = np.clip(a, -65000.0, 65000.0)
+    a = np.ascontiguousarray(a.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+    return a.tobytes(), tuple(int(s) for s in a.shape)
+
+
+def decode_frames(data: bytes, shape: Sequence[int], dtype: str = "float16") -> np.ndarray:
+    """Raw bytes -> ``[L, T, D]`` array in the stored dtype (read-only view on the bytes)."""
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tuple(int(s) for s in shape))
+
+
+def model_frames(frames: np.ndarray, stacked: bool) -> np.ndarray:
+    """Stored ``[L, T, D]`` -> what the model takes per item: ``[L, T, D]`` when the Former weights layers,
+    else ``[T, D]`` (``L`` must then be 1)."""
+    if stacked:
+        return frames
+    if frames.shape[0] != 1:
+        raise ValueError(f"{frames.shape[0]} stacked layers given to a model that takes one layer")
+    return frames[0]
+
+
+# ------------------------------------------------------------------------------------------ the cache
+
+
+class FeatureCache:
+    """Read access to a feature cache directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.fspath(root)
+        meta_uri = join(self.root, META_FILE)
+        if not exists(meta_uri):
+            raise FileNotFoundError(f"{self.root}: not a feature cache (no {META_FILE}); run jobs/extract_features.py")
+        self.meta: dict = json.loads(read_text(meta_uri))
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{self.root}: unsupported feature format {self.meta.get('format')!r} (want {FORMAT})")
+        self.fs, self._path = _resolve(self.root)
+        self._dataset = pads.dataset(posixpath.join(self._path, SHARDS_DIR), format="parquet",
+                                    filesystem=self.fs, schema=feature_schema())
+
+    @property
+    def dtype(self) -> str:
+        return self.meta.get("dtype", "float16")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.meta["n_layers"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def stacked(self) -> bool:
+        """True when rows hold stacked hidden states for a layer-weighting Former (``encoder.layer=weighted``)."""
+        return self.meta.get("encoder", {}).get("layer") == "weighted"
+
+    def index(self, columns: Sequence[str] | None = None) -> "pd.DataFrame":  # noqa: F821
+        """The small columns of every row (no frames) as a pandas DataFrame."""
+        cols = [c for c in (columns or INDEX_COLUMNS) if c != "frames"]
+        return self._dataset.to_table(columns=cols).to_pandas()
+
+    def load(self, utt_ids: Iterable[str] | None = None, split: str | Sequence[str] | None = None,
+             with_errors: bool = False) -> list[dict]:
+        """Rows (dicts) with ``frames`` decoded to ``[L, T, D]`` arrays, in cache order. Filter by ``utt_ids``
+        and/or ``split``; error rows are left out unless ``with_errors``."""
+        expr = None
+        if utt_ids is not None:
+            expr = pc.field("utt_id").isin(pa.array(list(utt_ids), pa.string()))
+        if split is not None:
+            splits = [split] if isinstance(split, str) else list(split)
+            e = pc.field("split").isin(pa.array(splits, pa.string()))
+            expr = e if expr is None else expr & e
+        if not with_errors:
+            e = pc.field("error").is_null()
+            expr = e if expr is None else expr & e
+        out = []
+        for batch in self._dataset.to_batches(filter=expr, batch_size=256):
+            for row in batch.to_pylist():
+                out.append(row_to_item(row, self.dtype))
+        return out
+
+    def speaker_stats(self) -> dict[str, "GroupStats"]:
+        """Per-speaker statistics written by the extraction job (computed now when the file is missing)."""
+        uri = join(self.root, SPEAKER_STATS_FILE)
+        if exists(uri):
+            return read_stats(uri)
+        return compute_group_stats(self.iter_items(), key="speaker")
+
+    def iter_items(self, batch_size: int = 64) -> Iterable[dict]:
+        """All non-error rows, decoded, streaming (constant memory)."""
+        for batch in self._dataset.to_batches(filter=pc.field("error").is_null(), batch_size=batch_size):
+            for row in batch.to_pylist():
+                yield row_to_item(row, self.dtype)
+
+
+def row_to_item(row: Mapping[str, Any], dtype: str = "float16") -> dict:
+    item = {k: row.get(k) for k in INDEX_COLUMNS}
+    if row.get("frames") is not None and row.get("error") is None:
+        item["frames"] = decode_frames(row["frames"], (row["n_layers"], row["n_frames"], row["dim"]), dtype)
+    else:
+        item["frames"] = None
+    return item
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+@dataclass
+class GroupStats:
+    """Moments of the frames of one group (speaker / channel / utterance): ``mean``/``std`` ``[L, D]``."""
+
+    n_frames: int
+    mean: np.ndarray
+    std: np.ndarray
+
+
+class StatsAccumulator:
+    """Running float64 sums over frames ``[L, T, D]`` (or ``[T, D]``) -> :class:`GroupStats`."""
+
+    def __init__(self):
+        self.n = 0
+        self.s1: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+
+    def add(self, frames: np.ndarray) -> None:
+        a = np.asarray(frames)
+        if a.ndim == 2:
+            a = a[None]
+        if a.shape[1] == 0:
+            return
+        # mean-centred sums per call keep precision (Chan et al. parallel variance)
+        x = a.astype(np.float64)
+        n_b = x.shape[1]
+        m_b = x.mean(1)
+        m2_b = ((x - m_b[:, None]) ** 2).sum(1)
+        if self.s1 is None:
+            self.n, self.s1, self.s2 = n_b, m_b, m2_b
+            return
+        n = self.n + n_b
+        delta = m_b - self.s1
+        self.s1 = self.s1 + delta * (n_b / n)
+        self.s2 = self.s2 + m2_b + delta ** 2 * (self.n * n_b / n)
+        self.n = n
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        if other.s1 is None:
+            return
+        if self.s1 is None:
+            self.n, self.s1, self.s2 = other.n, other.s1.copy(), other.s2.copy()
+            return
+        n = self.n + other.n
+        delta = other.s1 - self.s1
+        self.s1 = self.s1 + delta * (other.n / n)
+        self.s2 = self.s2 + other.s2 + delta ** 2 * (self.n * other.n / n)
+        self.n = n
+
+    def result(self) -> GroupStats:
+        if self.s1 is None or self.n == 0:
+            raise ValueError("no frames accumulated")
+        var = self.s2 / max(self.n, 1)
+        return GroupStats(int(self.n), self.s1.astype(np.float32), np.sqrt(var).astype(np.float32))
+
+
+def compute_group_stats(items: Iterable[Mapping[str, Any]], key: str = "speaker") -> dict[str, GroupStats]:
+    """Statistics per value of ``item[key]`` over the items' ``frames`` (items without frames are skipped)."""
+    acc: dict[str, StatsAccumulator] = {}
+    for it in items:
+        if it.get("frames") is None:
+            continue
+        acc.setdefault(str(it.get(key)), StatsAccumulator()).add(it["frames"])
+    return {k: a.result() for k, a in acc.items()}
+
+
+def write_stats(stats: Mapping[str, GroupStats], uri: str, key: str = "speaker") -> None:
+    names = sorted(stats)
+    table = pa.table({
+        key: pa.array(names, pa.string()),
+        "n_frames": pa.array([stats[n].n_frames for n in names], pa.int64()),
+        "shape": pa.array([list(stats[n].mean.shape) for n in names], pa.list_(pa.int32())),
+        "mean": pa.array([stats[n].mean.astype("<f4").tobytes() for n in names], pa.binary()),
+        "std": pa.array([stats[n].std.astype("<f4").tobytes() for n in names], pa.binary()),
+    })
+    fs, path = _resolve(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def read_stats(uri: str) -> dict[str, GroupStats]:
+    fs, path = _resolve(uri)
+    t = pq.read_table(path, filesystem=fs)
+    key = t.column_names[0]
+    out = {}
+    for row in t.to_pylist():
+        shape = tuple(row["shape"])
+        out[str(row[key])] = GroupStats(int(row["n_frames"]), np.frombuffer(row["mean"], "<f4").reshape(shape),
+                                        np.frombuffer(row["std"], "<f4").reshape(shape))
+    return out
+
+
+def pooled_stats(stats: Iterable[GroupStats]) -> GroupStats:
+    """Pool group statistics into one (the global moments of all their frames)."""
+    acc = StatsAccumulator()
+    for s in stats:
+        a = StatsAccumulator()
+        a.n, a.s1, a.s2 = s.n_frames, s.mean.astype(np.float64), (s.std.astype(np.float64) ** 2) * s.n_frames
+        acc.merge(a)
+    return acc.result()
+
+
+# ------------------------------------------------------------------------------------------ normalisation
+
+
+@dataclass
+class FeatureNorm:
+    """How encoder frames are normalised before the Former (see the module docstring).
+
+    ``mode``: none | speaker | utterance; ``group_key``: item key naming the group for ``speaker`` (``speaker`` in
+    training/evaluation; the labeling job uses the recording id + channel); ``min_frames``: groups with fewer frames
+    are shrunk towards ``global_stats``; ``eps`` is added to the variance."""
+
+    mode: str = "none"
+    group_key: str = "speaker"
+    min_frames: int = 500
+    eps: float = 1e-5
+    global_stats: GroupStats | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in NORM_MODES:
+            raise ValueError(f"feature norm mode must be one of {NORM_MODES}, got {self.mode!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def effective(self, stats: GroupStats) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) to use for a group: its own, shrunk towards the global stats when it is small."""
+        if self.global_stats is None or stats.n_frames >= self.min_frames:
+            return stats.mean, np.sqrt(stats.std.astype(np.float64) ** 2 + self.eps).astype(np.float32)
+        w = stats.n_frames / float(max(self.min_frames, 1))
+        g = self.global_stats
+        mean = w * stats.mean + (1 - w) * g.mean
+        # mixture second moment around the mixed mean
+        m2 = w * (stats.std ** 2 + (stats.mean - mean) ** 2) + (1 - w) * (g.std ** 2 + (g.mean - mean) ** 2)
+        return mean.astype(np.float32), np.sqrt(m2 + self.eps).astype(np.float32)
+
+    def group_stats(self, items: Sequence[Mapping[str, Any]]) -> dict[str, GroupStats]:
+        """Statistics of the groups present in ``items`` (from the items themselves)."""
+        if self.mode == "speaker":
+            return compute_group_stats(items, key=self.group_key)
+        if self.mode == "utterance":
+            return compute_group_stats(items, key="utt_id")
+        return {}
+
+    def apply(self, items: Sequence[dict], stats: Mapping[str, GroupStats] | None = None) -> list[dict]:
+        """Normalised copies of ``items`` (``frames`` as float32). ``stats``: precomputed group statistics (e.g. the
+        cache's speaker stats); missing groups are computed from ``items``."""
+        if not self.enabled:
+            return list(items)
+        key = self.group_key if self.mode == "speaker" else "utt_id"
+        stats = dict(stats or {})
+        missing = [it for it in items if it.get("frames") is not None and str(it.get(key)) not in stats]
+        if missing:
+            stats.update(compute_group_stats(missing, key=key))
+        out = []
+        for it in items:
+            if it.get("frames") is None:
+                out.append(it)
+                continue
+            mean, std = self.effective(stats[str(it.get(key))])
+            new = dict(it)
+            new["frames"] = normalize_frames(it["frames"], mean, std)
+            out.append(new)
+        return out
+
+    # persistence next to a model bundle ------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("global_stats")
+        d["has_global_stats"] = self.global_stats is not None
+        return d
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, NORM_FILE), "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=1)
+        if self.global_stats is not None:
+            g = self.global_stats
+            np.savez(os.path.join(directory, NORM_STATS_FILE), n_frames=np.int64(g.n_frames), mean=g.mean, std=g.std)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "FeatureNorm":
+        """The normalisation saved in a bundle directory (``none`` when the bundle has no ``feature_norm.json``)."""
+        directory = os.fspath(directory)
+        path = os.path.join(directory, NORM_FILE)
+        if not os.path.exists(path):
+            return cls("none")
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        d.pop("has_global_stats", None)
+        g = None
+        sp = os.path.join(directory, NORM_STATS_FILE)
+        if os.path.exists(sp):
+            z = np.load(sp)
+            g = GroupStats(int(z["n_frames"]), z["mean"].astype(np.float32), z["std"].astype(np.float32))
+        return cls(global_stats=g, **d)
+
+
+def normalize_frames(frames, mean: np.ndarray, std: np.ndarray):
+    """``(frames - mean) / std`` broadcasting ``[L, D]`` stats over ``[L, T, D]`` (or ``[1, D]`` over ``[T, D]``);
+    numpy in, float32 numpy out; torch in, torch out."""
+    try:
+        import torch
+
+        if torch.is_tensor(frames):
+            m = torch.as_tensor(mean, dtype=torch.float32, device=frames.device)
+            s = torch.as_tensor(std, dtype=torch.float32, device=frames.device)
+            x = frames.float()
+            return (x - m[..., None, :]) / s[..., None, :] if x.dim() == 3 else (x - m[0]) / s[0]
+    except ImportError:  # pragma: no cover
+        pass
+    x = np.asarray(frames, dtype=np.float32)
+    if x.ndim == 3:
+        return (x - mean[:, None, :]) / std[:, None, :]
+    return (x - mean[0]) / std[0]

@@ -1,0 +1,258 @@
+"""EmoQ model: speech encoder (optional) -> EmoQ-Former -> soft prompt -> LLM with LoRA.
+
+* :class:`EmoQFrontEnd` is everything before the LLM (Former, prompt builder, the LLM's frozen input embeddings,
+  optionally the speech encoder). Serving uses it alone: it turns features into vLLM ``prompt_embeds``.
+* :class:`EmoQModel` adds the LLM (peft LoRA) and the losses; ``model(batch, stage)`` / :meth:`stage_step` returns
+  a loss dict (call through the DDP wrapper under DDP so gradients are synchronised),
+  :meth:`trainable_parameters` what the stage trains, :meth:`predict_proba` the label distribution.
+* :func:`collate_features` turns precomputed encoder features into an :class:`EmoQBatch`.
+
+The encoder is held as a plain attribute (not a submodule): it is frozen, never saved in the bundle's Former file
+and not wrapped by DDP.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoq_model.config import EmoQConfig, num_encoder_hidden_states, resolve_device
+from emoq_model.encoder import EncoderOutput, SpeechEncoder
+from emoq_model.former import EmoQFormer, FormerOutput
+from emoq_model.losses import MALoss
+from emoq_model.prompt import PromptBatch, PromptBuilder, build_prompt_embeds, pad_prompts
+
+
+@dataclass
+class EmoQBatch:
+    """Encoder features of a batch: ``frames`` ``[B, T, D]`` or stacked ``[L, B, T, D]``, ``mask`` ``[B, T]``
+    (True = valid), ``labels`` ``[B]`` label indices (None at inference), ``transcripts`` (None or per item)."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    transcripts: list[str | None] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    def to(self, device) -> "EmoQBatch":
+        return EmoQBatch(self.frames.to(device), self.mask.to(device),
+                         None if self.labels is None else self.labels.to(device), self.transcripts, self.meta)
+
+
+def collate_features(items: Sequence[Mapping[str, Any]], label_names: Sequence[str] | None = None) -> EmoQBatch:
+    """Batch precomputed features. Each item: ``frames`` (``[T, D]`` or ``[L, T, D]`` array/tensor of valid frames),
+    optional ``label`` (index, or name when ``label_names`` is given; None for unlabeled), optional
+    ``transcript``."""
+    if not items:
+        raise ValueError("empty batch")
+    frames = [torch.as_tensor(np.asarray(it["frames"]) if not torch.is_tensor(it["frames"]) else it["frames"])
+              for it in items]
+    stacked = frames[0].dim() == 3
+    if any(f.dim() != frames[0].dim() or f.shape[-1] != frames[0].shape[-1] for f in frames):
+        raise ValueError("all items need frames of the same rank and width")
+    t = max(f.shape[-2] for f in frames)
+    lead = tuple(frames[0].shape[:-2])
+    x = frames[0].new_zeros(*lead, len(frames), t, frames[0].shape[-1])
+    mask = torch.zeros(len(frames), t, dtype=torch.bool)
+    for i, f in enumerate(frames):
+        if stacked:
+            x[:, i, : f.shape[-2]] = f
+        else:
+            x[i, : f.shape[-2]] = f
+        mask[i, : f.shape[-2]] = True
+    labels = None
+    raw = [it.get("label") for it in items]
+    if all(r is not None for r in raw):
+        if label_names is not None:
+            index = {n: i for i, n in enumerate(label_names)}
+            raw = [index[r] if isinstance(r, str) else int(r) for r in raw]
+        labels = torch.tensor([int(r) for r in raw], dtype=torch.long)
+    transcripts = [it.get("transcript") for it in items]
+    return EmoQBatch(x, mask, labels, transcripts if any(transcripts) else None)
+
+
+def encoder_dims(cfg: EmoQConfig) -> tuple[int, int]:
+    """(encoder width, number of stacked output layers) from the encoder's config, without loading weights."""
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(cfg.encoder.path, trust_remote_code=cfg.encoder.trust_remote_code)
+    width = hf.d_model if hf.model_type == "whisper" else hf.hidden_size
+    if cfg.encoder.layer != "weighted":
+        return int(width), 1
+    return int(width), len(cfg.encoder.weighted_layers or range(num_encoder_hidden_states(hf)))
+
+
+class EmoQFrontEnd(nn.Module):
+    """Former + prompt building on top of the LLM's input embeddings (+ optional encoder)."""
+
+    def __init__(self, cfg: EmoQConfig, tokenizer, embed: nn.Embedding, encoder: SpeechEncoder | None = None,
+                 own_embed: bool = True):
+        """``embed``: the LLM's input embeddings; ``own_embed=False`` when the LLM (registered elsewhere) owns
+        them, else they are registered here (frozen) and move with the module."""
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        if own_embed:
+            self.embed = embed.requires_grad_(False)
+        else:
+            object.__setattr__(self, "embed", embed)
+        object.__setattr__(self, "encoder", encoder)
+        self.prompt = PromptBuilder(tokenizer, cfg.prompt, cfg.labels)
+        self.label_names = list(cfg.labels.names)
+        width, n_layers = encoder_dims(cfg)
+        if encoder is not None and (encoder.hidden_size, encoder.num_output_layers) != (width, n_layers):
+            raise ValueError("encoder does not match the configuration")
+        rms = float(embed.weight.detach().float().pow(2).mean().sqrt())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.former = EmoQFormer(cfg.former, encoder_dim=width, llm_dim=embed.embedding_dim,
+                                     num_labels=len(self.label_names), num_encoder_layers=n_layers,
+                                     text_dim=embed.embedding_dim,
+                                     max_text_tokens=cfg.prompt.max_transcript_tokens, llm_embed_rms=rms)
+        self.former.to(resolve_device(cfg.llm.device))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the Former lives (batches are moved here); follows ``.to()`` / DDP placement."""
+        return self.former.queries.device
+
+    @classmethod
+    def from_config(cfg_cls, cfg: EmoQConfig, with_encoder: bool = False) -> "EmoQFrontEnd":
+        """Front end with only the LLM's embedding table loaded (for serving next to vLLM)."""
+        from emoq_model.llm import load_input_embeddings, load_tokenizer
+
+        enc = SpeechEncoder(cfg.encoder) if with_encoder else None
+        return cfg_cls(cfg, load_tokenizer(cfg.llm), load_input_embeddings(cfg.llm), enc)
+
+    @property
+    def label_token_ids(self) -> list[int]:
+        return list(self.prompt.label_ids)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def batch_from_audio(self, audio: Sequence[np.ndarray], labels: Sequence[int] | None = None,
+                         transcripts: Sequence[str | None] | None = None) -> EmoQBatch:
+        """Run the (frozen) encoder on raw audio at ``encoder.sample_rate``."""
+        if self.encoder is None:
+            raise RuntimeError("no speech encoder loaded (construct with the encoder, or give features)")
+        enc: EncoderOutput = self.encoder(audio)
+        lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        return EmoQBatch(enc.hidden, enc.mask, lab, list(transcripts) if transcripts is not None else None)
+
+    def _text(self, batch: EmoQBatch) -> tuple[list[list[int]] | None, torch.Tensor | None, torch.Tensor | None]:
+        """Transcript token ids, their LLM embeddings ``[B, S, H]`` and mask (None when no transcripts)."""
+        if batch.transcripts is None:
+            return None, None, None
+        ids = self.prompt.transcript_ids(batch.transcripts, len(batch))
+        s = max((len(i) for i in ids), default=0)
+        if s == 0:
+            return ids, None, None
+        dev = self.embed.weight.device
+        tok = torch.zeros(len(ids), s, dtype=torch.long, device=dev)
+        mask = torch.zeros(len(ids), s, dtype=torch.bool, device=dev)
+        for i, row in enumerate(ids):
+            tok[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        with torch.no_grad():
+            emb = self.embed(tok)
+        return ids, emb, mask
+
+    def run_former(self, batch: EmoQBatch, text=None) -> FormerOutput:
+        _, emb, mask = text if text is not None else self._text(batch)
+        return self.former(batch.frames, batch.mask, emb, mask)
+
+    def prompt_embeds(self, batch: EmoQBatch, targets: Sequence[int] | torch.Tensor | None = None,
+                      former_out: FormerOutput | None = None) -> PromptBatch:
+        """Per-example soft-prompt embeddings (``[T_i, H]``, the LLM's dtype); with ``targets`` also labels."""
+        text = self._text(batch)
+        fo = former_out if former_out is not None else self.run_former(batch, text)
+        return build_prompt_embeds(self.prompt, self.embed, self.former.project(fo.queries), text[0], targets)
+
+
+class EmoQModel(EmoQFrontEnd):
+    """The full model for training and HF prediction."""
+
+    def __init__(self, cfg: EmoQConfig, with_encoder: bool = False, adapter_dir=None):
+        """``with_encoder`` loads the speech encoder (raw-audio input); ``adapter_dir`` loads a saved LoRA adapter
+        instead of a fresh one."""
+        from emoq_model.llm import attach_lora, load_causal_lm, load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.llm)
+        llm = load_causal_lm(cfg.llm)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            llm = attach_lora(llm, cfg.lora, adapter_dir)
+        enc = SpeechEncoder(cfg.encoder) if with_encoder else None
+        super().__init__(cfg, tokenizer, llm.get_input_embeddings(), enc, own_embed=False)
+        self.llm = llm
+        self.mal = MALoss(cfg.loss, len(self.label_names)).to(self.device)
+        self.stage: int | None = None
+        from emoq_model.stages import set_stage
+
+        set_stage(self, 1)
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def set_class_counts(self, counts: Sequence[int]) -> None:
+        """Training-set label counts (focal alpha for ``loss.alpha="auto"``)."""
+        self.mal.set_class_counts(counts)
+
+    def set_stage(self, stage: int) -> None:
+        """Freeze everything but what ``stage`` trains and set train/eval modes. Call before building the
+        optimizer and before wrapping in DDP."""
+        from emoq_model.stages import set_stage
+
+        set_stage(self, stage)
+
+    def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
+        from emoq_model.stages import trainable_named_parameters
+
+        return [p for _, p in trainable_named_parameters(self, stage)]
+
+    def stage_step(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
+        """Loss dict of one training step (``loss`` for backward + detached metrics)."""
+        from emoq_model.stages import stage1_step, stage2_step
+
+        if self.stage != stage:
+            self.set_stage(stage)
+        batch = batch.to(self.device)
+        return stage1_step(self, batch) if stage == 1 else stage2_step(self, batch)
+
+    def forward(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
+        return self.stage_step(batch, stage)
+
+    def train(self, mode: bool = True) -> "EmoQModel":
+        super().train(mode)
+        if mode and getattr(self, "stage", None) is not None:
+            from emoq_model.stages import apply_modes
+
+            apply_modes(self, self.stage)
+        return self
+
+    # ------------------------------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def predict_proba(self, batch: EmoQBatch) -> torch.Tensor:
+        """``[B, n_labels]``: softmax over the LLM's logits of the label tokens at the answer position."""
+        was_training = self.training
+        self.eval()
+        try:
+            prompts = self.prompt_embeds(batch.to(self.device))
+            x, mask, _ = pad_prompts(prompts)
+            pos = torch.stack([torch.arange(len(prompts.embeds)), torch.tensor(prompts.prompt_lengths) - 1], 1)
+            from emoq_model.llm import answer_logits
+
+            logits = answer_logits(self.llm, x, mask, pos.to(x.device))
+            return torch.softmax(logits[:, self.prompt.label_ids], dim=-1).cpu()
+        finally:
+            self.train(was_training)
+
+    def predict(self, batch: EmoQBatch) -> list[str]:
+        return [self.label_names[i] for i in self.predict_proba(batch).argmax(-1).tolist()]
