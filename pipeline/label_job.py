@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.prepare import PrepareConfig, prepare_batch
-from pipeline.sink import completed_recordings, segments_dir, summarize, write_parts
+from pipeline.sink import clean_temporary, recording_counts, segments_dir, summarize, write_parts
 from pipeline.sources import discover
 
 
@@ -80,7 +80,8 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
 
     records = discover(cfg.inputs)
-    done = completed_recordings(out) if cfg.resume else set()
+    clean_temporary(out)  # leftovers of an interrupted run (one job per output directory)
+    done = set(recording_counts(out)) if cfg.resume else set()
     todo = [r for r in records if r.recording_id not in done]
     log(f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label")
     report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
@@ -106,6 +107,8 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
             num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus)
         ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
                             batch_size=cfg.batch_recordings, batch_format="numpy", num_cpus=0.25)
+        # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
+        report["object_store_limit_bytes"] = ds.context.execution_options.resource_limits.object_store_memory
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for err, nseg, dur, sp in zip(batch["error"], batch["num_segments"], batch["duration_s"],
                                           batch["speech_s"]):
@@ -115,6 +118,8 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
                 report["audio_s"] += 0.0 if np.isnan(dur) else float(dur)
                 report["speech_s"] += float(sp)
     summary = summarize(out)
+    counts = recording_counts(out, quarantine=False)
+    report["duplicate_recordings"] = sum(1 for c in counts.values() if c > 1)  # 0 unless resume=False reruns
     wall = time.perf_counter() - t0
     report.update(wall_s=wall, audio_hours=report["audio_s"] / 3600,
                   audio_s_per_s=report["audio_s"] / wall if wall else 0.0,

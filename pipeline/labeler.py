@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 
+from pipeline.faults import maybe_die
 from pipeline.stages import _cols, _rows
 
 
@@ -28,6 +29,8 @@ class LabelWithVLLM:
         self.label_ids = list(meta["label_token_ids"])
         self.mode = mode
         kw = engine_kwargs(bundle_dir, use_merged=use_merged, **(engine_overrides or {}))
+        kw.setdefault("load_format", "safetensors")  # weights only from safetensors, never pickled .bin files
+        kw.setdefault("trust_remote_code", False)  # no code from model directories unless asked for
         self.llm = LLM(**kw)
         self.lora = None if not kw.get("enable_lora") else lora_request(bundle_dir)
 
@@ -45,6 +48,7 @@ class LabelWithVLLM:
         if prompts:
             scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
             names = scores.labels(self.labels)
+        maybe_die("label")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
         for r, row in enumerate(rows):
             idx = [i for i, o in enumerate(owner) if o == r]
             row["labels"] = [names[i] for i in idx]

@@ -7,7 +7,10 @@ Layout under the output directory::
 
 Each part file holds whole recordings only and appears complete or not at all (written to a temporary name in
 the same folder, then renamed). A recording is done once it appears in any part file: reruns skip it. Output
-file names are content hashes, never derived from recording ids, so ids cannot steer where files go.
+file names are hashes of the (sorted) recording ids a part holds: ids cannot steer where files go (``../x`` is
+just hashed), and a retried write of the same batch (a task re-run after a worker died) replaces the same file
+instead of adding a second copy. A part file that cannot be read (e.g. damaged by hand) is moved aside as
+``.corrupt-<name>`` and its recordings are labelled again. One job at a time per output directory.
 """
 from __future__ import annotations
 
@@ -44,22 +47,64 @@ def segments_dir(out_uri: str) -> str:
     return out_uri.rstrip("/") + "/segments"
 
 
-def completed_recordings(out_uri: str) -> set[str]:
-    """Recording ids present in finished part files (temporary files are ignored)."""
-    fs, root = resolve(segments_dir(out_uri))
+def _part_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    done: set[str] = set()
-    for info in infos:
-        if info.type == pafs.FileType.File and info.base_name.startswith("part-") and info.path.endswith(".parquet"):
-            done.update(pq.read_table(info.path, columns=["recording_id"], filesystem=fs).column(0).to_pylist())
-    return done
+    return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-")
+                   and i.base_name.endswith(".parquet")), key=lambda i: i.base_name)
 
 
-def write_atomic(table: pa.Table, dir_uri: str, name_hint: bytes) -> str:
-    """Write ``table`` as ``part-<hash>.parquet`` in ``dir_uri`` via a temporary name and a rename."""
+def recording_counts(out_uri: str, quarantine: bool = True) -> dict[str, int]:
+    """Recording id -> number of part files holding it (exactly-once output: every count is 1).
+
+    Unreadable part files are moved aside (``.corrupt-<name>``) when ``quarantine``, else skipped.
+    """
+    fs, root = resolve(segments_dir(out_uri))
+    counts: dict[str, int] = {}
+    for info in _part_files(fs, root):
+        try:
+            ids = pq.read_table(info.path, columns=["recording_id"], filesystem=fs).column(0).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            if quarantine:
+                fs.move(info.path, f"{root}/.corrupt-{info.base_name}")
+                print(f"[sink] unreadable part file {info.base_name} moved aside ({e}); its recordings are redone")
+            continue
+        for rid in set(ids):
+            counts[rid] = counts.get(rid, 0) + 1
+    return counts
+
+
+def completed_recordings(out_uri: str) -> set[str]:
+    """Recording ids present in finished part files (temporary files are ignored, unreadable ones set aside)."""
+    return set(recording_counts(out_uri))
+
+
+def clean_temporary(out_uri: str) -> int:
+    """Remove temporary files left by an interrupted run (call before a run starts); returns how many."""
+    n = 0
+    for d in (segments_dir(out_uri), out_uri):
+        fs, root = resolve(d)
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-"):
+                fs.delete_file(info.path)
+                n += 1
+    return n
+
+
+def part_name(recording_ids) -> str:
+    """File name of the part holding exactly these recordings (order-independent, unambiguous)."""
+    key = json.dumps(sorted(str(r) for r in recording_ids), ensure_ascii=True).encode()
+    return f"part-{hashlib.sha1(key).hexdigest()[:24]}.parquet"
+
+
+def write_atomic(table: pa.Table, dir_uri: str, name_hint: bytes | None = None, name: str | None = None) -> str:
+    """Write ``table`` as ``name`` (default ``part-<sha1(name_hint)>.parquet``) in ``dir_uri`` via a temporary
+    file and a rename, so that the file appears complete or not at all and a rewrite replaces it."""
     fs, root = resolve(dir_uri)
     fs.create_dir(root, recursive=True)
-    name = f"part-{hashlib.sha1(name_hint).hexdigest()[:20]}.parquet"
+    if name is None:
+        name = f"part-{hashlib.sha1(name_hint).hexdigest()[:20]}.parquet"
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"bad part file name {name!r}")
     final = f"{root}/{name}"
     tmp = f"{root}/.tmp-{uuid.uuid4().hex}-{name}"
     pq.write_table(table, tmp, filesystem=fs)
@@ -92,8 +137,7 @@ def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
 def summarize(out_uri: str) -> pa.Table:
     """Per-recording summary from all part files; written to ``summary.parquet`` atomically and returned."""
     fs, root = resolve(segments_dir(out_uri))
-    infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.startswith("part-")]
+    infos = _part_files(fs, root)
     cols = ["recording_id", "path", "channel", "start_s", "end_s", "label", "confidence", "recording_duration_s", "error"]
     tables = [pq.read_table(i.path, columns=cols, filesystem=fs) for i in infos]
     schema = pa.schema([("recording_id", pa.string()), ("path", pa.string()), ("duration_s", pa.float64()),
@@ -141,8 +185,8 @@ def write_parts(batch: dict, out_uri: str, labels: list[str], model_id: str) -> 
             r[k] = r.get(k) if isinstance(r.get(k), str) else None
     rows = [r for rec in recs for r in segment_rows(rec, labels, model_id)]
     if rows:
-        hint = "\n".join(sorted(str(r["recording_id"]) for r in recs)).encode()
-        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri), hint)
+        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri),
+                     name=part_name(r["recording_id"] for r in recs))
     return {
         "recording_id": [r["recording_id"] for r in recs],
         "num_segments": [len(r["seg_start_s"]) for r in recs],

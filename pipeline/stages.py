@@ -12,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from pipeline.faults import maybe_die
 from pipeline.prepare import split_segments
 
 
@@ -51,26 +52,39 @@ class EncodePrompts:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
 
+        from emoq_model.features import FeatureNorm
+
         self.front = load_bundle(bundle_dir, device=device, load_llm=False, with_encoder=True)
+        self.norm = FeatureNorm.load(bundle_dir)  # what the bundle was trained with (per speaker = per channel here)
         self.sample_rate = self.front.encoder.sample_rate
         self.max_items = max_batch_segments
         self.max_samples = int(max_batch_seconds * self.sample_rate)
 
     @torch.inference_mode()
-    def encode(self, waves: list[np.ndarray], transcripts: list[str | None]) -> list[torch.Tensor]:
-        """Prompt embeddings ``[T_i, H]`` per segment, in input order."""
+    def encode(self, waves: list[np.ndarray], transcripts: list[str | None],
+               groups: list[str] | None = None) -> list[torch.Tensor]:
+        """Prompt embeddings ``[T_i, H]`` per segment, in input order. ``groups`` names each segment's speaker
+        (recording + channel) for the bundle's per-speaker feature normalisation."""
+        from emoq_model.model import collate_features
+
+        batches = length_batches([len(w) for w in waves], self.max_items, self.max_samples)
+        items: list[dict | None] = [None] * len(waves)
+        for idx in batches:  # 1. frozen encoder
+            enc = self.front.encoder([waves[i] for i in idx])
+            for k, i in enumerate(idx):
+                items[i] = {"frames": enc.item(k).float().cpu().numpy(), "utt_id": str(i),
+                            self.norm.group_key: groups[i] if groups else "all", "transcript": transcripts[i]}
+        items = self.norm.apply(items)  # 2. normalisation over each speaker's segments (no-op if none)
         out: list[torch.Tensor | None] = [None] * len(waves)
-        for idx in length_batches([len(w) for w in waves], self.max_items, self.max_samples):
-            texts = [transcripts[i] for i in idx]
-            batch = self.front.batch_from_audio([waves[i] for i in idx],
-                                                transcripts=texts if any(texts) else None)
-            for i, e in zip(idx, self.front.prompt_embeds(batch).embeds):
+        for idx in batches:  # 3. Former + soft prompt
+            batch = collate_features([items[i] for i in idx])
+            for i, e in zip(idx, self.front.prompt_embeds(batch.to(self.front.device)).embeds):
                 out[i] = e.float().cpu()
         return out
 
     def __call__(self, batch: dict) -> dict:
         rows = _rows(batch)
-        waves, owner, texts = [], [], []
+        waves, owner, texts, groups = [], [], [], []
         for r, row in enumerate(rows):
             segs = split_segments(row) if row.get("seg_offsets") is not None else []
             tx = json.loads(row["seg_transcript"]) if isinstance(row.get("seg_transcript"), str) else []
@@ -78,7 +92,9 @@ class EncodePrompts:
                 waves.append(w)
                 owner.append(r)
                 texts.append(tx[s] if s < len(tx) else None)
-        embeds = self.encode(waves, texts) if waves else []
+                groups.append(f"{row['recording_id']}\x00{int(row['seg_channel'][s])}")
+        embeds = self.encode(waves, texts, groups) if waves else []
+        maybe_die("encode")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
         hidden = int(self.front.embed.embedding_dim)
         per_rec: list[list[torch.Tensor]] = [[] for _ in rows]
         for r, e in zip(owner, embeds):
