@@ -7,8 +7,9 @@ tokens:
 * ``mode="tokens"`` (default, exact): ``allowed_token_ids`` = label tokens, ``logprob_token_ids`` = label tokens;
   the returned (raw) log-probabilities of the label tokens, renormalised, are the softmax over the label logits,
   i.e. exactly HF ``predict_proba``; their un-normalised sum (``label_mass``) says how much the LLM put on labels.
-* ``mode="choice"``: ``StructuredOutputsParams(choice=labels)`` with ``logprobs=len(labels)`` (after the grammar
-  mask); a label missing from the returned top-k gets probability 0.
+* ``mode="choice"``: ``StructuredOutputsParams(choice=labels)`` with ``logprobs=max(len(labels), 20)`` (after the
+  grammar mask, which also admits tokens that merely start a label); a label missing from the returned top-k gets
+  probability 0, and the generated token may be such a label prefix.
 
 vLLM spawns engine processes: callers need an ``if __name__ == "__main__":`` guard, and on CPU
 ``VLLM_CPU_KVCACHE_SPACE`` (GiB). ``python -m emoq_model.serving BUNDLE FEATURES OUT`` runs a bundle on saved
@@ -79,7 +80,9 @@ def sampling_params(label_token_ids: Sequence[int], labels: Sequence[str] | None
 
         if labels is None:
             raise ValueError("mode='choice' needs the label names")
-        return SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(ids),
+        # the grammar also allows tokens that only start a label ("ne" of "neutral"): ask for more than
+        # len(labels) so that every label token is among the returned top-k (vLLM's default cap is 20)
+        return SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(len(ids), 20),
                               structured_outputs=StructuredOutputsParams(choice=list(labels)))
     raise ValueError(f"mode must be 'tokens' or 'choice', got {mode!r}")
 

@@ -4,8 +4,8 @@
   projection) and the aux head, with MAL. The projector and the LLM are not used.
 * Stage 2 (LLM fine-tuning): the projector and the LoRA adapters with the LM loss on the answer (label token +
   end-of-turn) plus ``label_ce_weight`` x the cross-entropy over the label tokens only (the classification
-  objective that constrained decoding and ``predict_proba`` use); with ``train.stage2.former_trainable`` also the Former, and with ``mal_weight > 0`` MAL as an
-  auxiliary loss (aux head included).
+  objective that constrained decoding and ``predict_proba`` use); with ``train.stage2.former_trainable`` also
+  the Former, and with ``mal_weight > 0`` MAL as an auxiliary loss (aux head included).
 """
 from __future__ import annotations
 
