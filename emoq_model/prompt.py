@@ -91,7 +91,12 @@ class PromptBuilder:
         if len(transcripts) != n:
             raise ValueError(f"{len(transcripts)} transcripts for {n} examples")
         m = self.cfg.max_transcript_tokens
-        return [self._encode(t.strip())[:m] if t and t.strip() and m > 0 else [] for t in transcripts]
+        return [self._encode_text(t.strip())[:m] if t and t.strip() and m > 0 else [] for t in transcripts]
+
+    def _encode_text(self, text: str) -> list[int]:
+        """User text (transcripts): special-token strings such as ``<|im_end|>`` stay plain text, so a transcript
+        cannot inject chat-control tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     @property
     def fixed_length(self) -> int:

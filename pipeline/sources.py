@@ -93,9 +93,20 @@ def _recording_id_from_path(path: str, root: str) -> str:
 
 
 def _walk_local(root: str) -> list[str]:
-    """Every file below ``root`` (str paths; names that are not UTF-8 come back with surrogate escapes)."""
-    out = []
-    for d, dirs, files in os.walk(root, onerror=None):
+    """Every file below ``root`` (str paths; names that are not UTF-8 come back with surrogate escapes).
+
+    Symlinked folders are followed, each real folder once (no loops)."""
+    out, seen = [], set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(d)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         out.extend(os.path.join(d, f) for f in files)
     return sorted(out)
@@ -151,6 +162,10 @@ def _read_text(fs: pafs.FileSystem, path: str, uri: str) -> str:
     return data.decode("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8", "surrogateescape")
 
 
+class _BadLine(str):
+    """A JSONL line that did not parse (kept apart from a line that is a JSON string)."""
+
+
 def read_manifest_rows(uri: str) -> tuple[list[str], list[dict | str]]:
     """(column names, rows) of a manifest; a row is a dict of values (with ``ROW_ERROR`` set if it is unusable),
     or a string saying why a row could not be read at all.
@@ -185,7 +200,7 @@ def read_manifest_rows(uri: str) -> tuple[list[str], list[dict | str]]:
                 try:
                     lines.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
-                    lines.append((n, f"manifest line {n}: invalid JSON ({e.msg})"))
+                    lines.append((n, _BadLine(f"manifest line {n}: invalid JSON ({e.msg})")))
         rows: list[dict | str] = []
         cols: list[str] = []
         for n, it in lines:
@@ -193,7 +208,7 @@ def read_manifest_rows(uri: str) -> tuple[list[str], list[dict | str]]:
                 cols.extend(k for k in it if k not in cols)
                 rows.append(it)
             else:
-                rows.append(it if isinstance(it, str) else f"manifest line {n}: not a JSON object")
+                rows.append(str(it) if isinstance(it, _BadLine) else f"manifest line {n}: not a JSON object")
         return cols, rows
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -267,7 +282,7 @@ def read_manifest(uri: str) -> list[SourceRecord]:
             records.append(SourceRecord(clean_text(rid) if rid else f"row-{i}", "", error=row[ROW_ERROR]))
             continue
         if not isinstance(raw_path, str) or not raw_path.strip():
-            shown = "" if raw_path is None else clean_text(repr(raw_path) if not isinstance(raw_path, str) else raw_path)
+            shown = "" if raw_path is None else clean_text(raw_path if isinstance(raw_path, str) else repr(raw_path))
             records.append(SourceRecord(rid or f"row-{i}", shown,
                                         error=f"manifest row {i}: missing or non-text 'path' ({shown or 'empty'})"))
             continue
