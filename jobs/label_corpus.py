@@ -95,8 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     from pipeline.ray_env import init_ray
 
+    from pipeline.sources import ManifestError
+
     init_ray(a.address)
-    report = run(config_from_args(a))
+    try:
+        report = run(config_from_args(a))
+    except ManifestError as e:  # the input as a whole is unusable: a clear message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print_report(report)
     return report
 
