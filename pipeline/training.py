@@ -39,7 +39,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +209,10 @@ class _Data:
         self.norm = F.FeatureNorm(s.feature_norm, min_frames=s.norm_min_frames)
         stats = {}
         if self.norm.enabled:
-            stats = cache.speaker_stats() if s.feature_norm == "speaker" else {}
+            speaker_stats = cache.speaker_stats()
+            stats = speaker_stats if s.feature_norm == "speaker" else {}
             spk_train = set(train["speaker"].astype(str))
-            pool = [v for k, v in cache.speaker_stats().items() if k in spk_train]
+            pool = [v for k, v in speaker_stats.items() if k in spk_train]
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
         items = {k: self._prepare(it, names) for k, it in zip(rows, self.norm.apply(list(rows.values()), stats))}
         self.train = [items[u] for u in train_ids]  # duplicates (padding) share the arrays
@@ -291,6 +292,14 @@ def _maybe_fail(s: TrainSettings, stage: int, epoch: int, rank: int) -> None:
     marker = Path(f["marker"])
     if marker.exists():
         return
+    # die only once the controller has committed the previous checkpoint (reports are collected asynchronously:
+    # a worker dying right after ray.train.report can lose that report, and recovery then starts earlier)
+    try:
+        import ray.train
+
+        ray.train.get_all_reported_checkpoints(timeout_s=120)
+    except Exception:  # noqa: BLE001 - best effort, the failure is injected anyway
+        pass
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"stage {stage} epoch {epoch} rank {rank} pid {os.getpid()} at {time.time()}\n")
     if f.get("how", "exit") == "raise":
@@ -377,6 +386,7 @@ def train_loop_per_worker(config: dict) -> None:
                 optim_state = torch.load(os.path.join(d, OPTIM_FILE), map_location="cpu", weights_only=True)
         _log(s, rank, f"resumed from checkpoint: stage {state['stage']} epoch {state['epoch']} "
                       f"(stages done: {state['done']})")
+    state["starts"] = state.get("starts", -1) + 1  # worker-group starts of this run (0 = the first)
     history: list[dict] = state["history"]
 
     for stage in s.stages:
@@ -433,7 +443,7 @@ def train_loop_per_worker(config: dict) -> None:
             # validation on every rank's share, gathered
             vt, vp, vnll = _evaluate(model, data.val, stage, s.eval_batch_size)
             parts = _gather((vt, vp, vnll))
-            rec = {"stage": stage, "epoch": epoch, "lr": float(sched.get_last_lr()[0]),
+            rec = {"stage": stage, "epoch": epoch, "start": state["starts"], "lr": float(sched.get_last_lr()[0]),
                    **{f"train_{k}": round(v, 6) for k, v in sorted(train_metrics.items())}}
             y_true = [t for p in parts for t in p[0]]
             y_pred = [t for p in parts for t in p[1]]
@@ -528,6 +538,21 @@ def _report(s: TrainSettings, rank: int, metrics: dict, state: dict, model, best
 # ============================================================================================== driver side
 
 
+def check_cache_matches(cache, cfg) -> None:
+    """The cache must hold what the configured Former expects: same layer choice, width and layer count."""
+    from emoq_model.model import encoder_dims
+
+    cm = cache.meta.get("encoder", {})
+    for key in ("layer", "weighted_layers"):
+        if key in cm and cm[key] != getattr(cfg.encoder, key):
+            raise ValueError(f"feature cache {cache.root} was extracted with encoder.{key}={cm[key]!r}, the config "
+                             f"says {getattr(cfg.encoder, key)!r}: re-extract or fix the config")
+    width, n_layers = encoder_dims(cfg)
+    if (cache.dim, cache.n_layers) != (width, n_layers):
+        raise ValueError(f"feature cache {cache.root} holds {cache.n_layers} x {cache.dim} features, the config's "
+                         f"encoder gives {n_layers} x {width}")
+
+
 def run_training(cfg, settings: TrainSettings) -> dict:
     """Train (Ray must be initialised), copy the bundle to ``settings.bundle_out`` and return a summary:
     ``bundle``, ``run_dir``, ``metrics_file``, ``history``, ``best``, ``seconds``."""
@@ -536,7 +561,7 @@ def run_training(cfg, settings: TrainSettings) -> dict:
 
     from emoq_model import features as F
 
-    F.FeatureCache(settings.features)  # fail early on a missing / wrong cache
+    check_cache_matches(F.FeatureCache(settings.features), cfg)  # fail early on a missing / mismatched cache
     if settings.fail_once is None:
         settings.fail_once = fail_once_from_env()
     t0 = time.perf_counter()

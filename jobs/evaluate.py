@@ -1,0 +1,182 @@
+"""Evaluate a bundle on a labelled manifest or a feature cache: WA, UA, weighted F1, per-class recall, confusion.
+
+    python jobs/evaluate.py BUNDLE OUT_DIR (--features CACHE | --manifest MANIFEST) [--split test]
+        [--backend hf|vllm] [--head llm|aux] [--batch-size 32] [--name NAME] [--device cpu]
+
+* ``--features``: a cache from ``jobs/extract_features.py`` (must match the bundle's encoder config).
+  ``--manifest``: the audio is first run through the same Ray Data extraction (into ``OUT_DIR/features``).
+* Feature normalisation: whatever the bundle was trained with (``feature_norm.json``); per-speaker statistics are
+  computed from the evaluated utterances themselves, grouped by ``speaker`` (as labeling does per channel).
+* ``--backend hf`` (default): ``EmoQModel.predict_proba`` (LLM label-token distribution). ``--backend vllm``: the
+  same prompt embeddings through vLLM (``emoq_model.serving``; label tokens only). ``--head aux``: the Former's
+  auxiliary classifier instead of the LLM (for stage-1-only bundles).
+* Output: ``OUT_DIR/<name>.json`` (``emoq_model.metrics.classification_report`` + run info),
+  ``OUT_DIR/<name>_confusion.png`` and ``OUT_DIR/<name>_predictions.parquet`` (utt_id, speaker, label,
+  prediction, confidence, one probability column per label). Rows that could not be decoded are counted
+  (``n_input_errors``) and left out of the metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+
+def _probs_hf(model, items: list[dict], batch_size: int, head: str) -> np.ndarray:
+    import torch
+
+    from emoq_model.model import collate_features
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            chunk = items[i: i + batch_size]
+            batch = collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
+                                       "transcript": it.get("transcript")} for it in chunk])
+            if head == "aux":
+                fo = model.run_former(batch.to(model.device))
+                out.append(torch.softmax(fo.logits.float(), -1).cpu().numpy())
+            else:
+                out.append(model.predict_proba(batch).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.label_names)))
+
+
+def _probs_vllm(bundle: str, items: list[dict], batch_size: int, max_model_len: int = 1024) -> np.ndarray:
+    import torch
+    from vllm import LLM
+
+    from emoq_model.bundle import load_bundle
+    from emoq_model.model import collate_features
+    from emoq_model.serving import classify, engine_kwargs, lora_request
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    front = load_bundle(bundle, load_llm=False, device="cpu" if not torch.cuda.is_available() else None)
+    embeds = []
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            chunk = items[i: i + batch_size]
+            batch = collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
+                                       "transcript": it.get("transcript")} for it in chunk])
+            embeds += [e.cpu() for e in front.prompt_embeds(batch).embeds]
+    kw = engine_kwargs(bundle, enforce_eager=True, max_model_len=max_model_len)
+    llm = LLM(**kw)
+    lora = None if kw.get("enable_lora") is False else lora_request(bundle)
+    scores = classify(llm, embeds, front.label_token_ids, front.label_names, lora, "tokens")
+    return scores.probs
+
+
+def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: str | None = None,
+             split: str | None = "test", backend: str = "hf", head: str = "llm", batch_size: int = 32,
+             name: str | None = None, device: str | None = None, norm_stats: str = "items") -> dict:
+    """Evaluate ``bundle`` and write the report files; returns the report dict (see the module docstring)."""
+    from emoq_model import features as F
+    from emoq_model.bundle import bundle_config, load_bundle
+    from emoq_model.metrics import classification_report, format_report, save_report
+
+    t0 = time.perf_counter()
+    bundle = os.path.abspath(bundle)
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    if (features is None) == (manifest is None):
+        raise ValueError("give exactly one of features= or manifest=")
+    if manifest is not None:  # run the audio through the same extraction first
+        from jobs.extract_features import extract_features
+        from pipeline.ray_env import init_ray
+
+        init_ray()
+        features = os.path.join(out_dir, "features")
+        extract_features(manifest, features, bundle_config(bundle), splits=[split] if split else None,
+                         overwrite=True)
+    cache = F.FeatureCache(features)
+    cfg = bundle_config(bundle)
+    enc = cfg.encoder
+    cm = cache.meta.get("encoder", {})
+    for key in ("layer", "weighted_layers", "whisper_real_length"):
+        if key in cm and cm[key] != getattr(enc, key):
+            raise ValueError(f"feature cache {features} was extracted with encoder.{key}={cm[key]!r}, "
+                             f"the bundle uses {getattr(enc, key)!r}")
+    index = cache.index(["utt_id", "split", "error"])
+    if split:
+        index = index[index["split"] == split]
+    n_errors = int(index["error"].notna().sum())
+    items = cache.load(split=split)
+    if not items:
+        raise ValueError(f"{features}: no usable rows (split={split!r})")
+    labels = list(cfg.labels.names)
+    bad = sorted({it["label"] for it in items} - set(labels))
+    if bad:
+        raise ValueError(f"evaluation labels {bad} are not among the bundle's labels {labels}")
+    norm = F.FeatureNorm.load(bundle)
+    stats = cache.speaker_stats() if (norm.mode == "speaker" and norm_stats == "cache") else None
+    items = norm.apply(items, stats)
+    stacked = cache.stacked
+    for it in items:
+        it["frames"] = F.model_frames(np.asarray(it["frames"], dtype=np.float32), stacked)
+
+    t1 = time.perf_counter()
+    if backend == "hf":
+        model = load_bundle(bundle, device=device)
+        probs = _probs_hf(model, items, batch_size, head)
+    elif backend == "vllm":
+        if head != "llm":
+            raise ValueError("--head aux needs --backend hf")
+        probs = _probs_vllm(bundle, items, batch_size)
+    else:
+        raise ValueError(f"backend must be hf or vllm, got {backend!r}")
+    t_pred = time.perf_counter() - t1
+    pred = probs.argmax(1)
+    y_true = [it["label"] for it in items]
+    report = classification_report(y_true, [labels[i] for i in pred], labels)
+    name = name or f"{split or 'all'}_{backend}{'_aux' if head == 'aux' else ''}"
+    report.update(bundle=bundle, features=features, split=split, backend=backend, head=head,
+                  feature_norm=norm.mode, n_input_errors=n_errors, predict_s=round(t_pred, 2),
+                  seconds=round(time.perf_counter() - t0, 2))
+    paths = save_report(report, out_dir, name)
+    import pandas as pd
+
+    df = pd.DataFrame({"utt_id": [it["utt_id"] for it in items], "speaker": [it.get("speaker") for it in items],
+                       "label": y_true, "prediction": [labels[i] for i in pred],
+                       "confidence": probs[np.arange(len(pred)), pred]})
+    for j, lab in enumerate(labels):
+        df[f"p_{lab}"] = probs[:, j]
+    pred_path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(paths['json']))[0]}_predictions.parquet")
+    df.to_parquet(pred_path, index=False)
+    report["files"] = {**paths, "predictions": pred_path}
+    print(format_report(report))
+    print(json.dumps(report["files"]))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("out_dir")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="feature cache (jobs/extract_features.py)")
+    src.add_argument("--manifest", help="labelled manifest (audio is encoded first, with Ray Data)")
+    ap.add_argument("--split", default="test", help="split to evaluate ('' = all rows)")
+    ap.add_argument("--backend", default="hf", choices=("hf", "vllm"))
+    ap.add_argument("--head", default="llm", choices=("llm", "aux"))
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--name", default=None, help="report name (default <split>_<backend>)")
+    ap.add_argument("--device", default=None, help="override the bundle's device (cpu, cuda)")
+    ap.add_argument("--norm-stats", default="items", choices=("items", "cache"),
+                    help="per-speaker stats from the evaluated rows (default) or the cache's speaker_stats")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return evaluate(a.bundle, a.out_dir, features=a.features, manifest=a.manifest, split=a.split or None,
+                    backend=a.backend, head=a.head, batch_size=a.batch_size, name=a.name, device=a.device,
+                    norm_stats=a.norm_stats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Feature cache: a Ray Data job that runs the frozen speech encoder once over a labelled manifest.
+
+    python jobs/extract_features.py MANIFEST OUT_DIR [--config demo.yaml] [--set encoder.layer=weighted ...]
+        [--splits train,val,test] [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 1] [--batch-size 16]
+        [--dtype float16] [--overwrite] [--address auto]
+
+manifest rows (utt_id, path, label, transcript, speaker, split) -> read + decode + mono + resample (Ray tasks,
+per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
+fractional CPUs otherwise) -> Parquet shards under ``OUT_DIR/shards`` (layout in :mod:`emoq_model.features`:
+``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be
+read or encoded becomes a row with ``error`` set and no frames) -> ``meta.json`` and per-speaker frame statistics
+``speaker_stats.parquet`` (for per-speaker feature normalisation in training / evaluation).
+
+Works embedded (plain ``python``: starts a local Ray) and against a cluster (``RAY_ADDRESS`` / ``--address`` /
+``ray job submit --working-dir . -- python jobs/extract_features.py ...``); on a multi-node cluster ``OUT_DIR``
+must be shared storage (NFS or a pyarrow URI such as ``s3://bucket/features``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/extract_features.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from emoq_model import features as F
+
+DECODE_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples",
+                  "duration_s", "audio"]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _s(v):
+    """Manifest cell -> str or None (NaN / empty -> None)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    v = str(v)
+    return v if v.strip() else None
+
+
+def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -> pd.DataFrame:
+    """Read, decode, mix to mono and resample each file; failures become rows with ``error`` set."""
+    from pipeline import audio
+
+    rows = []
+    for r in batch.to_dict("records"):
+        out = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split")}
+        out.update(error=None, num_samples=None, duration_s=None, audio=None)
+        try:
+            a = audio.load(out["path"], max_duration_s=max_duration_s)
+            mono = audio.resample(a.samples.mean(axis=0), a.sample_rate, sample_rate)
+            if mono.size == 0:
+                raise audio.AudioError("recording has 0 samples after resampling")
+            out.update(num_samples=int(mono.size), duration_s=float(a.duration_s),
+                       audio=np.ascontiguousarray(mono, dtype="<f4").tobytes())
+        except FileNotFoundError:
+            out["error"] = "file not found"
+        except audio.AudioError as e:
+            out["error"] = f"decode: {e}"
+        except Exception as e:  # any other per-file failure is a row, never a crash
+            out["error"] = f"decode: {type(e).__name__}: {e}"
+        rows.append(out)
+    return pd.DataFrame(rows, columns=DECODE_COLUMNS)
+
+
+class EncodeActor:
+    """Holds the frozen :class:`~emoq_model.encoder.SpeechEncoder`; turns decoded rows into feature rows."""
+
+    def __init__(self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None):
+        import torch
+
+        from emoq_model.config import EncoderConfig
+        from emoq_model.encoder import SpeechEncoder
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.encoder = SpeechEncoder(EncoderConfig(**encoder_cfg))
+        self.dtype = dtype
+
+    def _encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        out = self.encoder(waves)
+        hidden = out.hidden.float().cpu()
+        lengths = out.mask.sum(-1).tolist()
+        items = []
+        for i, n in enumerate(lengths):
+            h = hidden[..., i, : int(n), :]
+            items.append((h if h.dim() == 3 else h[None]).numpy())
+        return items
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        rows = batch.to_dict("records")
+        ok = [i for i, r in enumerate(rows) if r.get("audio") is not None and _s(r.get("error")) is None]
+        feats: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        if ok:
+            waves = [np.frombuffer(rows[i]["audio"], dtype="<f4") for i in ok]
+            try:
+                for i, f in zip(ok, self._encode(waves)):
+                    feats[i] = f
+            except Exception:  # isolate the item(s) that fail
+                for i, w in zip(ok, waves):
+                    try:
+                        feats[i] = self._encode([w])[0]
+                    except Exception as e:
+                        errors[i] = f"encode: {type(e).__name__}: {e}"
+        out = []
+        for i, r in enumerate(rows):
+            row = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split", "error")}
+            row["num_samples"] = None if r.get("num_samples") is None or pd.isna(r.get("num_samples")) else int(
+                r["num_samples"])
+            row["duration_s"] = None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(
+                r["duration_s"])
+            row.update(n_layers=None, n_frames=None, dim=None, frames=None)
+            if i in errors:
+                row["error"] = errors[i]
+            elif i in feats:
+                f = feats[i]
+                if not np.isfinite(f).all():
+                    row["error"] = "encode: non-finite encoder output"
+                else:
+                    data, (l, t, d) = F.encode_frames(f, self.dtype)
+                    row.update(n_layers=l, n_frames=t, dim=d, frames=data)
+            elif row["error"] is None:
+                row["error"] = "no audio"
+            out.append(row)
+        return pa.Table.from_pylist(out, schema=F.feature_schema())
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def read_manifest(path: str, splits: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    """A labelled manifest (CSV / Parquet) with absolute paths (relative ones are taken from its folder)."""
+    from emoq_model.datasets import load_manifest
+
+    df = load_manifest(path)
+    base = os.path.dirname(os.path.abspath(path))
+    df["path"] = [p if os.path.isabs(str(p)) or "://" in str(p) else os.path.normpath(os.path.join(base, str(p)))
+                  for p in df["path"]]
+    if splits:
+        df = df[df["split"].isin(splits)]
+    if limit:
+        df = df.head(limit)
+    if df["utt_id"].duplicated().any():
+        raise ValueError(f"{path}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}")
+    if len(df) == 0:
+        raise ValueError(f"{path}: no rows to extract (splits={splits})")
+    return df.reset_index(drop=True)
+
+
+def extract_features(
+    manifest: str,
+    out_dir: str,
+    cfg=None,
+    splits: list[str] | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    gpus_per_actor: float = 0.0,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    threads: int | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    rows_per_file: int = 512,
+    max_duration_s: float = 600.0,
+) -> dict:
+    """Run the extraction (Ray must be initialised) and return ``meta.json``'s content."""
+    import ray
+
+    from emoq_model.config import load_config
+
+    t0 = time.perf_counter()
+    cfg = cfg or load_config(None, check_assets=False)
+    enc = dict(vars(cfg.encoder))
+    if gpus_per_actor > 0:
+        enc["device"] = "cuda" if enc["device"] in ("auto", "cpu") else enc["device"]
+    elif enc["device"] == "auto":
+        enc["device"] = "cpu"
+    fs, root = F._resolve(out_dir)
+    shards = F.join(out_dir, F.SHARDS_DIR)
+    if F.exists(shards) or F.exists(F.join(out_dir, F.META_FILE)):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already holds a feature cache (use --overwrite)")
+        for name in (F.SHARDS_DIR,):
+            if F.exists(F.join(out_dir, name)):
+                fs.delete_dir(F._resolve(F.join(out_dir, name))[1])
+        for name in (F.META_FILE, F.SPEAKER_STATS_FILE):
+            if F.exists(F.join(out_dir, name)):
+                fs.delete_file(F._resolve(F.join(out_dir, name))[1])
+
+    df = read_manifest(manifest, splits, limit)
+    if "duration_s" in df and df["duration_s"].notna().all():  # similar lengths per encoder batch: less padding
+        df = df.sort_values("duration_s", kind="stable").reset_index(drop=True)
+    from transformers import AutoFeatureExtractor
+
+    sample_rate = int(AutoFeatureExtractor.from_pretrained(cfg.encoder.path).sampling_rate)
+
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus_per_actor > 0:
+        actors = actors or max(1, int(n_gpus / gpus_per_actor))
+        cpus_per_actor = 1.0 if cpus_per_actor is None else cpus_per_actor
+    else:
+        actors = actors or 1
+        # fractional: whole-CPU actor pools next to the streaming producer hang on 2-core machines (DESIGN §4)
+        cpus_per_actor = 0.5 if cpus_per_actor is None else cpus_per_actor
+    if threads is None and gpus_per_actor <= 0:
+        threads = max(1, (os.cpu_count() or 1) // actors)
+
+    cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split") if c in df]
+    n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
+    bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
+    parts = [df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
+             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    ds = ray.data.from_pandas(parts)
+    ds = ds.map_batches(decode_batch, batch_format="pandas", batch_size=batch_size, num_cpus=0.25,
+                        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s})
+    ds = ds.map_batches(EncodeActor, batch_format="pandas", batch_size=batch_size,
+                        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads},
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+    t_encode = time.perf_counter() - t0
+
+    meta = {
+        "format": F.FORMAT,
+        "manifest": os.path.abspath(manifest) if "://" not in manifest else manifest,
+        "encoder": {k: v for k, v in vars(cfg.encoder).items()},
+        "sample_rate": sample_rate,
+        "dtype": dtype,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded
+
+    dim, n_layers = encoder_dims(cfg)
+    meta.update(dim=int(dim), n_layers=int(n_layers))
+    F.write_text(F.join(out_dir, F.META_FILE), json.dumps(meta, indent=1))
+    cache = F.FeatureCache(out_dir)
+    index = cache.index()
+    stats = F.compute_group_stats(cache.iter_items(), key="speaker")
+    F.write_stats(stats, F.join(out_dir, F.SPEAKER_STATS_FILE), key="speaker")
+    meta.update(
+        n_rows=int(len(index)),
+        n_errors=int(index["error"].notna().sum()),
+        errors=index.loc[index["error"].notna(), ["utt_id", "error"]].head(20).to_dict("records"),
+        splits={str(k): int(v) for k, v in index.loc[index["error"].isna(), "split"].value_counts().items()},
+        labels={str(k): int(v) for k, v in index.loc[index["error"].isna(), "label"].value_counts().items()},
+        n_speakers=len(stats),
+        audio_s=float(index["num_samples"].fillna(0).sum() / sample_rate),
+        encode_s=round(t_encode, 2),
+        total_s=round(time.perf_counter() - t0, 2),
+    )
+    F.write_text(F.join(out_dir, F.META_FILE), json.dumps(meta, indent=1))
+    return meta
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest", help="labelled manifest (CSV / Parquet): utt_id, path, label, transcript, speaker, split")
+    ap.add_argument("out_dir", help="feature cache directory (local path or pyarrow URI)")
+    ap.add_argument("--config", default=None, help="EmoQ YAML (default: emoq_model/configs/demo.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument("--splits", default=None, help="comma list of splits to extract (default: all)")
+    ap.add_argument("--actors", type=int, default=None, help="encoder actors (default: 1 on CPU, #GPUs on GPU)")
+    ap.add_argument("--cpus-per-actor", type=float, default=None, help="default 0.5 (CPU) / 1 (GPU actors)")
+    ap.add_argument("--gpus-per-actor", type=float, default=0.0, help="> 0: encoder actors on GPUs")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    ap.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default >= 4)")
+    a = ap.parse_args(argv)
+
+    from emoq_model.config import demo_config_path, load_config
+    from pipeline.ray_env import init_ray
+
+    cfg = load_config(a.config or demo_config_path(), a.set, check_assets=False)
+    init_ray(a.address, a.num_cpus)
+    meta = extract_features(a.manifest, a.out_dir, cfg, splits=a.splits.split(",") if a.splits else None,
+                            actors=a.actors, cpus_per_actor=a.cpus_per_actor, gpus_per_actor=a.gpus_per_actor,
+                            batch_size=a.batch_size, dtype=a.dtype, threads=a.threads, overwrite=a.overwrite,
+                            limit=a.limit)
+    print(json.dumps({k: v for k, v in meta.items() if k not in ("encoder", "errors")}, indent=1))
+    if meta["n_errors"]:
+        print(f"{meta['n_errors']} error rows, e.g. {meta['errors'][:3]}")
+    return meta
+
+
+if __name__ == "__main__":
+    main()
