@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-segment", type=float, default=12.0)
     ap.add_argument("--min-gap", type=float, default=0.35)
     ap.add_argument("--vllm-mode", choices=("tokens", "choice"), default="tokens")
+    ap.add_argument("--asr-model", default=None,
+                    help="local Whisper checkpoint to transcribe segments for bundles trained with transcripts")
+    ap.add_argument("--asr-cpus", type=float, default=1.0)
+    ap.add_argument("--asr-gpus", type=float, default=0.0)
     ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
     ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 gpu_memory_utilization=0.9")
@@ -70,7 +74,8 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         batch_recordings=a.batch_recordings,
         encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus),
         label=StageResources(a.label_actors, a.label_cpus, a.label_gpus),
-        device=a.device, vllm_mode=a.vllm_mode, use_merged=True if a.merged else None, engine=engine,
+        device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),
+        use_merged=True if a.merged else None, engine=engine,
         object_store_limit_mb=a.object_store_mb, resume=not a.no_resume)
 
 

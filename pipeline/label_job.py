@@ -43,6 +43,8 @@ class LabelJobConfig:
     max_batch_seconds: float = 240.0
     vllm_mode: str = "tokens"  # "tokens" (allowed label tokens + their logprobs) | "choice" (structured outputs)
     use_merged: bool | None = None  # serve the bundle's merged LLM instead of base + LoRA
+    asr_model: str | None = None  # local Whisper checkpoint: transcribe segments without transcripts (text bundles)
+    asr: StageResources = field(default_factory=StageResources)
     engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
                                                   "max_num_seqs": 256})
     object_store_limit_mb: int | None = 1024  # cap on the streaming executor's object-store use
@@ -70,6 +72,7 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
     from emoq_model.bundle import read_meta
     from pipeline.labeler import LabelWithVLLM
     from pipeline.ray_env import limit_object_store
+    from pipeline.asr import Transcribe, bundle_uses_text
     from pipeline.stages import EncodePrompts
 
     t0 = time.perf_counter()
@@ -92,6 +95,16 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
         ds = ray.data.from_items([r.to_row() for r in todo], override_num_blocks=n_blocks)
         ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=cfg.batch_recordings,
                             batch_format="numpy", num_cpus=cfg.prepare_num_cpus)
+        if cfg.asr_model and bundle_uses_text(bundle):
+            ds = ds.map_batches(
+                Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
+                                                   "device": cfg.device},
+                batch_size=cfg.batch_recordings, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=cfg.asr.actors),
+                num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus)
+        elif bundle_uses_text(bundle):
+            log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
+                "are labelled from speech alone")
         ds = ds.map_batches(
             EncodePrompts, fn_constructor_kwargs={"bundle_dir": bundle, "device": cfg.device,
                                                   "max_batch_segments": cfg.max_batch_segments,

@@ -58,7 +58,11 @@ def ray_local():
 
 
 def job(corpus, bundle, out):
+    from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
+
+    # the tiny bundle fuses transcripts (tiny_config default): segments get them from the Whisper ASR stage
     return LabelJobConfig(inputs=[corpus["manifest"]], output=str(out), bundle=bundle, batch_recordings=2,
+                          asr_model=str(build_whisper_tiny_en()), asr=StageResources(1, 0.5),
                           encode=StageResources(1, 0.5), label=StageResources(1, 0.5),
                           engine={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64})
 
@@ -87,6 +91,12 @@ def test_label_resume_and_errors(ray_local, corpus, bundle, tmp_path):
     assert np.allclose(probs, 1.0, atol=1e-4)
     assert (ok.confidence > 0).all() and (ok.confidence <= 1).all()
     assert set(ok[ok.recording_id.str.startswith("call")].channel) == {"agent", "customer"}
+    # ASR filled the transcripts of the synthetic speech (words of the demo sentences)
+    calls = ok[ok.recording_id.str.startswith("call")]
+    assert calls.transcript.notna().mean() > 0.8
+    words = set(" ".join(corpus["truth"].transcript).lower().replace(".", "").replace(",", "").split())
+    heard = set(" ".join(calls.transcript.dropna()).lower().replace(".", "").replace(",", "").split())
+    assert len(heard & words) >= 10
     # segment boundaries against the ground truth of the synthetic calls
     truth = corpus["truth"]
     f1s = []
