@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", default="runs/demo")
     ap.add_argument("--speakers", type=int, default=24)
     ap.add_argument("--sentences", type=int, default=12)
+    ap.add_argument("--wideband", action="store_true",
+                    help="train on 16 kHz clips (default: 8 kHz telephone band, like the call archive)")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--call-minutes", type=float, default=2.0)
     ap.add_argument("--stage1-epochs", type=int, default=10, help="override the demo config (20)")
@@ -62,7 +64,8 @@ def main(argv=None) -> dict:
     print("llm:    ", build_tiny_llm())
 
     step("2/5 demo corpus and call archive")
-    manifest = cached_emotion_corpus(CorpusConfig(n_speakers=a.speakers, n_sentences=a.sentences, mode="hard"))
+    manifest = cached_emotion_corpus(CorpusConfig(n_speakers=a.speakers, n_sentences=a.sentences, mode="hard",
+                                                  telephone=not a.wideband))
     print("corpus manifest:", manifest)
     calls_dir = asset_dir(f"demo_calls-{a.calls}x{a.call_minutes:g}min")
     if not (calls_dir / "calls.csv").exists():
