@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resources-per-worker", default=None, help="JSON, overrides the two flags above")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     ap.add_argument("--max-failures", type=int, default=2, help="worker-failure retries (from the last checkpoint)")
+    ap.add_argument("--no-merge", action="store_true", help="do not export a LoRA-merged LLM in the bundle "
+                    "(labeling then serves base + LoRA; saves a copy of the LLM's weights)")
     ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
     ap.add_argument("--feature-norm", default="speaker", choices=("speaker", "utterance", "none"))
     ap.add_argument("--norm-min-frames", type=int, default=500)
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         num_workers=a.workers, use_gpu=a.gpu, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
         resources_per_worker=json.loads(a.resources_per_worker) if a.resources_per_worker else None,
         threads_per_worker=a.threads, max_failures=a.max_failures, num_to_keep=a.keep,
-        feature_norm=a.feature_norm, norm_min_frames=a.norm_min_frames, train_split=a.train_split,
-        val_split=a.val_split, init_bundle=a.init_bundle, limit_train=a.limit_train, verbose=not a.quiet,
+        merge_llm=not a.no_merge, feature_norm=a.feature_norm, norm_min_frames=a.norm_min_frames,
+        train_split=a.train_split, val_split=a.val_split, init_bundle=a.init_bundle, limit_train=a.limit_train, verbose=not a.quiet,
     )
     init_ray(a.address, a.num_cpus)
     summary = run_training(cfg, settings)

@@ -62,6 +62,7 @@ class TrainSettings:
     name: str  # run name: reuse it (same storage_path) to resume an interrupted run
     stages: tuple[int, ...] = (1, 2)
     bundle_out: str | None = None  # copy the exported bundle here (default <storage>/<name>/bundle)
+    merge_llm: bool = True  # also export the LoRA-merged LLM (vLLM serves it ~6x faster than base + LoRA on CPU)
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang on 2-core machines (DESIGN.md §4)
@@ -495,7 +496,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         tmp = tempfile.mkdtemp(prefix="emoq-final-")
         try:
-            bundle = save_bundle(model, os.path.join(tmp, BUNDLE_DIR))
+            bundle = save_bundle(model, os.path.join(tmp, BUNDLE_DIR), merge_llm=s.merge_llm)
             data.norm.save(bundle)
             train_info = {"settings": dataclasses.asdict(s), "best": state["best"], "class_counts": data.counts,
                           "n_train": data.n_train, "n_val": data.n_val, "history": history}
