@@ -206,7 +206,6 @@ def phase_pipeline(a) -> dict:
 
 def phase_floor(a) -> dict:
     import numpy as np
-    import pandas as pd
     import torch
 
     from emoq_model.bundle import load_bundle

@@ -11,7 +11,6 @@ Every step is cached or resumable: a second run reuses the features and bundle a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

@@ -38,23 +38,23 @@ class LabelWithVLLM:
         from emoq_model.serving import classify
 
         rows = _rows(batch)
-        prompts, owner = [], []
-        for r, row in enumerate(rows):
+        prompts, counts = [], []  # each recording's segments are contiguous in ``prompts``
+        for row in rows:
             emb, off = row["prompt_embeds"], row["prompt_offsets"]
-            for s in range(len(off) - 1):
-                prompts.append(torch.from_numpy(np.ascontiguousarray(emb[off[s]:off[s + 1]])))
-                owner.append(r)
+            counts.append(len(off) - 1)
+            prompts += [torch.from_numpy(np.ascontiguousarray(emb[off[s]:off[s + 1]])) for s in range(len(off) - 1)]
         n_lab = len(self.labels)
         if prompts:
             scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
             names = scores.labels(self.labels)
         maybe_die("label")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
-        for r, row in enumerate(rows):
-            idx = [i for i, o in enumerate(owner) if o == r]
-            row["labels"] = [names[i] for i in idx]
-            row["confidence"] = np.array([scores.confidence[i] for i in idx], np.float32)
-            row["probabilities"] = (np.stack([scores.probs[i] for i in idx]).astype(np.float32) if idx
-                                    else np.zeros((0, n_lab), np.float32))
+        start = 0
+        for row, n in zip(rows, counts):
+            sl = slice(start, start + n)
+            start += n
+            row["labels"] = names[sl] if n else []
+            row["confidence"] = scores.confidence[sl].astype(np.float32) if n else np.zeros(0, np.float32)
+            row["probabilities"] = (scores.probs[sl].astype(np.float32) if n else np.zeros((0, n_lab), np.float32))
             row.pop("prompt_embeds", None)
             row.pop("prompt_offsets", None)
         keys = [k for k in rows[0]] if rows else []

@@ -7,7 +7,6 @@ recordings and builds the soft prompts with the model package's one prompt funct
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import torch

@@ -32,8 +32,8 @@ from emoq_model.assets.tiny_llm import (
     build_tokenizer,
     label_token_ids,
     labels_are_single_tokens,
-    read_spec,
 )
+from emoq_model.assets.paths import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

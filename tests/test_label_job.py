@@ -1,6 +1,5 @@
 """End-to-end labeling with real Ray Data and the real vLLM engine (CPU) on real audio files."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

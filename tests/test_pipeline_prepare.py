@@ -9,7 +9,7 @@ import soundfile as sf
 
 from pipeline import audio
 from pipeline.prepare import PrepareConfig, prepare_recording, split_segments
-from pipeline.segment import detect_speech, overlap_scores
+from pipeline.segment import overlap_scores
 from pipeline.sink import completed_recordings, segment_rows, summarize, write_atomic, SEGMENT_SCHEMA, segments_dir
 from pipeline.sources import ManifestError, discover
 

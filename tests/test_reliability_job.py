@@ -9,7 +9,6 @@
 
 Four vLLM engine starts in all (killed run, resume, matrix run + the restarted actor): ~3-5 min on 2 cores.
 """
-import json
 import os
 import shutil
 import signal

@@ -72,7 +72,8 @@ def main(model_dir: str, out_json: str) -> None:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from emoq_model.assets.tiny_llm import label_token_ids, read_spec
+    from emoq_model.assets.paths import read_spec
+    from emoq_model.assets.tiny_llm import label_token_ids
 
     spec = read_spec(Path(model_dir)) or {}
     labels = list(json.loads(os.environ.get("EMOQ_TEST_LABELS", "null")) or spec.get("labels")[:4])

@@ -9,13 +9,11 @@ with ``apt-get download`` and unpacked with ``dpkg -x`` into ``asset_dir("asteri
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from emoq_model.assets.paths import asset_dir
+from emoq_model.assets.paths import asset_dir, build_atomically
 
 ASSET_NAME = "asterisk-sounds"
 PACKAGES = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
@@ -39,27 +37,19 @@ def _download(packages: tuple[str, ...], into: Path) -> list[Path]:
 def asterisk_sounds_dir(force: bool = False) -> Path:
     """Directory of the Asterisk English prompts (``*.wav``, 8 kHz mono), fetched and unpacked on first use.
 
-    The unpacked tree goes to a temporary sibling and is renamed into place when complete.
+    Built like every asset: unpacked into a temporary sibling that is renamed into place when complete.
     """
-    root = asset_dir(ASSET_NAME)
-    if root.is_dir() and not force:
-        return root / _SOUNDS
-    with tempfile.TemporaryDirectory(prefix=f".{ASSET_NAME}.tmp-", dir=root.parent) as tmp:
-        tmp_path = Path(tmp)
-        debs, tree = tmp_path / "debs", tmp_path / "tree"
-        debs.mkdir()
-        for deb in _download(PACKAGES, debs):
-            subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True, capture_output=True)
-        if not (tree / _SOUNDS).is_dir() or not (tree / _TRANSCRIPTS).is_file():
-            raise RuntimeError(f"unexpected package layout: {_SOUNDS} or {_TRANSCRIPTS} missing")
-        if force and root.exists():
-            shutil.rmtree(root)
-        try:
-            os.rename(tree, root)
-        except OSError:
-            if not root.is_dir():  # a concurrent fetch that finished first is fine
-                raise
+    root = build_atomically(asset_dir(ASSET_NAME), {"asset": ASSET_NAME, "packages": list(PACKAGES)}, _fetch, force)
     return root / _SOUNDS
+
+
+def _fetch(tree: Path) -> None:
+    """Download the Debian packages and unpack them into ``tree``."""
+    with tempfile.TemporaryDirectory() as debs:
+        for deb in _download(PACKAGES, Path(debs)):
+            subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True, capture_output=True)
+    if not (tree / _SOUNDS).is_dir() or not (tree / _TRANSCRIPTS).is_file():
+        raise RuntimeError(f"unexpected package layout: {_SOUNDS} or {_TRANSCRIPTS} missing")
 
 
 def asterisk_transcripts() -> dict[str, str]:

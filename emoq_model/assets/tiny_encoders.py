@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from emoq_model.assets.paths import asset_dir
-from emoq_model.assets.tiny_llm import build_atomically
+from emoq_model.assets.paths import build_atomically
 
 FAMILIES: tuple[str, ...] = ("hubert", "wav2vec2", "wavlm")
 SAMPLING_RATE = 16_000

@@ -36,12 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from emoq_model.assets.paths import asset_dir
+from emoq_model.assets.paths import asset_dir, build_atomically
 
 DEFAULT_LABELS: tuple[str, ...] = ("neutral", "happy", "angry", "sad")
 """IEMOCAP 4-class labels (happy includes excited)."""
@@ -74,7 +72,6 @@ CHAT_TEMPLATE = (
 )
 
 _BUILD_VERSION = 2  # bump whenever the files written change
-SPEC_FILE = "emoq_asset.json"
 _DEFAULTS = {"hidden_size": 256, "num_layers": 4, "seed": 0}
 
 
@@ -252,13 +249,6 @@ def _default_dir(labels, hidden_size, num_layers, seed) -> Path:
     return asset_dir("-".join(["tiny-qwen2", *parts]))
 
 
-def read_spec(path: Path) -> dict | None:
-    try:
-        return json.loads((Path(path) / SPEC_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def build_tiny_llm(
     out_dir: Path | None = None,
     labels: Sequence[str] = DEFAULT_LABELS,
@@ -283,43 +273,6 @@ def build_tiny_llm(
     out = Path(out_dir) if out_dir is not None else _default_dir(labels, hidden_size, num_layers, seed)
     spec = _spec(labels, hidden_size, num_layers, seed)
     return build_atomically(out, spec, lambda tmp: _write_model(tmp, labels, hidden_size, num_layers, seed), force)
-
-
-def build_atomically(out: Path, spec: dict, write: Callable[[Path], None], force: bool = False) -> Path:
-    """Reuse ``out`` when its ``emoq_asset.json`` equals ``spec`` (and not ``force``); else build it.
-
-    ``write(tmp)`` fills a fresh temporary sibling directory, the spec file is written last, and the directory
-    is renamed into place: readers never see a half-written asset, and concurrent builders of the same spec
-    are harmless (the loser discards its copy). An existing directory with another spec is replaced.
-    """
-    out = Path(out).expanduser().resolve()
-    if not force and read_spec(out) == spec:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        _publish(tmp, out, spec, force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _publish(tmp: Path, out: Path, spec: dict, force: bool) -> None:
-    """Rename ``tmp`` to ``out``; replace an existing ``out`` whose spec differs (or when forced)."""
-    try:
-        os.rename(tmp, out)
-        return
-    except OSError:
-        if not out.exists():
-            raise
-    if not force and read_spec(out) == spec:  # a concurrent builder won the race with the same result
-        return
-    trash = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(out, trash)
-    os.rename(tmp, out)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_model(tmp: Path, labels, hidden_size: int, num_layers: int, seed: int) -> None:

