@@ -38,6 +38,7 @@ class EncoderConfig:
     whisper_real_length: bool = True  # Whisper: run on the batch's real length instead of 30 s windows
     exact_batching: bool = True  # group-norm wav2vec2-family models (no padding support) run item by item
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False  # load a checkpoint that has only pytorch_model.bin (torch.load, weights_only)
 
 
 @dataclass

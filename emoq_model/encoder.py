@@ -72,7 +72,8 @@ class SpeechEncoder(nn.Module):
         if self.family != "whisper" and self.family not in WAV2VEC2_FAMILY:
             raise ValueError(f"{cfg.path}: unsupported encoder type {self.family!r} (whisper or {WAV2VEC2_FAMILY})")
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.path)
-        model = AutoModel.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModel.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                          use_safetensors=None if cfg.allow_pickle_weights else True)
         if self.family == "whisper":
             model = model.get_encoder()  # the decoder is dropped
         self.model = model.to(device).eval().requires_grad_(False)

@@ -23,8 +23,9 @@ def load_causal_lm(cfg: LLMConfig, device: str | None = None, dtype: torch.dtype
     device = device or resolve_device(cfg.device)
     dtype = dtype or resolve_dtype(cfg.dtype, cfg.device)
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    # safetensors only, as vLLM (load_format="safetensors") and load_input_embeddings read it
     model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                                                 **kwargs)
+                                                 use_safetensors=True, **kwargs)
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 gpu_memory_utilization=0.9")
     ap.add_argument("--object-store-mb", type=int, default=1024)
     ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="on resume, label again the recordings that got an error row in earlier runs")
+    ap.add_argument("--max-attempts", type=int, default=3,
+                    help="tries per batch before its recordings are retried one by one, then given an error row")
     return ap.parse_args(argv)
 
 
@@ -76,7 +80,8 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         label=StageResources(a.label_actors, a.label_cpus, a.label_gpus),
         device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),
         use_merged=True if a.merged else None, engine=engine,
-        object_store_limit_mb=a.object_store_mb, resume=not a.no_resume)
+        object_store_limit_mb=a.object_store_mb, resume=not a.no_resume, retry_failed=a.retry_failed,
+        max_attempts=a.max_attempts)
 
 
 def print_report(report: dict) -> None:

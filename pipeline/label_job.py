@@ -9,23 +9,27 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.prepare import PrepareConfig, prepare_batch
-from pipeline.sink import clean_temporary, recording_counts, segments_dir, summarize, write_parts
+from pipeline.sink import (clean_temporary, drop_failed_parts, recording_counts, segments_dir, summarize,
+                           write_lost, write_parts)
 from pipeline.sources import discover
 
 
 @dataclass
 class StageResources:
-    """Actor pool of one model stage: ``actors`` instances, each with ``num_cpus`` / ``num_gpus``."""
+    """Actor pool of one model stage: ``actors`` instances, each with ``num_cpus`` / ``num_gpus`` and optional
+    custom Ray resources (e.g. ``{"encoder_node": 1}`` to place the stage on the nodes that advertise it)."""
 
     actors: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] | None = None
 
 
 @dataclass
@@ -47,8 +51,13 @@ class LabelJobConfig:
     asr: StageResources = field(default_factory=StageResources)
     engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
                                                   "max_num_seqs": 256})
+    engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
     object_store_limit_mb: int | None = 1024  # cap on the streaming executor's object-store use
     resume: bool = True
+    retry_failed: bool = False  # on resume, label again the recordings that got an error row last time
+    max_attempts: int = 3  # tries per batch (worker crash, OOM kill, error) before its recordings are set aside
+    isolate_failures: bool = True  # retry the recordings of failed batches one by one, to find the poison ones
+    max_failed_batches: int = 16  # more failed batches than this (per pass) abort the job: something systemic
 
 
 def model_id(bundle: str) -> str:
@@ -65,15 +74,90 @@ def encoder_sample_rate(bundle: str) -> int:
     return int(AutoFeatureExtractor.from_pretrained(read_meta(bundle)["encoder_path"]).sampling_rate)
 
 
-def run(cfg: LabelJobConfig, log=print) -> dict:
-    """Label everything in ``cfg.inputs`` into ``cfg.output``; returns the run report."""
+def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
+                  batch_recordings: int, isolate: bool = False):
+    """The streaming plan: rows (one per recording) → prepare → [ASR] → encode → vLLM → part files.
+
+    Each batch gets ``cfg.max_attempts`` tries (a worker crash or OOM kill restarts the actor and retries the
+    batch); a batch that fails every try is dropped from the stream instead of failing the job (up to
+    ``cfg.max_failed_batches``), and the driver accounts for its recordings (:func:`run`). ``isolate``: one task
+    at a time per actor, so that a crashing recording takes no innocent in-flight batch down with it.
+    """
     import ray
 
-    from emoq_model.bundle import read_meta
-    from pipeline.labeler import LabelWithVLLM
-    from pipeline.ray_env import limit_object_store
     from pipeline.asr import Transcribe, bundle_uses_text
+    from pipeline.labeler import LabelWithVLLM
     from pipeline.stages import EncodePrompts
+
+    # Retry counts can only be given as ray_remote_args in Ray 2.60 (deprecated, but no named parameter yet).
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    retries = max(0, cfg.max_attempts - 1)
+    in_process = cfg.engine_in_process if cfg.engine_in_process is not None else cfg.label.num_gpus == 0
+    task_args = {"max_retries": retries}  # function stages (Ray Data's default is -1: forever)
+    actor_args = {"max_restarts": -1, "max_task_retries": retries}  # actors come back; a batch is tried N times
+    in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
+
+    def pool(res: StageResources):
+        return ray.data.ActorPoolStrategy(size=res.actors, **in_flight)
+
+    n_blocks = max(1, math.ceil(len(rows) / batch_recordings))
+    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=batch_recordings,
+                        batch_format="numpy", num_cpus=cfg.prepare_num_cpus, **task_args)
+    if cfg.asr_model and bundle_uses_text(bundle):
+        ds = ds.map_batches(
+            Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
+                                               "device": cfg.device},
+            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.asr),
+            num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
+    ds = ds.map_batches(
+        EncodePrompts, fn_constructor_kwargs={"bundle_dir": bundle, "device": cfg.device,
+                                              "max_batch_segments": cfg.max_batch_segments,
+                                              "max_batch_seconds": cfg.max_batch_seconds},
+        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.encode),
+        num_cpus=cfg.encode.num_cpus, num_gpus=cfg.encode.num_gpus, resources=cfg.encode.resources, **actor_args)
+    ds = ds.map_batches(
+        LabelWithVLLM, fn_constructor_kwargs={"bundle_dir": bundle, "mode": cfg.vllm_mode,
+                                              "use_merged": cfg.use_merged, "engine_overrides": cfg.engine,
+                                              "in_process": in_process},
+        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.label),
+        num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus, resources=cfg.label.resources, **actor_args)
+    ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
+                        batch_size=batch_recordings, batch_format="numpy", num_cpus=0.25, **task_args)
+    # This dataset's own DataContext (a copy made at creation): nothing leaks into the process-wide one.
+    ctx = ds.context
+    ctx.max_errored_blocks = cfg.max_failed_batches
+    if cfg.object_store_limit_mb:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=cfg.object_store_limit_mb * 1024 * 1024)
+    return ds
+
+
+def _consume(ds, report: dict) -> set[str]:
+    """Run the plan; add each written recording to ``report``; return the ids written."""
+    seen: set[str] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for rid, err, nseg, dur, sp in zip(batch["recording_id"], batch["error"], batch["num_segments"],
+                                           batch["duration_s"], batch["speech_s"]):
+            seen.add(str(rid))
+            failed = isinstance(err, str) and nseg == 0
+            report["failed" if failed else "labeled"] += 1
+            report["segments"] += int(nseg)
+            report["audio_s"] += 0.0 if np.isnan(dur) else float(dur)
+            report["speech_s"] += float(sp)
+    return seen
+
+
+def run(cfg: LabelJobConfig, log=print) -> dict:
+    """Label everything in ``cfg.inputs`` into ``cfg.output``; returns the run report.
+
+    Every input recording ends up in the output exactly once: labelled, or as one error row. Recordings of a
+    batch that failed ``cfg.max_attempts`` times (e.g. a file that crashes the decoder) are retried one per
+    batch (``cfg.isolate_failures``); those failing alone too get an error row saying so.
+    """
+    from emoq_model.bundle import read_meta
+
+    from pipeline.asr import bundle_uses_text
 
     t0 = time.perf_counter()
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
@@ -84,52 +168,40 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
 
     records = discover(cfg.inputs)
     clean_temporary(out)  # leftovers of an interrupted run (one job per output directory)
+    retried = drop_failed_parts(out) if cfg.resume and cfg.retry_failed else []
     done = set(recording_counts(out)) if cfg.resume else set()
     todo = [r for r in records if r.recording_id not in done]
-    log(f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label")
+    log(f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label"
+        + (f" ({len(retried)} failed last time, retried)" if retried else ""))
     report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
-              "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid}
+              "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid,
+              "retried_failed": len(retried), "isolated": 0, "lost_batches_recovered": 0, "crashed": 0}
+    if todo and bundle_uses_text(bundle) and not cfg.asr_model:
+        log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
+            "are labelled from speech alone")
     if todo:
-        limit_object_store((cfg.object_store_limit_mb or 0) * 1024 * 1024)
-        n_blocks = max(1, math.ceil(len(todo) / cfg.batch_recordings))
-        ds = ray.data.from_items([r.to_row() for r in todo], override_num_blocks=n_blocks)
-        ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=cfg.batch_recordings,
-                            batch_format="numpy", num_cpus=cfg.prepare_num_cpus)
-        if cfg.asr_model and bundle_uses_text(bundle):
-            ds = ds.map_batches(
-                Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
-                                                   "device": cfg.device},
-                batch_size=cfg.batch_recordings, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.asr.actors),
-                num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus)
-        elif bundle_uses_text(bundle):
-            log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
-                "are labelled from speech alone")
-        ds = ds.map_batches(
-            EncodePrompts, fn_constructor_kwargs={"bundle_dir": bundle, "device": cfg.device,
-                                                  "max_batch_segments": cfg.max_batch_segments,
-                                                  "max_batch_seconds": cfg.max_batch_seconds},
-            batch_size=cfg.batch_recordings, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cfg.encode.actors),
-            num_cpus=cfg.encode.num_cpus, num_gpus=cfg.encode.num_gpus)
-        ds = ds.map_batches(
-            LabelWithVLLM, fn_constructor_kwargs={"bundle_dir": bundle, "mode": cfg.vllm_mode,
-                                                  "use_merged": cfg.use_merged, "engine_overrides": cfg.engine},
-            batch_size=cfg.batch_recordings, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cfg.label.actors),
-            num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus)
-        ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
-                            batch_size=cfg.batch_recordings, batch_format="numpy", num_cpus=0.25)
+        ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out, cfg.batch_recordings)
         # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
         report["object_store_limit_bytes"] = ds.context.execution_options.resource_limits.object_store_memory
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for err, nseg, dur, sp in zip(batch["error"], batch["num_segments"], batch["duration_s"],
-                                          batch["speech_s"]):
-                failed = isinstance(err, str) and nseg == 0
-                report["failed" if failed else "labeled"] += 1
-                report["segments"] += int(nseg)
-                report["audio_s"] += 0.0 if np.isnan(dur) else float(dur)
-                report["speech_s"] += float(sp)
+        seen = _consume(ds, report)
+        missing = [r for r in todo if r.recording_id not in seen]
+        if missing and cfg.isolate_failures:
+            # a fresh pass (new actors), one recording per batch: finds the poison files, and gives batches
+            # that burnt their tries while an actor was unreachable (node loss, restart) a second chance
+            log(f"[label] {len(missing)} recordings were in batches that failed {cfg.max_attempts} times; "
+                "retrying them one by one")
+            report["isolated"] = len(missing)
+            ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, 1, isolate=True)
+            seen |= _consume(ds, report)
+            report["lost_batches_recovered"] = sum(1 for r in missing if r.recording_id in seen)
+            missing = [r for r in missing if r.recording_id not in seen]
+        if missing:  # failed every attempt, alone: an error row each, never a silent drop
+            msg = (f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
+                   "error; see the Ray logs); rerun with --retry-failed to try again")
+            write_lost(out, [r.to_row() for r in missing], msg, mid)
+            log(f"[label] {len(missing)} recordings failed every attempt: error rows written")
+            report["failed"] += len(missing)
+            report["crashed"] = len(missing)
     summary = summarize(out)
     counts = recording_counts(out, quarantine=False)
     report["duplicate_recordings"] = sum(1 for c in counts.values() if c > 1)  # 0 unless resume=False reruns

@@ -17,8 +17,10 @@ from pipeline.stages import _cols, _rows
 
 class LabelWithVLLM:
     def __init__(self, bundle_dir: str, mode: str = "tokens", use_merged: bool | None = None,
-                 engine_overrides: dict | None = None):
+                 engine_overrides: dict | None = None, in_process: bool = False):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if in_process:  # engine core in this actor's process: no extra EngineCore process to spawn and import
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         from emoq_model.bundle import read_meta

@@ -30,10 +30,3 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(**kwargs)
 
-
-def limit_object_store(max_bytes: int | None) -> None:
-    """Cap the object-store memory the streaming executor may use, so memory stays flat on large inputs."""
-    if not max_bytes:
-        return
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=max_bytes)

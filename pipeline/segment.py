@@ -25,14 +25,16 @@ class VADConfig:
     noise_percentile: float = 10.0
 
 
-def frame_energy_db(x: np.ndarray, frame: int) -> np.ndarray:
-    """Per-frame RMS level in dBFS (non-overlapping frames)."""
+def frame_energy_db(x: np.ndarray, frame: int, chunk_frames: int = 1 << 14) -> np.ndarray:
+    """Per-frame RMS level in dBFS (non-overlapping frames), computed in chunks of ``chunk_frames`` frames so that
+    the float64 working copy stays small (a few MB) however long the channel is."""
     n = len(x) // frame
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    fr = x[: n * frame].reshape(n, frame).astype(np.float64)
-    rms = np.sqrt(np.mean(fr * fr, axis=1) + 1e-20)
-    return (20 * np.log10(rms)).astype(np.float32)
+    out = np.empty(n, dtype=np.float32)
+    for i in range(0, n, chunk_frames):
+        j = min(n, i + chunk_frames)
+        fr = x[i * frame: j * frame].reshape(j - i, frame).astype(np.float64)
+        out[i:j] = 20 * np.log10(np.sqrt(np.mean(fr * fr, axis=1) + 1e-20))
+    return out
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

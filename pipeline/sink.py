@@ -5,12 +5,14 @@ Layout under the output directory::
     segments/part-<hash>.parquet   one row per segment, and one row per recording without segments (error set)
     summary.parquet                per recording (rebuilt from all segment files at the end of each run)
 
-Each part file holds whole recordings only and appears complete or not at all (written to a temporary name in
+Each part file holds whole recordings only, either all labelled or all failed (error rows), and appears complete
+or not at all (written to a temporary name in
 the same folder, then renamed). A recording is done once it appears in any part file: reruns skip it. Output
 file names are hashes of the (sorted) recording ids a part holds: ids cannot steer where files go (``../x`` is
 just hashed), and a retried write of the same batch (a task re-run after a worker died) replaces the same file
 instead of adding a second copy. A part file that cannot be read (e.g. damaged by hand) is moved aside as
-``.corrupt-<name>`` and its recordings are labelled again. One job at a time per output directory.
+``.corrupt-<name>`` and its recordings are labelled again. Failed recordings are kept apart from labelled ones
+so that ``--retry-failed`` can drop their part files whole. One job at a time per output directory.
 """
 from __future__ import annotations
 
@@ -173,8 +175,20 @@ def summarize(out_uri: str) -> pa.Table:
     return summary
 
 
+def _write_recordings(recs: list[dict], out_uri: str, labels: list[str], model_id: str) -> None:
+    rows = [r for rec in recs for r in segment_rows(rec, labels, model_id)]
+    if rows:
+        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri),
+                     name=part_name(r["recording_id"] for r in recs))
+
+
+def _has_segments(rec: dict) -> bool:
+    return rec.get("seg_start_s") is not None and len(rec["seg_start_s"]) > 0
+
+
 def write_parts(batch: dict, out_uri: str, labels: list[str], model_id: str) -> dict:
-    """``map_batches`` function: write one atomic part file per batch of labelled recordings.
+    """``map_batches`` function: write the batch's labelled recordings as one atomic part file and its failed ones
+    (no segments: one error row each) as another.
 
     Returns one small row per recording (for the driver's report), so nothing large flows back to the driver.
     """
@@ -183,14 +197,37 @@ def write_parts(batch: dict, out_uri: str, labels: list[str], model_id: str) -> 
     for r in recs:  # Ray may hand missing strings over as NaN
         for k in ("error", "channel_names", "seg_transcript", "path"):
             r[k] = r.get(k) if isinstance(r.get(k), str) else None
-    rows = [r for rec in recs for r in segment_rows(rec, labels, model_id)]
-    if rows:
-        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri),
-                     name=part_name(r["recording_id"] for r in recs))
+    _write_recordings([r for r in recs if _has_segments(r)], out_uri, labels, model_id)
+    _write_recordings([r for r in recs if not _has_segments(r)], out_uri, labels, model_id)
     return {
         "recording_id": [r["recording_id"] for r in recs],
-        "num_segments": [len(r["seg_start_s"]) for r in recs],
+        "num_segments": [len(r["seg_start_s"]) if _has_segments(r) else 0 for r in recs],
         "duration_s": [float(r["duration_s"]) if r.get("duration_s") is not None else float("nan") for r in recs],
-        "speech_s": [float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) for r in recs],
+        "speech_s": [float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) if _has_segments(r)
+                     else 0.0 for r in recs],
         "error": [r["error"] for r in recs],
     }
+
+
+def write_lost(out_uri: str, rows: list[dict], error: str, model_id: str) -> None:
+    """One error row for each source row (``Recording.to_row()``) that no worker could process."""
+    recs = [{"recording_id": r["recording_id"], "path": r.get("path"), "duration_s": None, "seg_start_s": None,
+             "error": r.get("error") or error} for r in rows]
+    for i in range(0, len(recs), 256):
+        _write_recordings(recs[i:i + 256], out_uri, [], model_id)
+
+
+def drop_failed_parts(out_uri: str) -> list[str]:
+    """Delete the part files that hold only failed recordings (error rows); return those recordings' ids, which
+    a resumed run then labels again. Failed recordings in older mixed part files are left as they are."""
+    fs, root = resolve(segments_dir(out_uri))
+    ids: list[str] = []
+    for info in _part_files(fs, root):
+        try:
+            t = pq.read_table(info.path, columns=["recording_id", "error"], filesystem=fs)
+        except (OSError, pa.ArrowException):
+            continue  # recording_counts moves it aside
+        if t.num_rows and t.column("error").null_count == 0:
+            ids += sorted(set(t.column("recording_id").to_pylist()))
+            fs.delete_file(info.path)
+    return ids

@@ -93,7 +93,7 @@ class EncodePrompts:
                 texts.append(tx[s] if s < len(tx) else None)
                 groups.append(f"{row['recording_id']}\x00{int(row['seg_channel'][s])}")
         embeds = self.encode(waves, texts, groups) if waves else []
-        maybe_die("encode")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
+        maybe_die("encode", [r["recording_id"] for r in rows])  # fault injection (no-op unless EMOQ_FAULTS_DIR set)
         hidden = int(self.front.embed.embedding_dim)
         per_rec: list[list[torch.Tensor]] = [[] for _ in rows]
         for r, e in zip(owner, embeds):

@@ -239,3 +239,42 @@ def test_hostile_matrix_with_actor_kills(alone, corpus, bundle, faults_dir, tmp_
     print(f"max |p - p_alone| = {diff:.2e}; spread between segments {spread:.2e}")
     assert diff < 2e-6 and diff < spread / 10
     assert (merged.label == merged.label_alone).all()
+
+
+def test_poison_recording_isolated_then_retried(alone, corpus, bundle, faults_dir, tmp_path):
+    """A recording that kills its worker on every try (a decoder crash) cannot stall or fail the job: its batch is
+    tried ``max_attempts`` times, its recordings then one by one; only the poison one gets an error row, its
+    batch-mates are labelled as when alone. ``retry_failed`` on a rerun labels it once it no longer crashes."""
+    for f in faults_dir.iterdir():
+        f.unlink()
+    poison = corpus["calls"].recording_id.iloc[1]
+    (faults_dir / "encode.poison").write_text(poison)
+    out = tmp_path / "out"
+    rep = run(job(corpus["good_csv"], bundle, out, batch=4, max_attempts=2))
+    kills = [line.split() for line in (faults_dir / "encode.poison.log").read_text().splitlines()]
+    assert [int(n) > 1 for _, n in kills] == [True, True, False, False], kills  # 2 tries in a batch, 2 alone
+    n = len(corpus["good_ids"])
+    # the poison's batch, plus any batch in flight on the same actor when it died, went to the one-by-one pass
+    assert min(4, n) <= rep["isolated"] <= n and rep["crashed"] == 1 and rep["failed"] == 1
+    assert rep["labeled"] == n - 1 == rep["recordings_in_output"] - 1
+    counts = recording_counts(str(out))
+    assert sorted(counts) == sorted(corpus["good_ids"]) and set(counts.values()) == {1}
+    df = segments(out)
+    err = df[df.error.notna()]
+    assert list(err.recording_id) == [poison] and "processing failed 2 times" in err.error.iloc[0]
+
+    alone_df = segments(alone[0])
+    key = ["recording_id", "channel", "segment_index"]
+    ok = df[df.error.isna()].merge(alone_df, on=key, suffixes=("", "_alone"), validate="one_to_one")
+    assert len(ok) == (alone_df.recording_id != poison).sum() and (ok.label == ok.label_alone).all()
+
+    (faults_dir / "encode.poison").unlink()  # the crash is gone (fixed decoder, file replaced ...)
+    again = run(job(corpus["good_csv"], bundle, out, batch=4, retry_failed=True))
+    assert again["retried_failed"] == 1 and again["labeled"] == 1 and again["failed"] == 0
+    assert again["already_done"] == n - 1
+    counts = recording_counts(str(out))
+    assert sorted(counts) == sorted(corpus["good_ids"]) and set(counts.values()) == {1}
+    df = segments(out)
+    assert df.error.isna().all()
+    merged = df.merge(alone_df, on=key, suffixes=("", "_alone"), validate="one_to_one")
+    assert len(merged) == len(alone_df) and (merged.label == merged.label_alone).all()
