@@ -20,8 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def demo_bundle() -> str:
-    """An untrained bundle with the demo config (Whisper tiny.en, weighted layers, 16 queries, tiny Qwen2)."""
-    out = WORK / "bundle"
+    """An untrained bundle with the demo config (Whisper tiny.en, weighted layers, 16 queries, tiny Qwen2), exported
+    like training exports it (LoRA adapter plus the merged LLM, which the label job serves by default)."""
+    out = WORK / "bundle_merged"
     if (out / "bundle.json").exists():
         return str(out)
     from emoq_model.assets.tiny_llm import build_tiny_llm
@@ -33,7 +34,7 @@ def demo_bundle() -> str:
     build_whisper_tiny_en()
     build_tiny_llm()
     tmp = WORK / f"bundle.tmp{os.getpid()}"
-    save_bundle(EmoQModel(load_config(demo_config_path())), tmp)
+    save_bundle(EmoQModel(load_config(demo_config_path())), tmp, merge_llm=True)
     os.replace(tmp, out)
     return str(out)
 
