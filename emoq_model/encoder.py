@@ -160,20 +160,44 @@ class SpeechEncoder(nn.Module):
     # wav2vec2 / HuBERT / WavLM ---------------------------------------------------------------------
 
     def _wav2vec2(self, waves: list[np.ndarray]) -> EncoderOutput:
-        feats = [self.feature_extractor(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0]
-                 for w in waves]
-        lengths = torch.tensor([f.shape[-1] for f in feats])
-        x = torch.zeros(len(feats), int(lengths.max()), dtype=torch.float32)
-        for i, f in enumerate(feats):
-            x[i, : f.shape[-1]] = torch.from_numpy(f)
-        sample_mask = torch.arange(x.shape[1])[None] < lengths[:, None]
-        kwargs = {"attention_mask": sample_mask.long().to(self.device)} if self.pass_mask else {}
-        out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None,
-                         **kwargs)
+        lengths = torch.tensor([w.size for w in waves])
+        x, sample_mask = self._wav2vec2_inputs(waves, lengths)
+        kwargs = {"attention_mask": sample_mask.long()} if self.pass_mask else {}
+        out = self.model(x.to(self.dtype), output_hidden_states=self.layer_indices is not None, **kwargs)
         frames = self.model._get_feat_extract_output_lengths(lengths).long()
         hidden = self._select(out.hidden_states, out.last_hidden_state)
         mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
         return EncoderOutput(hidden, mask.to(hidden.device))
+
+    def _wav2vec2_inputs(self, waves: list[np.ndarray], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-padded ``[B, S]`` float32 input values on the model's device and their sample mask.
+
+        For the standard ``Wav2Vec2FeatureExtractor`` (float32 values, optional per-clip zero-mean / unit-variance
+        normalisation), the batch goes to the device as one flat copy and is padded and normalised there: the
+        same result as the extractor on each clip alone, without per-clip host work. Other extractors run per clip.
+        """
+        from transformers import Wav2Vec2FeatureExtractor
+
+        dev, fe = self.device, self.feature_extractor
+        steps = torch.arange(int(lengths.max()), device=dev)[None]
+        mask = steps < lengths.to(dev)[:, None]
+        if type(fe) is Wav2Vec2FeatureExtractor and fe.padding_value == 0.0:
+            flat = torch.from_numpy(np.concatenate(waves))
+            if dev.type == "cuda":
+                flat = flat.pin_memory()
+            x = torch.zeros(mask.shape, dtype=torch.float32, device=dev)
+            x[mask] = flat.to(dev, non_blocking=True)  # row-major: each clip's samples in order
+            if fe.do_normalize:
+                n = lengths.to(dev, torch.float32)[:, None]
+                mean = x.sum(1, keepdim=True) / n
+                var = ((x - mean) * mask).square().sum(1, keepdim=True) / n
+                x = (x - mean) / torch.sqrt(var + 1e-7) * mask
+            return x, mask
+        x = torch.zeros(mask.shape, dtype=torch.float32)
+        for i, w in enumerate(waves):
+            f = fe(w, sampling_rate=self.sample_rate, return_tensors="np")["input_values"][0]
+            x[i, : f.shape[-1]] = torch.from_numpy(f)
+        return x.to(dev), mask
 
     # Whisper -------------------------------------------------------------------------------------------
 

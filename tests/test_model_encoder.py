@@ -145,3 +145,19 @@ def test_whisper_real_length(whisper_dir):
     assert torch.allclose(a.hidden, b.hidden, atol=1e-4)
     with pytest.raises(ValueError, match="longer than Whisper"):
         real([np.zeros(480001, np.float32)])
+
+
+def test_wav2vec2_inputs_equal_the_feature_extractor_per_clip(tiny_family):
+    """The batched on-device input path (flat copy, pad, per-clip normalisation) gives what the HF feature
+    extractor gives on each clip alone, for extractors with and without ``do_normalize``."""
+    family, path = tiny_family
+    enc = SpeechEncoder(EncoderConfig(path=str(path), device="cpu", layer="last"))
+    waves = [w * 3 + 0.1 for w in _waves(LENGTHS, seed=4)]  # offset and gain: normalisation has work to do
+    x, mask = enc._wav2vec2_inputs(waves, torch.tensor(LENGTHS))
+    fe = enc.feature_extractor
+    for i, w in enumerate(waves):
+        ref = fe(w, sampling_rate=16000, return_tensors="np")["input_values"][0]
+        assert int(mask[i].sum()) == len(ref)
+        np.testing.assert_allclose(x[i, : len(ref)].numpy(), ref, rtol=1e-5, atol=2e-6)
+        assert not x[i, len(ref):].any()
+    print(family, "do_normalize", fe.do_normalize)
