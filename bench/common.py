@@ -86,3 +86,13 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg()}
+
+
+def save_results(json_path: str | Path, payload: dict, md_lines: list[str]) -> None:
+    """Write the results JSON and its markdown table (same name, ``.md``) and print the table."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(payload, indent=1, default=float))
+    md = "\n".join(md_lines) + "\n"
+    print(md)
+    json_path.with_suffix(".md").write_text(md)

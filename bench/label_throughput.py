@@ -175,6 +175,7 @@ def phase_pipeline(a) -> dict:
     extra = json.loads(a.job) if a.job else {}
     engine = {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, **extra.pop("engine", {})}
     enc_cpus = extra.pop("encode_cpus", 1.0)
+    enc_actors = int(extra.pop("encode_actors", 1))
     TimedEncode.threads = int(extra.pop("_encode_threads", 0))
     TimedLabel.env = dict(extra.pop("_label_env", {}))
     res = {}
@@ -184,7 +185,7 @@ def phase_pipeline(a) -> dict:
 
         shutil.rmtree(outdir, ignore_errors=True)
         cfg = LabelJobConfig(inputs=[man], output=str(outdir), bundle=a.bundle, engine=dict(engine),
-                             encode=StageResources(1, enc_cpus),
+                             encode=StageResources(enc_actors, enc_cpus),
                              label=StageResources(1, 1.0), **{k: v for k, v in extra.items()})
         open(log_path, "w").close()
         t0 = time.time()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, demo_bundle, machine, run_phase  # noqa: E402
+from common import WORK, demo_bundle, machine, run_phase, save_results  # noqa: E402
 
 
 def corpus(n_calls: int, minutes: float) -> str:
@@ -97,16 +97,13 @@ def main() -> None:
                       "--bundle", bundle, "--budget", str(b), "--batch", str(a.batch), timeout=1200)
         results.append(r)
         print({k: v for k, v in r.items() if k != "trace"}, flush=True)
-    Path(a.json).write_text(json.dumps({"machine": machine(), "calls": a.calls, "minutes": a.minutes,
-                                        "batch_recordings": a.batch, "results": results}, indent=1))
     lines = ["| budget MB | limit the executor ran under MB | peak plasma MB | wall s | labelled | segments |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['budget_mb']} | {r['limit_bytes_reported'] / 2**20:.0f} | {r['peak_plasma_mb']} | "
                      f"{r['wall_s']:.1f} | {r['labeled']} | {r['segments']} |")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    Path(a.json).with_suffix(".md").write_text(md)
+    save_results(a.json, {"machine": machine(), "calls": a.calls, "minutes": a.minutes, "batch_recordings": a.batch,
+                          "results": results}, lines)
 
 
 if __name__ == "__main__":

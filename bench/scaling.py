@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, asterisk_clips, demo_bundle, machine, run_phase  # noqa: E402
+from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, save_results  # noqa: E402
 
 
 def manifest(n: int) -> str:
@@ -75,7 +75,7 @@ class Sampler(threading.Thread):
 
 
 def phase_run(a) -> None:
-    from pipeline.label_job import LabelJobConfig, run
+    from pipeline.label_job import LabelJobConfig, StageResources, run
     from pipeline.ray_env import init_ray
 
     out = Path(a.out)
@@ -86,7 +86,11 @@ def phase_run(a) -> None:
     import shutil
 
     shutil.rmtree(outdir, ignore_errors=True)
-    cfg = LabelJobConfig(inputs=[a.manifest], output=str(outdir), bundle=a.bundle)
+    extra = json.loads(a.job) if a.job else {}
+    for k in ("encode", "label"):  # {"encode": {"actors": 2}} -> StageResources(actors=2)
+        if k in extra:
+            extra[k] = StageResources(**extra[k])
+    cfg = LabelJobConfig(inputs=[a.manifest], output=str(outdir), bundle=a.bundle, **extra)
     res = {"n": a.n}
 
     def dump(final: bool):
@@ -111,9 +115,10 @@ def phase_run(a) -> None:
         except Exception:
             return None
 
+    finished = threading.Event()
+
     def watchdog():
-        while True:
-            time.sleep(5)
+        while not finished.wait(5):
             try:
                 from pipeline.sink import segments_dir
 
@@ -144,6 +149,7 @@ def phase_run(a) -> None:
                audio_s_per_s=rep["audio_s"] / (time.time() - t0))
     time.sleep(1.5)
     samp.stop_flag = True
+    finished.set()
     dump(True)
 
 
@@ -156,6 +162,7 @@ def main() -> None:
     ap.add_argument("--bundle")
     ap.add_argument("--sizes", default="1000,5000,20000")
     ap.add_argument("--cap-s", type=float, default=330)
+    ap.add_argument("--job", default="", help='JSON LabelJobConfig overrides, e.g. {"encode": {"actors": 2}}')
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "scaling.json"))
     a = ap.parse_args()
     if a.phase == "run":
@@ -168,14 +175,12 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             r = run_phase(str(Path(__file__).resolve()), "run", out, "--n", str(n), "--manifest", manifest(n),
-                          "--bundle", bundle, "--cap-s", str(a.cap_s), timeout=a.cap_s + 180)
+                          "--bundle", bundle, "--cap-s", str(a.cap_s), "--job", a.job, timeout=a.cap_s + 180)
         except Exception as e:  # timeout: the partial trace the run kept writing
             r = json.loads(out.read_text()) if out.exists() else {"n": n}
             r["stopped"] = f"{type(e).__name__} after {time.perf_counter() - t0:.0f} s"
         results.append(r)
         print({k: v for k, v in r.items() if k != "samples"}, flush=True)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=1, default=float))
     lines = ["| files | wall s | files/s | audio s/s | peak RSS all procs MB | RSS 2nd half mean MB | "
              "largest proc MB | peak plasma MB | done |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
@@ -183,10 +188,8 @@ def main() -> None:
                      f"{r.get('files_per_s', float('nan')):.1f} | {r.get('audio_s_per_s', float('nan')):.1f} | "
                      f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('rss_mb_second_half_mean', float('nan')):.0f} | "
                      f"{r.get('peak_max_proc_mb', float('nan')):.0f} | {r.get('peak_plasma_mb', float('nan')):.0f} | "
-                     f"{'yes' if r.get('final') else 'stopped at cap, ' + str(r.get('recordings_done_so_far')) + ' done'} |")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    Path(a.json).with_suffix(".md").write_text(md)
+                     f"{'yes' if r.get('wall_s') else 'stopped at cap, ' + str(r.get('recordings_done_so_far')) + ' done'} |")
+    save_results(a.json, {"machine": machine(), "results": results}, lines)
 
 
 if __name__ == "__main__":
