@@ -44,7 +44,7 @@ class LabelWithVLLM:
         for row in rows:
             emb, off = row["prompt_embeds"], row["prompt_offsets"]
             counts.append(len(off) - 1)
-            prompts += [torch.from_numpy(np.ascontiguousarray(emb[off[s]:off[s + 1]])) for s in range(len(off) - 1)]
+            prompts += [torch.from_numpy(np.array(emb[off[s]:off[s + 1]])) for s in range(len(off) - 1)]  # own copy
         n_lab = len(self.labels)
         if prompts:
             scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
