@@ -238,17 +238,23 @@ class StatsAccumulator:
         self.s1: np.ndarray | None = None
         self.s2: np.ndarray | None = None
 
-    def add(self, frames: np.ndarray) -> None:
-        a = np.asarray(frames)
+    def add(self, frames) -> None:
+        """Add frames (numpy, or a torch tensor on any device: reduced there, only ``[L, D]`` moments come back)."""
+        a = frames if hasattr(frames, "detach") else np.asarray(frames)
         if a.ndim == 2:
             a = a[None]
         if a.shape[1] == 0:
             return
         # mean-centred sums per call keep precision (Chan et al. parallel variance)
-        x = a.astype(np.float64)
-        n_b = x.shape[1]
-        m_b = x.mean(1)
-        m2_b = ((x - m_b[:, None]) ** 2).sum(1)
+        n_b = a.shape[1]
+        if hasattr(a, "detach"):  # torch
+            x = a.detach().double()
+            mb = x.mean(1)
+            m_b, m2_b = mb.cpu().numpy(), (x - mb[:, None]).square().sum(1).cpu().numpy()
+        else:
+            x = a.astype(np.float64)
+            m_b = x.mean(1)
+            m2_b = ((x - m_b[:, None]) ** 2).sum(1)
         if self.s1 is None:
             self.n, self.s1, self.s2 = n_b, m_b, m2_b
             return

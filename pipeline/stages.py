@@ -71,9 +71,9 @@ class EncodePrompts:
         for idx in batches:  # 1. frozen encoder
             enc = self.front.encoder([waves[i] for i in idx])
             for k, i in enumerate(idx):
-                items[i] = {"frames": enc.item(k).float().cpu().numpy(), "utt_id": str(i),
+                items[i] = {"frames": enc.item(k).float(), "utt_id": str(i),  # stays on the encoder's device
                             self.norm.group_key: groups[i] if groups else "all", "transcript": transcripts[i]}
-        items = self.norm.apply(items)  # 2. normalisation over each speaker's segments (no-op if none)
+        items = self.norm.apply(items)  # 2. normalisation over each speaker's segments (no-op if none), on device
         out: list[torch.Tensor | None] = [None] * len(waves)
         for idx in batches:  # 3. Former + soft prompt
             batch = collate_features([items[i] for i in idx])

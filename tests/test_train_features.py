@@ -77,6 +77,23 @@ def test_speaker_norm_and_shrinkage(tmp_path):
         F.FeatureNorm("per-call")
 
 
+def test_norm_on_torch_tensors_equals_numpy():
+    """The labeling stage normalises encoder frames where they are (torch, possibly on a GPU): same statistics and
+    outputs as the numpy path, tensors stay tensors."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    items = _items(rng, n=4)
+    as_torch = [dict(it, frames=torch.from_numpy(it["frames"])) for it in items]
+    for mode in ("speaker", "utterance"):
+        norm = F.FeatureNorm(mode, min_frames=20, global_stats=F.GroupStats(
+            1000, np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32)))
+        ref, got = norm.apply(items), norm.apply(as_torch)
+        for r, g in zip(ref, got):
+            assert torch.is_tensor(g["frames"]) and g["frames"].dtype == torch.float32
+            np.testing.assert_allclose(g["frames"].numpy(), r["frames"], rtol=1e-6, atol=1e-6)
+
+
 def test_cache_reader(tmp_path):
     rng = np.random.default_rng(2)
     rows = []
