@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--label-actors", type=int, default=1)
     ap.add_argument("--label-cpus", type=float, default=1.0)
     ap.add_argument("--label-gpus", type=float, default=0.0)
+    ap.add_argument("--encode-resources", type=json.loads, default=None, metavar="JSON",
+                    help='custom Ray resources per encode actor, e.g. \'{"encoder_node": 1}\' (node placement)')
+    ap.add_argument("--label-resources", type=json.loads, default=None, metavar="JSON",
+                    help="custom Ray resources per label actor")
     ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
     ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
     ap.add_argument("--max-channels", type=int, default=4)
@@ -76,8 +80,8 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         inputs=list(a.inputs), output=a.output, bundle=a.bundle,
         prepare=PrepareConfig(max_duration_s=a.max_duration, max_channels=a.max_channels, vad=vad),
         batch_recordings=a.batch_recordings,
-        encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus),
-        label=StageResources(a.label_actors, a.label_cpus, a.label_gpus),
+        encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus, a.encode_resources),
+        label=StageResources(a.label_actors, a.label_cpus, a.label_gpus, a.label_resources),
         device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),
         use_merged=True if a.merged else None, engine=engine,
         object_store_limit_mb=a.object_store_mb, resume=not a.no_resume, retry_failed=a.retry_failed,

@@ -7,8 +7,11 @@ the actor on the other worker node; blocks lost with the node are rebuilt or, wh
 (outputs of actor tasks), their batches fail and the job's one-by-one pass labels those recordings again.
 The job must finish with every recording exactly once and no error rows.
 """
+import json
 import os
-import threading
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,13 +19,10 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from pipeline.label_job import LabelJobConfig, StageResources, run
 from pipeline.sink import recording_counts, segments_dir
 
-ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64}
-
+REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -47,7 +47,7 @@ def _encoder_actor_raylet() -> int | None:
     return None
 
 
-def test_worker_node_lost_mid_job(bundle, tmp_path):
+def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
     from pipeline.demo_calls import make_call_archive
@@ -57,45 +57,47 @@ def test_worker_node_lost_mid_job(bundle, tmp_path):
     faults = tmp_path / "faults"
     faults.mkdir()
     (faults / "encode.sleep").write_text("2")  # slow encoder batches: the node loss lands mid-job
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
-           if k in os.environ}
-    env["EMOQ_FAULTS_DIR"] = str(faults)
-    os.environ.pop("RAY_ADDRESS", None)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    monkeypatch.setenv("EMOQ_FAULTS_DIR", str(faults))  # inherited by the raylets and their workers
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    # The job runs as the CLI in its own process (its own driver): whatever happens, this test process never
+    # joins the cluster, so it can always tear it down.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
+                                                              "resources": {"label_node": 1}})
     workers = [cluster.add_node(num_cpus=1, resources={"encoder_node": 1}) for _ in range(2)]
+    cmd = [sys.executable, str(REPO / "jobs" / "label_corpus.py"), str(manifest), "--bundle", bundle,
+           "--output", str(out), "--address", cluster.address, "--batch-recordings", "1",
+           "--encode-cpus", "0.5", "--encode-resources", '{"encoder_node": 1}',
+           "--label-cpus", "0.5", "--label-resources", '{"label_node": 1}',
+           "--engine", "max_model_len=512", "max_num_seqs=64"]
+    log = open(tmp_path / "driver.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    seg = Path(segments_dir(str(out)))
     try:
-        ray.init(address=cluster.address, runtime_env={"env_vars": env})
-        cfg = LabelJobConfig(inputs=[str(manifest)], output=str(tmp_path / "out"),
-                             bundle=bundle, batch_recordings=1, engine=dict(ENGINE),
-                             encode=StageResources(1, 0.5, resources={"encoder_node": 1}),
-                             label=StageResources(1, 0.5))
-        box: dict = {}
-        th = threading.Thread(target=lambda: box.update(rep=run(cfg)), daemon=True)
-        th.start()
-        seg = Path(segments_dir(cfg.output))
         deadline = time.time() + 400
-        while time.time() < deadline and th.is_alive() and not list(seg.glob("part-*.parquet")):
+        while time.time() < deadline and proc.poll() is None and not list(seg.glob("part-*.parquet")):
             time.sleep(0.2)
         raylet = _encoder_actor_raylet()
-        assert th.is_alive() and raylet is not None, "the job ended (or no encoder actor) before the node loss"
+        assert proc.poll() is None and raylet is not None, \
+            f"the job ended (or no encoder actor) before the node loss: {(tmp_path / 'driver.log').read_text()[-3000:]}"
         lost = next(n for n in workers if n.all_processes["raylet"][0].process.pid == raylet)
         done_before = len(list(seg.glob("part-*.parquet")))
         cluster.remove_node(lost, allow_graceful=False)
-        th.join(timeout=600)
-        assert not th.is_alive(), "the job did not finish after the node loss"
-        rep = box["rep"]
+        rc = proc.wait(timeout=600)
+        assert rc == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        ray.shutdown()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        log.close()
         cluster.shutdown()
+    rep = json.loads((out / "report.json").read_text())
     n = len(calls)
-    print({k: rep[k] for k in ("recordings_found", "labeled", "failed", "isolated", "crashed", "already_done")})
-    if rep["failed"]:
-        print(pq.read_table(segments_dir(cfg.output)).to_pandas().dropna(subset=["error"])[["recording_id", "error"]])
     assert done_before < n, "the node loss did not land mid-job"
-    assert rep["recordings_found"] == n == rep["labeled"] == rep["recordings_in_output"]
+    assert rep["recordings_found"] == n == rep["labeled"] == rep["recordings_in_output"], rep
     assert rep["failed"] == 0 and rep["duplicate_recordings"] == 0
-    counts = recording_counts(cfg.output)
+    counts = recording_counts(str(out))
     assert sorted(counts) == sorted(calls.recording_id) and set(counts.values()) == {1}
-    df = pq.read_table(segments_dir(cfg.output)).to_pandas()
+    df = pq.read_table(segments_dir(str(out))).to_pandas()
     assert df.error.isna().all() and not df.duplicated(["recording_id", "channel", "segment_index"]).any()
-    print(f"node lost after {done_before}/{n} recordings; isolated afterwards: {rep['isolated']}")
+    print(f"node lost after {done_before}/{n} recordings; retried one by one afterwards: {rep['isolated']}")
