@@ -30,17 +30,23 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the repo import
 import numpy as np
 
 
-def _probs_hf(model, items: list[dict], batch_size: int, head: str) -> np.ndarray:
+def _batches(items: list[dict], batch_size: int):
+    """Feature items collated into model batches of ``batch_size``."""
     import torch
 
     from emoq_model.model import collate_features
 
+    for i in range(0, len(items), batch_size):
+        yield collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
+                                 "transcript": it.get("transcript")} for it in items[i: i + batch_size]])
+
+
+def _probs_hf(model, items: list[dict], batch_size: int, head: str) -> np.ndarray:
+    import torch
+
     out = []
     with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            chunk = items[i: i + batch_size]
-            batch = collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
-                                       "transcript": it.get("transcript")} for it in chunk])
+        for batch in _batches(items, batch_size):
             if head == "aux":
                 fo = model.run_former(batch.to(model.device))
                 out.append(torch.softmax(fo.logits.float(), -1).cpu().numpy())
@@ -54,17 +60,13 @@ def _probs_vllm(bundle: str, items: list[dict], batch_size: int, max_model_len: 
     from vllm import LLM
 
     from emoq_model.bundle import load_bundle
-    from emoq_model.model import collate_features
     from emoq_model.serving import classify, engine_kwargs, lora_request
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     front = load_bundle(bundle, load_llm=False, device="cpu" if not torch.cuda.is_available() else None)
     embeds = []
     with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            chunk = items[i: i + batch_size]
-            batch = collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
-                                       "transcript": it.get("transcript")} for it in chunk])
+        for batch in _batches(items, batch_size):
             embeds += [e.cpu() for e in front.prompt_embeds(batch).embeds]
     kw = engine_kwargs(bundle, enforce_eager=True, max_model_len=max_model_len)
     llm = LLM(**kw)

@@ -20,6 +20,9 @@ from pipeline.sink import (clean_temporary, drop_failed_parts, recording_counts,
                            write_lost, write_parts)
 from pipeline.sources import discover
 
+# Retry counts can only be given as ray_remote_args in Ray 2.60 (deprecated there, but no named parameter yet).
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+
 
 @dataclass
 class StageResources:
@@ -75,13 +78,14 @@ def encoder_sample_rate(bundle: str) -> int:
 
 
 def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
-                  batch_recordings: int, isolate: bool = False):
+                  isolate: bool = False):
     """The streaming plan: rows (one per recording) → prepare → [ASR] → encode → vLLM → part files.
 
     Each batch gets ``cfg.max_attempts`` tries (a worker crash or OOM kill restarts the actor and retries the
     batch); a batch that fails every try is dropped from the stream instead of failing the job (up to
-    ``cfg.max_failed_batches``), and the driver accounts for its recordings (:func:`run`). ``isolate``: one task
-    at a time per actor, so that a crashing recording takes no innocent in-flight batch down with it.
+    ``cfg.max_failed_batches``), and the driver accounts for its recordings (:func:`run`). ``isolate``: one
+    recording per batch and one task at a time per actor, so that a crashing recording takes no innocent batch
+    down with it.
     """
     import ray
 
@@ -89,8 +93,7 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
     from pipeline.labeler import LabelWithVLLM
     from pipeline.stages import EncodePrompts
 
-    # Retry counts can only be given as ray_remote_args in Ray 2.60 (deprecated, but no named parameter yet).
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    batch_recordings = 1 if isolate else cfg.batch_recordings
     retries = max(0, cfg.max_attempts - 1)
     in_process = cfg.engine_in_process if cfg.engine_in_process is not None else cfg.label.num_gpus == 0
     task_args = {"max_retries": retries}  # function stages (Ray Data's default is -1: forever)
@@ -175,12 +178,12 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
         + (f" ({len(retried)} failed last time, retried)" if retried else ""))
     report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
               "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid,
-              "retried_failed": len(retried), "isolated": 0, "lost_batches_recovered": 0, "crashed": 0}
+              "retried_failed": len(retried), "isolated": 0, "crashed": 0}
     if todo and bundle_uses_text(bundle) and not cfg.asr_model:
         log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
             "are labelled from speech alone")
     if todo:
-        ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out, cfg.batch_recordings)
+        ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out)
         # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
         report["object_store_limit_bytes"] = ds.context.execution_options.resource_limits.object_store_memory
         seen = _consume(ds, report)
@@ -191,9 +194,8 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
             log(f"[label] {len(missing)} recordings were in batches that failed {cfg.max_attempts} times; "
                 "retrying them one by one")
             report["isolated"] = len(missing)
-            ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, 1, isolate=True)
+            ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, isolate=True)
             seen |= _consume(ds, report)
-            report["lost_batches_recovered"] = sum(1 for r in missing if r.recording_id in seen)
             missing = [r for r in missing if r.recording_id not in seen]
         if missing:  # failed every attempt, alone: an error row each, never a silent drop
             msg = (f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
