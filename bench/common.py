@@ -43,10 +43,10 @@ def asterisk_clips(lo: float = 2.0, hi: float = 4.0) -> list[tuple[str, float]]:
     """Real speech clips (8 kHz WAV, Debian asterisk-core-sounds) with durations in [lo, hi] s, sorted by name."""
     import soundfile as sf
 
-    from emoq_model.assets.paths import cache_dir
+    from emoq_model.assets.speech_samples import asterisk_sounds_dir
 
     out = []
-    for p in sorted((cache_dir() / "asterisk-sounds").rglob("*.wav")):
+    for p in sorted(asterisk_sounds_dir().rglob("*.wav")):  # fetched on first use
         d = sf.info(str(p)).duration
         if lo <= d <= hi:
             out.append((str(p), d))

@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help='custom Ray resources per encode actor, e.g. \'{"encoder_node": 1}\' (node placement)')
     ap.add_argument("--label-resources", type=json.loads, default=None, metavar="JSON",
                     help="custom Ray resources per label actor")
+    ap.add_argument("--fuse-model-stages", action="store_true",
+                    help="encoder and vLLM in one actor pool with the --label-* resources (one device holds both "
+                         "models: a single GPU, or a CPU-only machine)")
+    ap.add_argument("--batch-overhead-s", type=float, default=None,
+                    help="encoder batching: a call's fixed cost in seconds of audio (default 1 on CPU, 60 on GPU)")
     ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
     ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
     ap.add_argument("--max-channels", type=int, default=4)
@@ -79,7 +84,8 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
     return LabelJobConfig(
         inputs=list(a.inputs), output=a.output, bundle=a.bundle,
         prepare=PrepareConfig(max_duration_s=a.max_duration, max_channels=a.max_channels, vad=vad),
-        batch_recordings=a.batch_recordings,
+        batch_recordings=a.batch_recordings, fuse_model_stages=a.fuse_model_stages,
+        batch_overhead_s=a.batch_overhead_s,
         encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus, a.encode_resources),
         label=StageResources(a.label_actors, a.label_cpus, a.label_gpus, a.label_resources),
         device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),

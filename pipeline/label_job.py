@@ -48,6 +48,7 @@ class LabelJobConfig:
     device: str | None = None  # None: the bundle's config ("auto" = cuda when the actor has a GPU)
     max_batch_segments: int = 32  # encoder batch (segments); padded samples bounded by max_batch_seconds
     max_batch_seconds: float = 240.0
+    batch_overhead_s: float | None = None  # encoder batching: one call costs this much audio, s (None: by device)
     vllm_mode: str = "tokens"  # "tokens" (allowed label tokens + their logprobs) | "choice" (structured outputs)
     use_merged: bool | None = None  # serve the bundle's merged LLM instead of base + LoRA
     asr_model: str | None = None  # local Whisper checkpoint: transcribe segments without transcripts (text bundles)
@@ -55,6 +56,8 @@ class LabelJobConfig:
     engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
                                                   "max_num_seqs": 256})
     engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
+    fuse_model_stages: bool = False  # encoder + Former + vLLM in one actor pool (``label`` resources): one device
+    #                                  holds both models and they take turns on it (one GPU, a CPU machine)
     object_store_limit_mb: int | None = 1024  # cap on the streaming executor's object-store use
     resume: bool = True
     retry_failed: bool = False  # on resume, label again the recordings that got an error row last time
@@ -90,7 +93,7 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
     import ray
 
     from pipeline.asr import Transcribe, bundle_uses_text
-    from pipeline.labeler import LabelWithVLLM
+    from pipeline.labeler import EncodeAndLabel, LabelWithVLLM
     from pipeline.stages import EncodePrompts
 
     batch_recordings = 1 if isolate else cfg.batch_recordings
@@ -113,18 +116,22 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
                                                "device": cfg.device},
             batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.asr),
             num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
+    encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
+                     "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s}
+    label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
+                    "engine_overrides": cfg.engine, "in_process": in_process}
+    if not cfg.fuse_model_stages:
+        ds = ds.map_batches(
+            EncodePrompts, fn_constructor_kwargs=encode_kwargs,
+            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.encode), num_cpus=cfg.encode.num_cpus,
+            num_gpus=cfg.encode.num_gpus, resources=cfg.encode.resources, **actor_args)
+        label_cls, label_args = LabelWithVLLM, label_kwargs
+    else:
+        label_cls, label_args = EncodeAndLabel, {"encode_kwargs": encode_kwargs, "label_kwargs": label_kwargs}
     ds = ds.map_batches(
-        EncodePrompts, fn_constructor_kwargs={"bundle_dir": bundle, "device": cfg.device,
-                                              "max_batch_segments": cfg.max_batch_segments,
-                                              "max_batch_seconds": cfg.max_batch_seconds},
-        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.encode),
-        num_cpus=cfg.encode.num_cpus, num_gpus=cfg.encode.num_gpus, resources=cfg.encode.resources, **actor_args)
-    ds = ds.map_batches(
-        LabelWithVLLM, fn_constructor_kwargs={"bundle_dir": bundle, "mode": cfg.vllm_mode,
-                                              "use_merged": cfg.use_merged, "engine_overrides": cfg.engine,
-                                              "in_process": in_process},
-        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.label),
-        num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus, resources=cfg.label.resources, **actor_args)
+        label_cls, fn_constructor_kwargs=label_args,
+        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.label), num_cpus=cfg.label.num_cpus,
+        num_gpus=cfg.label.num_gpus, resources=cfg.label.resources, **actor_args)
     ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
                         batch_size=batch_recordings, batch_format="numpy", num_cpus=0.25, **task_args)
     # This dataset's own DataContext (a copy made at creation): nothing leaks into the process-wide one.

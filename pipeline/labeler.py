@@ -61,3 +61,21 @@ class LabelWithVLLM:
             row.pop("prompt_offsets", None)
         keys = [k for k in rows[0]] if rows else []
         return _cols(rows, keys)
+
+
+class EncodeAndLabel:
+    """Encoder, EmoQ-Former and vLLM in one actor (``LabelJobConfig.fuse_model_stages``).
+
+    For deployments where one device holds both models (a single GPU, or a CPU-only machine): the stages take
+    turns on the whole device instead of splitting it, and the soft prompts never leave the process. With
+    separate pools (the default) each stage scales on its own devices and nodes.
+    """
+
+    def __init__(self, encode_kwargs: dict, label_kwargs: dict):
+        from pipeline.stages import EncodePrompts
+
+        self.encode = EncodePrompts(**encode_kwargs)
+        self.label = LabelWithVLLM(**label_kwargs)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.label(self.encode(batch))

@@ -7,6 +7,7 @@ recordings and builds the soft prompts with the model package's one prompt funct
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -24,18 +25,39 @@ def _cols(rows: list[dict], keys) -> dict:
     return {k: [r.get(k) for r in rows] for k in keys}
 
 
-def length_batches(lengths: list[int], max_items: int, max_samples: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (sorted), bounded by items and padded samples."""
+def length_batches(lengths: list[int], max_items: int, max_samples: int,
+                   overhead: float | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, bounded by items and padded samples (``max_items`` items of
+    the batch's longest length); a single item longer than ``max_samples`` gets a batch of its own.
+
+    ``overhead`` None: the sorted lengths fill each batch in turn. Otherwise the split of the sorted lengths that
+    minimises the encoder's cost, modelled as each batch's padded samples plus ``overhead`` samples per batch
+    (the fixed cost of one forward call): few, full batches where lengths are alike, and no short segment padded
+    to a long one's length where they are not.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) >= max_items or lengths[i] * (len(cur) + 1) > max_samples):
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    if overhead is None:
+        out, cur = [], []
+        for i in order:
+            if cur and (len(cur) >= max_items or lengths[i] * (len(cur) + 1) > max_samples):
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        return out + [cur] if cur else out
+    sl = [lengths[i] for i in order]
+    best, cut = [0.0] + [math.inf] * len(sl), [0] * (len(sl) + 1)
+    for j in range(1, len(sl) + 1):  # best[j]: cheapest split of the j shortest; the last batch is sl[i:j]
+        for i in range(j - 1, max(0, j - max_items) - 1, -1):
+            if j - i > 1 and sl[j - 1] * (j - i) > max_samples:
+                break
+            cost = best[i] + sl[j - 1] * (j - i) + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], len(sl)
+    while j:
+        out.append(order[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
 
 
 class EncodePrompts:
@@ -46,7 +68,8 @@ class EncodePrompts:
     """
 
     def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
-                 max_batch_seconds: float = 240.0, num_threads: int | None = None):
+                 max_batch_seconds: float = 240.0, batch_overhead_s: float | None = None,
+                 num_threads: int | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
@@ -58,6 +81,9 @@ class EncodePrompts:
         self.sample_rate = self.front.encoder.sample_rate
         self.max_items = max_batch_segments
         self.max_samples = int(max_batch_seconds * self.sample_rate)
+        if batch_overhead_s is None:  # fixed cost of one encoder call, in seconds of audio (see BENCHMARKS.md)
+            batch_overhead_s = 1.0 if self.front.device.type == "cpu" else 60.0
+        self.overhead = batch_overhead_s * self.sample_rate
 
     @torch.inference_mode()
     def encode(self, waves: list[np.ndarray], transcripts: list[str | None],
@@ -66,7 +92,7 @@ class EncodePrompts:
         (recording + channel) for the bundle's per-speaker feature normalisation."""
         from emoq_model.model import collate_features
 
-        batches = length_batches([len(w) for w in waves], self.max_items, self.max_samples)
+        batches = length_batches([len(w) for w in waves], self.max_items, self.max_samples, self.overhead)
         items: list[dict | None] = [None] * len(waves)
         for idx in batches:  # 1. frozen encoder
             enc = self.front.encoder([waves[i] for i in idx])

@@ -70,10 +70,16 @@ def read_segments(out) -> pd.DataFrame:
     return pq.read_table(segments_dir(str(out))).to_pandas()
 
 
-def test_label_resume_and_errors(ray_local, corpus, bundle, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def labelled(ray_local, corpus, bundle, tmp_path_factory):
+    """The job's first run on the corpus (default layout: encoder and vLLM in separate actor pools)."""
+    out = tmp_path_factory.mktemp("labelled") / "out"
     rep = run(job(corpus, bundle, out))
-    df = read_segments(out)
+    return {"out": out, "report": rep, "segments": read_segments(out)}
+
+
+def test_label_resume_and_errors(labelled, corpus, bundle):
+    out, rep, df = labelled["out"], labelled["report"], labelled["segments"]
     # every input row appears; failures as one row each with a clear error
     assert set(df.recording_id) == {r for r in pd.read_csv(corpus["manifest"]).recording_id}
     assert rep["labeled"] + rep["failed"] == corpus["n"] == rep["recordings_found"]
@@ -127,3 +133,25 @@ def test_label_resume_and_errors(ray_local, corpus, bundle, tmp_path):
     merged = df.merge(df3, on=key, suffixes=("", "_new"))
     assert len(merged) == len(df)
     assert (merged.label.fillna("") == merged.label_new.fillna("")).all()  # same model, same labels
+
+
+def test_fused_model_stages_same_output(labelled, corpus, bundle, tmp_path):
+    """Encoder and vLLM in one actor (``fuse_model_stages``): the same rows, labels and probabilities as with
+    separate pools, every input accounted for."""
+    from dataclasses import replace
+
+    out = tmp_path / "fused"
+    cfg = replace(job(corpus, bundle, out), fuse_model_stages=True, label=StageResources(1, 1.0))
+    rep = run(cfg)
+    assert rep["labeled"] + rep["failed"] == corpus["n"] and rep["crashed"] == 0
+    key = ["recording_id", "channel", "segment_index"]
+    a = labelled["segments"].sort_values(key).reset_index(drop=True)
+    b = read_segments(out).sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) and (a[key].astype(str) == b[key].astype(str)).all().all()
+    assert (a.error.fillna("") == b.error.fillna("")).all()
+    ok = a.error.isna()
+    assert ok.sum() > 10
+    assert (a.label[ok] == b.label[ok]).all()
+    pa = np.array([[v for _, v in kv] for kv in a.probabilities[ok]])
+    pb = np.array([[v for _, v in kv] for kv in b.probabilities[ok]])
+    np.testing.assert_allclose(pa, pb, atol=1e-4)

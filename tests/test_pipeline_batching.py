@@ -1,0 +1,79 @@
+"""Encoder batching of the label stage: the cost-model split of length-sorted segments, and its outputs."""
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.stages import length_batches
+
+
+def cost(lengths, batches, overhead):
+    return sum(max(lengths[i] for i in b) * len(b) + overhead for b in batches)
+
+
+def check_partition(lengths, batches, max_items, max_samples):
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every segment exactly once
+    for b in batches:
+        assert len(b) <= max_items
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= max_samples
+    # batches are runs of the length order: no batch mixes lengths another batch lies between
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cost_split_is_optimal_on_small_inputs(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 10))
+    lengths = [int(x) for x in rng.integers(1, 100, n)]
+    max_items, max_samples, overhead = int(rng.integers(1, 6)), int(rng.integers(50, 400)), float(rng.integers(0, 60))
+    got = length_batches(lengths, max_items, max_samples, overhead)
+    check_partition(lengths, got, max_items, max_samples)
+    # brute force over every split of the sorted order into contiguous runs within the limits
+    order = sorted(range(n), key=lambda i: lengths[i])
+    best = np.inf
+    for cuts in itertools.product([0, 1], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        bs = [order[a:b] for a, b in zip(bounds, bounds[1:])]
+        if all(len(b) <= max_items and (len(b) == 1 or max(lengths[i] for i in b) * len(b) <= max_samples)
+               for b in bs):
+            best = min(best, cost(lengths, bs, overhead))
+    assert cost(lengths, got, overhead) == pytest.approx(best)
+
+
+def test_cost_split_separates_short_from_long_and_fills_alike():
+    short, long_ = [16000] * 6, [160000] * 2  # six 1 s segments, two 10 s ones, interleaved
+    lengths = [short[0], long_[0], short[1], short[2], long_[1], short[3], short[4], short[5]]
+    greedy = length_batches(lengths, 32, 10**9)
+    assert len(greedy) == 1  # one batch: every 1 s segment padded to 10 s
+    split = length_batches(lengths, 32, 10**9, overhead=16000.0)
+    assert sorted(sorted(b) for b in split) == [[0, 2, 3, 5, 6, 7], [1, 4]]
+    assert cost(lengths, split, 16000.0) < cost(lengths, greedy, 16000.0)
+    # a huge per-call cost: as few calls as the limits allow
+    assert len(length_batches(lengths, 4, 10**9, overhead=1e9)) == 2
+    # an item over the sample budget still gets a batch (alone)
+    assert length_batches([10, 500, 20], 8, 100, overhead=5.0)[-1] == [1]
+
+
+def test_encode_prompts_same_for_any_batching(tmp_path):
+    """The split changes which segments share an encoder call, never their prompts (masked real-length encoder)."""
+    from emoq_model.bundle import save_bundle
+    from emoq_model.config import demo_config_path, load_config
+    from emoq_model.model import EmoQModel
+    from pipeline.stages import EncodePrompts
+
+    bundle = str(save_bundle(EmoQModel(load_config(demo_config_path())), tmp_path / "bundle"))
+    stage = EncodePrompts(bundle)
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 9) / 16000
+    waves = [(0.2 * np.sin(2 * np.pi * (150 + 40 * k) * t[: int(16000 * s)]) + 0.01 * rng.standard_normal(
+        int(16000 * s))).astype(np.float32) for k, s in enumerate([1.0, 8.5, 1.5, 2.0, 7.0, 1.2])]
+    groups = ["a", "a", "a", "b", "b", "b"]
+    stage.overhead = None
+    one_call = stage.encode(waves, [None] * 6, groups)
+    stage.overhead = 16000.0
+    assert len(length_batches([len(w) for w in waves], stage.max_items, stage.max_samples, stage.overhead)) > 1
+    split = stage.encode(waves, [None] * 6, groups)
+    for a, b in zip(one_call, split):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
