@@ -10,9 +10,11 @@ of them alike:
   Floor throughput = audio_s / (best encoder + Former + vLLM seconds).
 * ``plain``: what a user writes without this project: per file, decode (soundfile + soxr), per channel, Whisper in
   30 s windows (``hf30``: the standard HF feature extractor, 30 s padding) or at real length (``real``), Former,
-  HF ``predict_proba`` — one item at a time.
-* ``pipeline``: ``pipeline.label_job.run`` on an embedded local Ray (4 logical CPUs), first on 1 clip (fixed cost:
-  actor + vLLM engine start), then on the whole corpus. Marginal throughput = extra audio / extra wall. Stage
+  HF ``predict_proba`` (one prefill, label-token softmax) or HF ``generate`` (``*_generate``: 4 new tokens, the
+  text mapped to a label) — one item at a time.
+* ``pipeline``: ``pipeline.label_job.run`` on an embedded local Ray (4 logical CPUs), on the corpus and then on the
+  corpus ``--repeat`` times (distinct ids), each run starting its own actors and engine. Steady-state (marginal)
+  throughput = extra audio / extra wall; fixed cost = the corpus run's wall minus its audio at that rate. Stage
   wrappers (composition, no library change) log every call's start/end to a JSONL file for the breakdown.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, stats 
 
 # ------------------------------------------------------------------------------------------ corpus
 
-def make_corpus(n_clips: int, n_calls: int) -> dict:
+def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
     import pandas as pd
 
     root = WORK / f"label_corpus_{n_clips}_{n_calls}"
@@ -51,7 +53,14 @@ def make_corpus(n_clips: int, n_calls: int) -> dict:
                      for r in calls.itertuples()]
         pd.DataFrame(rows).to_csv(man, index=False)
         pd.DataFrame(rows[:1]).to_csv(root / "one.csv", index=False)
-    return {"manifest": str(man), "one": str(root / "one.csv")}
+    big = root / f"manifest_x{repeat}.csv"
+    if not big.exists():
+        # the corpus ``repeat`` times under distinct ids; a distinct (ignored: the demo config does not read
+        # transcripts) transcript per copy keeps the job from refusing the copies as duplicate inputs
+        rows = pd.read_csv(man).to_dict("records")
+        pd.DataFrame([{**r, "recording_id": f"{r['recording_id']}_x{k}", "transcript": f"copy {k}"}
+                      for k in range(repeat) for r in rows]).to_csv(big, index=False)
+    return {"manifest": str(man), "one": str(root / "one.csv"), "manifest_big": str(big), "repeat": repeat}
 
 
 def file_seconds(manifest: str) -> float:
@@ -194,7 +203,9 @@ def phase_pipeline(a) -> dict:
     TimedEncode.threads = int(extra.pop("_encode_threads", 0))
     TimedLabel.env = dict(extra.pop("_label_env", {}))
     res = {}
-    for tag, man in (("full", a.manifest),):
+    for tag, man in (("full", a.manifest), ("big", a.manifest_big)):
+        if not man:
+            continue
         outdir = WORK / "label_out" / f"{Path(a.out).stem}_{tag}"
         import shutil
 
@@ -208,19 +219,21 @@ def phase_pipeline(a) -> dict:
         t1 = time.time()
         res[tag] = {"wall_s": t1 - t0, "audio_s": rep["audio_s"], "segments": rep["segments"],
                     "labeled": rep["labeled"], "failed": rep["failed"]}
-        if tag == "full":
-            # only the full run's lines: they start after t0
-            lines = [x for x in Path(log_path).read_text().splitlines() if x.strip() and json.loads(x)["t0"] >= t0]
-            Path(log_path).write_text("\n".join(lines) + "\n")
-            res["breakdown"] = bd = breakdown(log_path, t0, t1)
-            # one-time vLLM engine start excluded: the label actor's constructor time comes off the wall
-            res["full"]["engine_start_s"] = bd.get("label_init", {}).get("busy_s", 0.0)
-            res["full"]["encoder_start_s"] = bd.get("encode_init", {}).get("busy_s", 0.0)
-            res["full"]["excl_start_audio_s_per_s"] = rep["audio_s"] / (t1 - t0 - res["full"]["engine_start_s"])
-            # after start-up: from the moment every model actor is constructed (Ray, actors, engine) to the end
-            ready = max(bd.get(k, {}).get("last_end_s", 0.0) for k in ("encode_init", "label_init"))
-            res["full"]["ready_s"] = ready
-            res["full"]["after_startup_audio_s_per_s"] = rep["audio_s"] / max(1e-9, t1 - t0 - ready)
+        # this run's lines only (they start after t0)
+        lines = [x for x in Path(log_path).read_text().splitlines() if x.strip() and json.loads(x)["t0"] >= t0]
+        Path(log_path).write_text("\n".join(lines) + "\n")
+        bd = breakdown(log_path, t0, t1)
+        res["breakdown" if tag == "full" else f"breakdown_{tag}"] = bd
+        res[tag]["engine_start_s"] = bd.get("label_init", {}).get("busy_s", 0.0)
+        res[tag]["encoder_start_s"] = bd.get("encode_init", {}).get("busy_s", 0.0)
+        # every model actor constructed (Ray Data planning, actor processes, models, vLLM engine)
+        res[tag]["ready_s"] = max(bd.get(k, {}).get("last_end_s", 0.0) for k in ("encode_init", "label_init"))
+    if "big" in res:
+        # steady state: the extra audio over the extra wall of the larger corpus (each run pays the same start-up:
+        # Ray is up in both, actors and engine are started per run); the fixed cost is what remains of the wall
+        f, b = res["full"], res["big"]
+        res["marginal_audio_s_per_s"] = (b["audio_s"] - f["audio_s"]) / (b["wall_s"] - f["wall_s"])
+        res["fixed_s"] = f["wall_s"] - f["audio_s"] / res["marginal_audio_s_per_s"]
     return res
 
 
@@ -308,16 +321,28 @@ def phase_plain(a) -> dict:
 
     from emoq_model.bundle import load_bundle
 
-    ov = ["encoder.whisper_real_length=false"] if a.variant == "hf30" else []
+    ov = ["encoder.whisper_real_length=false"] if a.variant.startswith("hf30") else []
     model = load_bundle(a.bundle, load_llm=True, with_encoder=True, overrides=ov)
     sr = model.encoder.sample_rate
     paths = list(pd.read_csv(a.manifest)["path"])
     if a.limit:
         paths = paths[:a.limit]
     audio_s, n_items = 0.0, 0
+    predict = model.predict_proba
+    if a.variant.endswith("generate"):  # HF generate on the prompt embeddings, the answer text mapped to a label
+        from emoq_model.prompt import pad_prompts
+
+        tok = model.tokenizer
+
+        def predict(batch):
+            x, mask, _ = pad_prompts(model.prompt_embeds(batch.to(model.device)))
+            ids = model.llm.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                     pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            text = tok.decode(ids[0], skip_special_tokens=True).strip().lower()
+            return next((n for n in model.label_names if text.startswith(n.lower())), None)
     with torch.inference_mode():
         w = np.zeros(sr * 3, np.float32)
-        model.predict_proba(model.batch_from_audio([w]))  # warm-up
+        predict(model.batch_from_audio([w]))  # warm-up
         t0 = time.perf_counter()
         for p in paths:
             x, rate = sf.read(p, dtype="float32", always_2d=True)
@@ -325,7 +350,7 @@ def phase_plain(a) -> dict:
             for c in range(x.shape[1]):
                 y = soxr.resample(x[:, c], rate, sr) if rate != sr else x[:, c]
                 for s in range(0, len(y), 30 * sr):  # Whisper takes at most 30 s
-                    model.predict_proba(model.batch_from_audio([y[s:s + 30 * sr]]))
+                    predict(model.batch_from_audio([y[s:s + 30 * sr]]))
                     n_items += 1
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "audio_s": audio_s, "items": n_items, "audio_s_per_s": audio_s / wall}
@@ -340,6 +365,8 @@ def main() -> None:
     ap.add_argument("--bundle")
     ap.add_argument("--manifest")
     ap.add_argument("--one")
+    ap.add_argument("--manifest-big", default="")
+    ap.add_argument("--repeat", type=int, default=4, help="the larger corpus: the corpus this many times")
     ap.add_argument("--variant", default="real")
     ap.add_argument("--limit", type=int, default=0, help="plain phase: first N files only")
     ap.add_argument("--hf30-limit", type=int, default=30)
@@ -360,7 +387,7 @@ def main() -> None:
         return
 
     bundle = demo_bundle()
-    corpus = make_corpus(a.clips, a.calls)
+    corpus = make_corpus(a.clips, a.calls, a.repeat)
     audio_s = file_seconds(corpus["manifest"])
     print(f"bundle {bundle}; corpus {corpus['manifest']}: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s audio",
           flush=True)
@@ -371,10 +398,12 @@ def main() -> None:
     for rep in range(a.reps):
         for ph in a.phases.split(","):
             common = ["--bundle", bundle, "--manifest", corpus["manifest"], "--one", corpus["one"]]
+            if ph == "pipeline" and a.repeat > 1:
+                common += ["--manifest-big", corpus["manifest_big"]]
             todo = [(ph, [])]
             if ph.startswith("plain_"):
                 todo = [(ph, ["--variant", ph.split("_", 1)[1]]
-                         + (["--limit", str(a.hf30_limit)] if ph == "plain_hf30" else []))]
+                         + (["--limit", str(a.hf30_limit)] if ph.startswith("plain_hf30") else []))]
             if ph == "pipeline":
                 todo += [(f"pipeline_{k}", ["--job", v]) for k, v in variants.items()]
             for name, extra in todo:
@@ -417,30 +446,31 @@ def summarize(raw: dict, audio_s: float) -> dict:
         if k.startswith("pipeline"):
             pr = raw[k]
             s[k + "_incl_startup"] = stats([r["full"]["audio_s"] / r["full"]["wall_s"] for r in pr])
-            s[k + "_excl_engine_start"] = stats([r["full"]["excl_start_audio_s_per_s"] for r in pr])
+            s[k + "_ready_s"] = stats([r["full"]["ready_s"] for r in pr])
             s[k + "_engine_start_s"] = stats([r["full"]["engine_start_s"] for r in pr])
-            bd = [r["breakdown"] for r in pr]
-            s[k + "_breakdown"] = {st: {"busy_s": stats([b[st]["busy_s"] for b in bd if st in b]),
-                                        "busy_frac_of_wall": stats([b[st]["busy_frac_of_wall"] for b in bd if st in b]),
-                                        "first_start_s": stats([b[st]["first_start_s"] for b in bd if st in b]),
-                                        "last_end_s": stats([b[st]["last_end_s"] for b in bd if st in b])}
-                                   for st in ("prepare", "encode_init", "encode", "label_init", "label", "write")
-                                   if any(st in b for b in bd)}
-            # per-repetition ratios (side by side in the same repetition)
+            steady = "marginal_audio_s_per_s" in pr[0]
+            if steady:
+                s[k + "_marginal"] = stats([r["marginal_audio_s_per_s"] for r in pr])
+                s[k + "_fixed_s"] = stats([r["fixed_s"] for r in pr])
+                s[k + "_big_incl_startup"] = stats([r["big"]["audio_s"] / r["big"]["wall_s"] for r in pr])
+            for name in (n for n in pr[0] if n.startswith("breakdown")):
+                bd = [r[name] for r in pr]
+                s[f"{k}_{name}"] = {
+                    st: {m: stats([b[st][m] for b in bd if st in b])
+                         for m in ("busy_s", "busy_frac_of_wall", "first_start_s", "last_end_s")}
+                    for st in ("prepare", "encode_init", "encode", "label_init", "label", "write")
+                    if any(st in b for b in bd)}
+            # per-repetition ratios (side by side in the same repetition); the plain loops exclude their model load
             n = len(pr)
-            if "plain_real" in raw:
-                s[k + "_vs_plain_real"] = stats([
-                    pr[i]["full"]["excl_start_audio_s_per_s"]
-                    / raw["plain_real"][i]["audio_s_per_s"] for i in range(n)])
-            if "plain_hf30" in raw:
-                s[k + "_vs_plain_hf30"] = stats([
-                    pr[i]["full"]["excl_start_audio_s_per_s"]
-                    / raw["plain_hf30"][i]["audio_s_per_s"] for i in range(n)])
-            if "floor" in raw:
-                s[k + "_floor_over_pipeline"] = stats([
-                    raw["floor"][i]["floor_audio_s_per_s"] /
-                    (pr[i]["full"]["excl_start_audio_s_per_s"])
-                    for i in range(n)])
+            for p in (p for p in raw if p.startswith("plain")):
+                s[f"{k}_incl_startup_vs_{p}"] = stats([pr[i]["full"]["audio_s"] / pr[i]["full"]["wall_s"]
+                                                       / raw[p][i]["audio_s_per_s"] for i in range(n)])
+                if steady:
+                    s[f"{k}_marginal_vs_{p}"] = stats([pr[i]["marginal_audio_s_per_s"] / raw[p][i]["audio_s_per_s"]
+                                                       for i in range(n)])
+            if "floor" in raw and steady:
+                s[k + "_floor_over_marginal"] = stats([raw["floor"][i]["floor_audio_s_per_s"]
+                                                       / pr[i]["marginal_audio_s_per_s"] for i in range(n)])
     return s
 
 
@@ -451,7 +481,7 @@ def markdown(s: dict) -> str:
             lines.append(f"| {k} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} | {v['spread_pct']:.0f} | "
                          f"{v['n']} |")
     for k, v in s.items():
-        if k.endswith("_breakdown"):
+        if "_breakdown" in k:
             lines += ["", f"**{k}** (seconds from run start; busy = summed call time)", "",
                       "| stage | busy s | busy/wall | first start s | last end s |", "|---|---:|---:|---:|---:|"]
             for st, d in v.items():
