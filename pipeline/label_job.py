@@ -49,6 +49,7 @@ class LabelJobConfig:
     max_batch_segments: int = 32  # encoder batch (segments); padded samples bounded by max_batch_seconds
     max_batch_seconds: float = 240.0
     batch_overhead_s: float | None = None  # encoder batching: one call costs this much audio, s (None: by device)
+    max_held_seconds: float = 600.0  # encoder states held for per-speaker norm; above: 2 encoder passes, streamed
     vllm_mode: str = "tokens"  # "tokens" (allowed label tokens + their logprobs) | "choice" (structured outputs)
     use_merged: bool | None = None  # serve the bundle's merged LLM instead of base + LoRA
     asr_model: str | None = None  # local Whisper checkpoint: transcribe segments without transcripts (text bundles)
@@ -117,7 +118,8 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
             batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.asr),
             num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
     encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
-                     "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s}
+                     "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s,
+                     "max_held_seconds": cfg.max_held_seconds}
     label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
                     "engine_overrides": cfg.engine, "in_process": in_process}
     if not cfg.fuse_model_stages:

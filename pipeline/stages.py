@@ -69,7 +69,7 @@ class EncodePrompts:
 
     def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
                  max_batch_seconds: float = 240.0, batch_overhead_s: float | None = None,
-                 num_threads: int | None = None):
+                 max_held_seconds: float = 600.0, num_threads: int | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
@@ -84,28 +84,56 @@ class EncodePrompts:
         if batch_overhead_s is None:  # fixed cost of one encoder call, in seconds of audio (see BENCHMARKS.md)
             batch_overhead_s = 1.0 if self.front.device.type == "cpu" else 60.0
         self.overhead = batch_overhead_s * self.sample_rate
+        self.max_held_samples = int(max_held_seconds * self.sample_rate)
 
     @torch.inference_mode()
     def encode(self, waves: list[np.ndarray], transcripts: list[str | None],
                groups: list[str] | None = None) -> list[torch.Tensor]:
         """Prompt embeddings ``[T_i, H]`` per segment, in input order. ``groups`` names each segment's speaker
-        (recording + channel) for the bundle's per-speaker feature normalisation."""
+        (recording + channel) for the bundle's per-speaker feature normalisation.
+
+        Per-speaker statistics need all of a speaker's segments before any can be normalised. Up to
+        ``max_held_seconds`` of speech, every segment's encoder states are held until then (one encoder pass);
+        above it, a first encoder pass only accumulates the statistics and a second one normalises and runs the
+        Former batch by batch, so memory stays at one batch of states (a 1-hour call's stacked HuBERT-large
+        layers would be ~18 GB). Without per-speaker normalisation every block streams batch by batch.
+        """
+        from emoq_model.features import StatsAccumulator
+
+        groups = groups or ["all"] * len(waves)
+        batches = length_batches([len(w) for w in waves], self.max_items, self.max_samples, self.overhead)
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        stats = None
+        if self.norm.mode == "speaker":
+            if sum(len(w) for w in waves) <= self.max_held_samples:
+                items: list[dict] = [{}] * len(waves)
+                for idx in batches:  # encoder states of every segment, held (on the encoder's device)
+                    for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups)):
+                        items[i] = item
+                items = self.norm.apply(items)  # statistics over each speaker's segments, then normalised
+                for idx in batches:
+                    self._former(idx, [items[i] for i in idx], out)
+                return out
+            acc: dict[str, StatsAccumulator] = {}
+            for idx in batches:  # pass 1: statistics only
+                for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups)):
+                    acc.setdefault(groups[i], StatsAccumulator()).add(item["frames"])
+            stats = {g: a.result() for g, a in acc.items()}
+        for idx in batches:  # streaming: encoder, normalisation (given statistics or per utterance), Former
+            self._former(idx, self.norm.apply(self._encode_batch(idx, waves, transcripts, groups), stats), out)
+        return out
+
+    def _encode_batch(self, idx: list[int], waves, transcripts, groups) -> list[dict]:
+        enc = self.front.encoder([waves[i] for i in idx])
+        return [{"frames": enc.item(k).float(), "utt_id": str(i), self.norm.group_key: groups[i],
+                 "transcript": transcripts[i]} for k, i in enumerate(idx)]
+
+    def _former(self, idx: list[int], items: list[dict], out: list) -> None:
         from emoq_model.model import collate_features
 
-        batches = length_batches([len(w) for w in waves], self.max_items, self.max_samples, self.overhead)
-        items: list[dict | None] = [None] * len(waves)
-        for idx in batches:  # 1. frozen encoder
-            enc = self.front.encoder([waves[i] for i in idx])
-            for k, i in enumerate(idx):
-                items[i] = {"frames": enc.item(k).float(), "utt_id": str(i),  # stays on the encoder's device
-                            self.norm.group_key: groups[i] if groups else "all", "transcript": transcripts[i]}
-        items = self.norm.apply(items)  # 2. normalisation over each speaker's segments (no-op if none), on device
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        for idx in batches:  # 3. Former + soft prompt
-            batch = collate_features([items[i] for i in idx])
-            for i, e in zip(idx, self.front.prompt_embeds(batch.to(self.front.device)).embeds):
-                out[i] = e.float().cpu()
-        return out
+        batch = collate_features(items)
+        for i, e in zip(idx, self.front.prompt_embeds(batch.to(self.front.device)).embeds):
+            out[i] = e.float().cpu()
 
     def __call__(self, batch: dict) -> dict:
         rows = _rows(batch)

@@ -77,3 +77,31 @@ def test_encode_prompts_same_for_any_batching(tmp_path):
     split = stage.encode(waves, [None] * 6, groups)
     for a, b in zip(one_call, split):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def test_encode_prompts_two_pass_equals_held(tmp_path):
+    """Per-speaker normalisation over a block larger than ``max_held_seconds``: statistics in a first encoder
+    pass, then normalise + Former batch by batch; the prompts equal those of holding every segment's states."""
+    from emoq_model.bundle import save_bundle
+    from emoq_model.config import demo_config_path, load_config
+    from emoq_model.features import FeatureNorm
+    from emoq_model.model import EmoQModel
+    from pipeline.stages import EncodePrompts
+
+    bundle = str(save_bundle(EmoQModel(load_config(demo_config_path())), tmp_path / "bundle"))
+    stage = EncodePrompts(bundle, max_batch_segments=2)
+    stage.norm = FeatureNorm("speaker", group_key="speaker", min_frames=100)
+    rng = np.random.default_rng(1)
+    waves = [(0.1 * rng.standard_normal(int(16000 * s)) * (1 + k % 3)).astype(np.float32)
+             for k, s in enumerate([1.0, 2.5, 1.5, 0.8, 3.0, 1.2, 2.0])]
+    groups = ["rec1\x000", "rec1\x001", "rec1\x000", "rec2\x000", "rec1\x001", "rec2\x000", "rec1\x000"]
+    stage.max_held_samples = 10**9
+    held = stage.encode(waves, [None] * len(waves), groups)
+    stage.max_held_samples = 0
+    streamed = stage.encode(waves, [None] * len(waves), groups)
+    for a, b in zip(held, streamed):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-4)
+    # the normalisation did act: without it the prompts differ
+    stage.norm = FeatureNorm("none")
+    plain = stage.encode(waves, [None] * len(waves), groups)
+    assert max(float((a - b).abs().max()) for a, b in zip(held, plain)) > 1e-3
