@@ -60,6 +60,22 @@ def length_batches(lengths: list[int], max_items: int, max_samples: int,
     return out[::-1]
 
 
+def held_parts(owner: list[int], lengths: list[int], max_samples: int) -> list[list[int]]:
+    """Segment indices (``owner[i]``: the recording of segment i) in parts of whole recordings of at most
+    ``max_samples`` samples each; a longer recording is a part of its own."""
+    by_rec: dict[int, list[int]] = {}
+    for i, r in enumerate(owner):
+        by_rec.setdefault(r, []).append(i)
+    parts, cur, size = [], [], 0
+    for idx in by_rec.values():
+        n = sum(lengths[i] for i in idx)
+        if cur and size + n > max_samples:
+            parts.append(cur)
+            cur, size = [], 0
+        cur, size = cur + idx, size + n
+    return parts + [cur] if cur else parts
+
+
 class EncodePrompts:
     """Speech encoder + EmoQ-Former + soft-prompt construction for every segment of each recording.
 
@@ -93,8 +109,9 @@ class EncodePrompts:
         (recording + channel) for the bundle's per-speaker feature normalisation.
 
         Per-speaker statistics need all of a speaker's segments before any can be normalised. Up to
-        ``max_held_seconds`` of speech, every segment's encoder states are held until then (one encoder pass);
-        above it, a first encoder pass only accumulates the statistics and a second one normalises and runs the
+        ``max_held_seconds`` of speech (``__call__`` hands over parts of whole recordings of at most that), every
+        segment's encoder states are held until then (one encoder pass); above it (one longer recording), a first
+        encoder pass only accumulates the statistics and a second one normalises and runs the
         Former batch by batch, so memory stays at one batch of states (a 1-hour call's stacked HuBERT-large
         layers would be ~18 GB). Without per-speaker normalisation every block streams batch by batch.
         """
@@ -146,7 +163,11 @@ class EncodePrompts:
                 owner.append(r)
                 texts.append(tx[s] if s < len(tx) else None)
                 groups.append(f"{row['recording_id']}\x00{int(row['seg_channel'][s])}")
-        embeds = self.encode(waves, texts, groups) if waves else []
+        embeds: list = [None] * len(waves)
+        for part in held_parts(owner, [len(w) for w in waves], self.max_held_samples):
+            for i, e in zip(part, self.encode([waves[i] for i in part], [texts[i] for i in part],
+                                              [groups[i] for i in part])):
+                embeds[i] = e
         maybe_die("encode", [r["recording_id"] for r in rows])  # fault injection (no-op unless EMOQ_FAULTS_DIR set)
         hidden = int(self.front.embed.embedding_dim)
         per_rec: list[list[torch.Tensor]] = [[] for _ in rows]

@@ -105,3 +105,63 @@ def test_encode_prompts_two_pass_equals_held(tmp_path):
     stage.norm = FeatureNorm("none")
     plain = stage.encode(waves, [None] * len(waves), groups)
     assert max(float((a - b).abs().max()) for a, b in zip(held, plain)) > 1e-3
+
+
+def test_held_parts_keep_recordings_whole_within_budget():
+    from pipeline.stages import held_parts
+
+    owner = [0, 0, 1, 2, 2, 2, 3, 4]
+    lengths = [30, 30, 50, 10, 10, 10, 200, 20]
+    parts = held_parts(owner, lengths, 100)
+    assert sorted(i for p in parts for i in p) == list(range(len(owner)))
+    for p in parts:
+        recs = {owner[i] for i in p}
+        assert all(set(i for i, o in enumerate(owner) if o == r) <= set(p) for r in recs)  # recordings whole
+        assert sum(lengths[i] for i in p) <= 100 or len(recs) == 1  # within budget, or one long recording
+    assert [sorted({owner[i] for i in p}) for p in parts] == [[0], [1, 2], [3], [4]]
+
+
+def test_encode_prompts_parts_of_a_block_same_prompts(tmp_path):
+    """A block cut into parts of whole recordings (``max_held_seconds``) or encoded in two passes gives the prompts
+    of holding it all at once: real WAV files through the prepare step and the stage's ``__call__``."""
+    import pandas as pd
+    import soundfile as sf
+
+    from emoq_model.assets.speech_samples import asterisk_sounds_dir
+    from emoq_model.bundle import save_bundle
+    from emoq_model.config import demo_config_path, load_config
+    from emoq_model.features import FeatureNorm
+    from emoq_model.model import EmoQModel
+    from pipeline.prepare import PrepareConfig, prepare_batch
+    from pipeline.sources import discover
+    from pipeline.stages import EncodePrompts, held_parts
+
+    clips = sorted(asterisk_sounds_dir().glob("*.wav"))[:40]
+    rows = []
+    for r in range(3):  # three recordings of a few prompts each, with pauses between them (VAD segments)
+        parts = []
+        for p in clips[r * 6:(r + 1) * 6]:
+            x, rate = sf.read(p, dtype="float32")
+            parts += [x, np.zeros(rate // 2, np.float32)]
+        path = tmp_path / f"rec{r}.wav"
+        sf.write(path, np.concatenate(parts), rate)
+        rows.append({"recording_id": f"rec{r}", "path": str(path)})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    recs = [x.to_row() for x in discover([str(tmp_path / "m.csv")])]
+    block = prepare_batch({k: np.array([r[k] for r in recs], dtype=object) for k in recs[0]}, PrepareConfig())
+    assert all(len(o) > 2 for o in block["seg_offsets"])  # several segments per recording
+    bundle = str(save_bundle(EmoQModel(load_config(demo_config_path())), tmp_path / "bundle"))
+    stage = EncodePrompts(bundle)
+    stage.norm = FeatureNorm("speaker", group_key="speaker", min_frames=100)
+    owner = [r for r, o in enumerate(block["seg_offsets"]) for _ in range(len(o) - 1)]
+    lengths = [int(n) for o in block["seg_offsets"] for n in np.diff(o)]
+    two = sum(n for n, r in zip(lengths, owner) if r < 2) / stage.sample_rate + 0.01  # recordings 0 and 1
+    assert [sorted(set(owner[i] for i in p)) for p in held_parts(owner, lengths, int(two * stage.sample_rate))] \
+        == [[0, 1], [2]]
+    outs = []
+    for held_s in (1e6, two, 0.0):  # all at once; parts of two and one recordings; two passes per recording
+        stage.max_held_samples = int(held_s * stage.sample_rate)
+        outs.append(stage(dict(block)))
+    for o in outs[1:]:
+        for a, b in zip(outs[0]["prompt_embeds"], o["prompt_embeds"]):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
