@@ -74,11 +74,19 @@ def model_id(bundle: str) -> str:
 
 
 def encoder_sample_rate(bundle: str) -> int:
-    from transformers import AutoFeatureExtractor
-
+    """The encoder's input rate, from its feature extractor's ``preprocessor_config.json`` (read as JSON: the
+    driver need not import transformers for one number), else through ``AutoFeatureExtractor``."""
     from emoq_model.bundle import read_meta
 
-    return int(AutoFeatureExtractor.from_pretrained(read_meta(bundle)["encoder_path"]).sampling_rate)
+    path = Path(read_meta(bundle)["encoder_path"])
+    conf = path / "preprocessor_config.json"
+    if conf.is_file():
+        rate = json.loads(conf.read_text()).get("sampling_rate")
+        if rate:
+            return int(rate)
+    from transformers import AutoFeatureExtractor
+
+    return int(AutoFeatureExtractor.from_pretrained(str(path)).sampling_rate)
 
 
 def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
