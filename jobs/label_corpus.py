@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="encoder and vLLM in one actor pool with the --label-* resources (one device holds both "
                          "models: a single GPU, or a CPU-only machine)")
     ap.add_argument("--batch-overhead-s", type=float, default=None,
-                    help="encoder batching: a call's fixed cost in seconds of audio (default 1 on CPU, 60 on GPU)")
+                    help="encoder batching: a call's fixed cost in seconds of audio (default 1 on CPU, 150 on GPU)")
     ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
     ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
     ap.add_argument("--max-channels", type=int, default=4)

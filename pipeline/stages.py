@@ -98,7 +98,7 @@ class EncodePrompts:
         self.max_items = max_batch_segments
         self.max_samples = int(max_batch_seconds * self.sample_rate)
         if batch_overhead_s is None:  # fixed cost of one encoder call, in seconds of audio (see BENCHMARKS.md)
-            batch_overhead_s = 1.0 if self.front.device.type == "cpu" else 60.0
+            batch_overhead_s = 1.0 if self.front.device.type == "cpu" else 150.0
         self.overhead = batch_overhead_s * self.sample_rate
         self.max_held_samples = int(max_held_seconds * self.sample_rate)
 
