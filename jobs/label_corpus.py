@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "models: a single GPU, or a CPU-only machine)")
     ap.add_argument("--batch-overhead-s", type=float, default=None,
                     help="encoder batching: a call's fixed cost in seconds of audio (default 1 on CPU, 150 on GPU)")
+    ap.add_argument("--max-held-seconds", type=float, default=600.0,
+                    help="speech whose encoder states the encode stage holds at once for per-speaker "
+                         "normalisation; a longer recording is encoded in two passes")
     ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
     ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
     ap.add_argument("--max-channels", type=int, default=4)
@@ -85,7 +88,7 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         inputs=list(a.inputs), output=a.output, bundle=a.bundle,
         prepare=PrepareConfig(max_duration_s=a.max_duration, max_channels=a.max_channels, vad=vad),
         batch_recordings=a.batch_recordings, fuse_model_stages=a.fuse_model_stages,
-        batch_overhead_s=a.batch_overhead_s,
+        batch_overhead_s=a.batch_overhead_s, max_held_seconds=a.max_held_seconds,
         encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus, a.encode_resources),
         label=StageResources(a.label_actors, a.label_cpus, a.label_gpus, a.label_resources),
         device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),
