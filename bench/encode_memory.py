@@ -21,7 +21,6 @@ from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, save_r
 
 
 def phase(a) -> dict:
-
     from emoq_model.features import FeatureNorm
     from pipeline.audio import load_mono
     from pipeline.stages import EncodePrompts

@@ -48,17 +48,17 @@ def main() -> None:
     for nb in map(int, a.blocks.split(",")):
         blocks[nb] = [prepare_batch({k: np.array([r[k] for r in rows[i:i + nb]], dtype=object) for k in rows[i]},
                                     pc) for i in range(0, len(rows), nb)]
+    waves = {nb: [[w for row in _rows(b) if row.get("seg_offsets") is not None for w in split_segments(row)]
+                  for b in bl] for nb, bl in blocks.items()}  # each block's segments, as the stage cuts them
     raw: dict[str, list] = {}
     info: dict[str, dict] = {}
     stage(blocks[min(blocks)][0])  # warm-up
     for _ in range(a.reps):
         for nb, bl in blocks.items():
             for name, ov in rules.items():
-                waves = [[w for row in _rows(b) if row.get("seg_offsets") is not None for w in split_segments(row)]
-                         for b in bl]
                 enc_s, calls, padded = 0.0, 0, 0
                 with torch.inference_mode():
-                    for ws in waves:
+                    for ws in waves[nb]:
                         for idx in length_batches([len(w) for w in ws], stage.max_items, stage.max_samples, ov):
                             t0 = time.perf_counter()
                             stage.front.encoder([ws[i] for i in idx])
@@ -73,7 +73,7 @@ def main() -> None:
                 key = f"blocks{nb}_{name}"
                 raw.setdefault(key + "_encoder", []).append(audio_s / enc_s)
                 raw.setdefault(key + "_stage", []).append(audio_s / stage_s)
-                real = sum(len(w) for ws in waves for w in ws)
+                real = sum(len(w) for ws in waves[nb] for w in ws)
                 info[key] = {"calls": calls, "padded_s": padded / rate, "speech_s": real / rate}
     summary = {k: stats(v) for k, v in raw.items()}
     md = [f"Corpus: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s of audio; {a.reps} repetitions, "

@@ -52,7 +52,6 @@ def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
             rows += [{"recording_id": r.recording_id, "path": r.path, "channels": r.channels}
                      for r in calls.itertuples()]
         pd.DataFrame(rows).to_csv(man, index=False)
-        pd.DataFrame(rows[:1]).to_csv(root / "one.csv", index=False)
     big = root / f"manifest_x{repeat}.csv"
     if not big.exists():
         # the corpus ``repeat`` times under distinct ids; a distinct (ignored: the demo config does not read
@@ -60,7 +59,7 @@ def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
         rows = pd.read_csv(man).to_dict("records")
         pd.DataFrame([{**r, "recording_id": f"{r['recording_id']}_x{k}", "transcript": f"copy {k}"}
                       for k in range(repeat) for r in rows]).to_csv(big, index=False)
-    return {"manifest": str(man), "one": str(root / "one.csv"), "manifest_big": str(big), "repeat": repeat}
+    return {"manifest": str(man), "manifest_big": str(big), "repeat": repeat}
 
 
 def file_seconds(manifest: str) -> float:
@@ -364,7 +363,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--bundle")
     ap.add_argument("--manifest")
-    ap.add_argument("--one")
     ap.add_argument("--manifest-big", default="")
     ap.add_argument("--repeat", type=int, default=4, help="the larger corpus: the corpus this many times")
     ap.add_argument("--variant", default="real")
@@ -397,7 +395,7 @@ def main() -> None:
     tmp = WORK / "label_phases"
     for rep in range(a.reps):
         for ph in a.phases.split(","):
-            common = ["--bundle", bundle, "--manifest", corpus["manifest"], "--one", corpus["one"]]
+            common = ["--bundle", bundle, "--manifest", corpus["manifest"]]
             if ph == "pipeline" and a.repeat > 1:
                 common += ["--manifest-big", corpus["manifest_big"]]
             todo = [(ph, [])]
