@@ -1,0 +1,46 @@
+"""Score a labelled archive against per-turn ground truth (per segment, time-weighted, coverage, per channel role).
+
+    python jobs/evaluate_archive.py LABELS_DIR TRUTH [--out DIR] [--name NAME] [--min-overlap 0.5]
+        [--labels neutral,happy,angry,sad] [--calm-label neutral]
+
+``LABELS_DIR``: the output of ``jobs/label_corpus.py`` (``segments/part-*.parquet``). ``TRUTH``: CSV or Parquet,
+one row per turn (recording_id, channel, start_s, end_s, label[, channel_name]), e.g. the ``segments.csv`` of
+``pipeline/demo_calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png`` and ``<NAME>_segments.parquet``
+(default ``DIR``: ``LABELS_DIR/eval``). Semantics: ``pipeline/archive_eval.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/evaluate_archive.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from pipeline.archive_eval import evaluate_archive, format_archive_report
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("labels_dir")
+    ap.add_argument("truth")
+    ap.add_argument("--out", default=None, help="output folder (default LABELS_DIR/eval)")
+    ap.add_argument("--name", default="archive")
+    ap.add_argument("--min-overlap", type=float, default=0.5,
+                    help="a segment overlapping truth speech for less than this share of its duration is a false alarm")
+    ap.add_argument("--labels", default=None, help="comma-separated label order (default: the model's)")
+    ap.add_argument("--calm-label", default="neutral")
+    a = ap.parse_args(argv)
+    out = a.out or os.path.join(a.labels_dir, "eval")
+    report = evaluate_archive(a.labels_dir, a.truth, out_dir=out, name=a.name, min_overlap=a.min_overlap,
+                              label_names=a.labels.split(",") if a.labels else None, calm_label=a.calm_label)
+    print(format_archive_report(report))
+    print(json.dumps(report["files"]))
+    return report
+
+
+if __name__ == "__main__":
+    main()
