@@ -533,3 +533,37 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: manifest lacks required columns {missing}")
     return df
+
+
+def call_archive_manifest(segments: str | os.PathLike | pd.DataFrame, split: str = "train",
+                          splits: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A training manifest from a labelled call archive: one utterance per labelled turn.
+
+    ``segments``: a table (CSV / Parquet / DataFrame) with ``recording_id, path, channel`` (index), ``start_s,
+    end_s, label`` and optional ``channel_name, transcript`` -- the shape of the demo archive's ``segments.csv``.
+    The utterance's ``speaker`` is the *channel of its call* (``<recording_id>/<channel name>``): that is the group
+    labeling sees (one channel of one call), so per-speaker statistics in training come from the same kind of
+    population as at labeling time -- a label-skewed channel, not a class-balanced speaker set. ``split``: the
+    split of every row, or ``splits``: recording_id -> split.
+    """
+    df = segments if isinstance(segments, pd.DataFrame) else (
+        pd.read_parquet(segments) if str(segments).endswith(".parquet")
+        else pd.read_csv(segments, dtype={"recording_id": str, "path": str, "label": str, "transcript": str}))
+    missing = [c for c in ("recording_id", "path", "channel", "start_s", "end_s", "label") if c not in df.columns]
+    if missing:
+        raise ValueError(f"call segments table lacks columns {missing}")
+    name = df["channel_name"].astype(str) if "channel_name" in df.columns else df["channel"].astype(str)
+    seg = df["segment"].astype(int) if "segment" in df.columns else df.groupby("recording_id").cumcount()
+    out = pd.DataFrame({
+        "utt_id": df["recording_id"].astype(str) + "/" + name + "/" + seg.astype(str),
+        "path": df["path"].astype(str), "label": df["label"].astype(str),
+        "transcript": df["transcript"] if "transcript" in df.columns else None,
+        "speaker": df["recording_id"].astype(str) + "/" + name,
+        "split": df["recording_id"].map(dict(splits)) if splits is not None else split,
+        "channel": df["channel"].astype(int), "segment_start_s": df["start_s"].astype(float),
+        "segment_end_s": df["end_s"].astype(float),
+        "duration_s": (df["end_s"] - df["start_s"]).astype(float), "recording_id": df["recording_id"].astype(str),
+    })
+    if out["split"].isna().any():
+        raise ValueError("splits does not name the split of every recording")
+    return out

@@ -446,3 +446,70 @@ def normalize_frames(frames, mean: np.ndarray, std: np.ndarray):
     if x.ndim == 3:
         return (x - mean[:, None, :]) / std[:, None, :]
     return (x - mean[0]) / std[0]
+
+
+# ------------------------------------------------------------------------------------------ evaluation protocol
+
+NORM_GROUPS = ("channels", "speaker")
+"""Which population per-speaker statistics are computed over in training and evaluation:
+
+* ``channels`` (default, deployment-faithful): the population labeling has, one channel of one call -- a
+  label-skewed, unlabelled mix. When the cache's speakers already are call channels (a labelled call archive,
+  :func:`emoq_model.datasets.call_archive_manifest`; ``meta["groups"] == "channels"``) those are used as they are;
+  otherwise each speaker's utterances are partitioned into :func:`simulated_channels`.
+* ``speaker``: all of a speaker's utterances in the split. On a class-balanced corpus that is a balanced average no
+  deployment ever has (optimistic; report it only beside the ``channels`` number, named as such).
+"""
+
+
+def simulated_channels(index: "pd.DataFrame", seed: int = 0, size: int = 12,  # noqa: F821
+                       concentration: float = 0.4) -> dict[str, str]:
+    """``utt_id -> group``: each speaker's utterances partitioned into groups of about ``size`` with a label-skewed
+    mix (per group, label weights from a symmetric Dirichlet(``concentration``): small = one label dominates, as in
+    a call channel). Labels only choose group membership -- the statistics later computed over a group never see
+    them. Deterministic for a given ``seed`` and index; every utterance belongs to exactly one group."""
+    rng = np.random.default_rng([int(seed), 4099])
+    out: dict[str, str] = {}
+    for spk, rows in index.groupby("speaker", sort=True):
+        pools = {lab: list(rng.permutation(g["utt_id"].to_numpy()))
+                 for lab, g in rows.groupby("label", sort=True)}
+        labels = sorted(pools)
+        k = 0
+        while any(pools.values()):
+            w = rng.dirichlet([concentration] * len(labels))
+            for _ in range(size):
+                avail = [i for i, lab in enumerate(labels) if pools[lab]]
+                if not avail:
+                    break
+                p = w[avail] + 1e-9
+                lab = labels[avail[int(rng.choice(len(avail), p=p / p.sum()))]]
+                out[str(pools[lab].pop())] = f"{spk}\x00ch{k}"
+            k += 1
+    return out
+
+
+def norm_groups(cache: "FeatureCache", index: "pd.DataFrame", protocol: str = "channels",  # noqa: F821
+                seed: int = 0) -> dict[str, str]:
+    """``utt_id -> statistics group`` for the rows of ``index`` (utt_id, speaker, label, split) under
+    ``protocol`` (:data:`NORM_GROUPS`); simulated channels are drawn per split, never across splits."""
+    if protocol not in NORM_GROUPS:
+        raise ValueError(f"norm groups must be one of {NORM_GROUPS}, got {protocol!r}")
+    if protocol == "speaker" or cache.meta.get("groups") == "channels":
+        return {str(u): str(s) for u, s in zip(index["utt_id"], index["speaker"])}
+    out: dict[str, str] = {}
+    for split, rows in index.groupby(index["split"].fillna(""), sort=True):
+        out.update({u: f"{split}\x00{g}" for u, g in simulated_channels(rows, seed).items()})
+    return out
+
+
+def group_stats(cache: "FeatureCache", groups: Mapping[str, str]) -> dict[str, GroupStats]:
+    """Frame statistics per group (``utt_id -> group``) in one streaming pass over the cache (constant memory; every
+    rank of a training run gets the same, whole-group numbers whatever its share of the rows)."""
+    acc: dict[str, StatsAccumulator] = {}
+    ids = pa.array(sorted(groups), pa.string())
+    expr = pc.field("error").is_null() & pc.field("utt_id").isin(ids)
+    for batch in cache._dataset.to_batches(filter=expr, batch_size=64):
+        for row in batch.to_pylist():
+            it = row_to_item(row, cache.dtype)
+            acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).add(it["frames"])
+    return {k: a.result() for k, a in acc.items()}

@@ -5,11 +5,17 @@
 
 * ``--features``: a cache from ``jobs/extract_features.py`` (must match the bundle's encoder config).
   ``--manifest``: the audio is first run through the same Ray Data extraction (into ``OUT_DIR/features``).
-* Feature normalisation: whatever the bundle was trained with (``feature_norm.json``); per-speaker statistics are
-  computed from the evaluated utterances themselves, grouped by ``speaker`` (as labeling does per channel).
+* Feature normalisation: whatever the bundle was trained with (``feature_norm.json``). Per-speaker statistics come
+  from the evaluated audio itself, never its labels, over the population labeling has (``--norm-groups channels``,
+  the default and the headline protocol): one call channel each -- the cache's own groups when it was built from a
+  call archive, else each speaker's utterances split into label-skewed simulated channels
+  (:func:`emoq_model.features.simulated_channels`). ``--norm-groups speaker`` (all of a speaker's, usually
+  class-balanced, utterances) is optimistic: report it only beside the default, named as such.
 * ``--backend hf`` (default): ``EmoQModel.predict_proba`` (LLM label-token distribution). ``--backend vllm``: the
   same prompt embeddings through vLLM (``emoq_model.serving``; label tokens only). ``--head aux``: the Former's
   auxiliary classifier instead of the LLM (for stage-1-only bundles).
+* Probabilities are calibrated with the bundle's temperature (fitted on validation); the report gives the expected
+  calibration error before and after (``ece_uncalibrated``, ``ece``).
 * Output: ``OUT_DIR/<name>.json`` (``emoq_model.metrics.classification_report`` + run info),
   ``OUT_DIR/<name>_confusion.png`` and ``OUT_DIR/<name>_predictions.parquet`` (utt_id, speaker, label,
   prediction, confidence, one probability column per label). Rows that could not be decoded are counted
@@ -18,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +35,7 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the repo import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import pandas as pd
 
 
 def _batches(items: list[dict], batch_size: int):
@@ -77,7 +85,8 @@ def _probs_vllm(bundle: str, items: list[dict], batch_size: int, max_model_len: 
 
 def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: str | None = None,
              split: str | None = "test", backend: str = "hf", head: str = "llm", batch_size: int = 32,
-             name: str | None = None, device: str | None = None, norm_stats: str = "items") -> dict:
+             name: str | None = None, device: str | None = None, norm_groups: str = "channels",
+             seed: int = 0) -> dict:
     """Evaluate ``bundle`` and write the report files; returns the report dict (see the module docstring)."""
     from emoq_model import features as F
     from emoq_model.bundle import bundle_config, load_bundle
@@ -117,8 +126,13 @@ def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: s
     if bad:
         raise ValueError(f"evaluation labels {bad} are not among the bundle's labels {labels}")
     norm = F.FeatureNorm.load(bundle)
-    stats = cache.speaker_stats() if (norm.mode == "speaker" and norm_stats == "cache") else None
-    items = norm.apply(items, stats)
+    if norm.mode == "speaker":  # statistics over the protocol's groups, from the audio only
+        groups = F.norm_groups(cache, pd.DataFrame([{k: it[k] for k in ("utt_id", "speaker", "label", "split")}
+                                                    for it in items]), norm_groups, seed)
+        norm = dataclasses.replace(norm, group_key="norm_group")
+        for it in items:
+            it["norm_group"] = groups[it["utt_id"]]
+    items = norm.apply(items)
     stacked = cache.stacked
     for it in items:
         it["frames"] = F.model_frames(np.asarray(it["frames"], dtype=np.float32), stacked)
@@ -134,16 +148,22 @@ def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: s
     else:
         raise ValueError(f"backend must be hf or vllm, got {backend!r}")
     t_pred = time.perf_counter() - t1
+    from emoq_model.calibration import apply_temperature, expected_calibration_error, load_temperature
+
+    temperature = load_temperature(bundle) if head == "llm" else 1.0  # fitted on validation, as labeling applies it
+    y_idx = np.array([labels.index(it["label"]) for it in items])
+    ece_raw = expected_calibration_error(probs, y_idx)
+    probs = apply_temperature(probs, temperature)
     pred = probs.argmax(1)
     y_true = [it["label"] for it in items]
     report = classification_report(y_true, [labels[i] for i in pred], labels)
+    report.update(temperature=temperature, ece=expected_calibration_error(probs, y_idx), ece_uncalibrated=ece_raw)
     name = name or f"{split or 'all'}_{backend}{'_aux' if head == 'aux' else ''}"
     report.update(bundle=bundle, features=features, split=split, backend=backend, head=head,
-                  feature_norm=norm.mode, n_input_errors=n_errors, predict_s=round(t_pred, 2),
+                  feature_norm=norm.mode, norm_groups=norm_groups if norm.mode == "speaker" else None,
+                  n_input_errors=n_errors, predict_s=round(t_pred, 2),
                   seconds=round(time.perf_counter() - t0, 2))
     paths = save_report(report, out_dir, name)
-    import pandas as pd
-
     df = pd.DataFrame({"utt_id": [it["utt_id"] for it in items], "speaker": [it.get("speaker") for it in items],
                        "label": y_true, "prediction": [labels[i] for i in pred],
                        "confidence": probs[np.arange(len(pred)), pred]})
@@ -171,13 +191,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--name", default=None, help="report name (default <split>_<backend>)")
     ap.add_argument("--device", default=None, help="override the bundle's device (cpu, cuda)")
-    ap.add_argument("--norm-stats", default="items", choices=("items", "cache"),
-                    help="per-speaker stats from the evaluated rows (default) or the cache's speaker_stats")
+    ap.add_argument("--norm-groups", default="channels", choices=("channels", "speaker"),
+                    help="population of per-speaker statistics: call channels (honest, default) or whole speakers "
+                         "(optimistic on balanced corpora)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated channels")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return evaluate(a.bundle, a.out_dir, features=a.features, manifest=a.manifest, split=a.split or None,
                     backend=a.backend, head=a.head, batch_size=a.batch_size, name=a.name, device=a.device,
-                    norm_stats=a.norm_stats)
+                    norm_groups=a.norm_groups, seed=a.seed)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
         [--splits train,val,test] [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 1] [--batch-size 16]
         [--dtype float16] [--overwrite] [--address auto]
 
-manifest rows (utt_id, path, label, transcript, speaker, split) -> read + decode + mono + resample (Ray tasks,
+manifest rows (utt_id, path, label, transcript, speaker, split; optionally ``channel``, ``segment_start_s``,
+``segment_end_s`` to cut one turn out of a longer recording, e.g. a labelled call archive:
+:func:`emoq_model.datasets.call_archive_manifest`) -> read + decode + channel or mono mix + cut + resample (Ray tasks,
 per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
 fractional CPUs otherwise) -> Parquet shards under ``OUT_DIR/shards`` (layout in :mod:`emoq_model.features`:
 ``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be
@@ -36,6 +38,8 @@ from emoq_model import features as F
 
 DECODE_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples",
                   "duration_s", "audio"]
+SEGMENT_COLUMNS = ["channel", "segment_start_s", "segment_end_s"]  # optional: a turn of a longer recording
+MAX_SOURCE_S = 4 * 3600.0  # a segment row's source recording may be this long (the segment itself: max_duration_s)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -49,6 +53,22 @@ def _s(v):
     return v if v.strip() else None
 
 
+def _f(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else float(v)
+
+
+def _channel(samples: np.ndarray, channel) -> np.ndarray:
+    """``[channels, frames]`` -> one channel (index) or, without one (None / -1), the mix of all channels."""
+    c = _f(channel)
+    if c is None or int(c) < 0:
+        return samples.mean(axis=0)
+    if int(c) >= samples.shape[0]:
+        from pipeline.audio import AudioError
+
+        raise AudioError(f"channel {int(c)} asked for, recording has {samples.shape[0]}")
+    return samples[int(c)]
+
+
 def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -> pd.DataFrame:
     """Read, decode, mix to mono and resample each file; failures become rows with ``error`` set."""
     from pipeline import audio
@@ -58,11 +78,20 @@ def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -
         out = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split")}
         out.update(error=None, num_samples=None, duration_s=None, audio=None)
         try:
-            a = audio.load(out["path"], max_duration_s=max_duration_s)
-            mono = audio.resample(a.samples.mean(axis=0), a.sample_rate, sample_rate)
+            start, end = _f(r.get("segment_start_s")), _f(r.get("segment_end_s"))
+            cut = start is not None or end is not None
+            a = audio.load(out["path"], max_duration_s=MAX_SOURCE_S if cut else max_duration_s)
+            mono = audio.resample(_channel(a.samples, r.get("channel")), a.sample_rate, sample_rate)
+            if cut:  # one turn of a longer recording: resampled whole, then cut, exactly as labeling cuts segments
+                i0 = int(round((start or 0.0) * sample_rate))
+                i1 = mono.size if end is None else int(round(end * sample_rate))
+                if not 0 <= i0 < i1 <= mono.size + sample_rate // 100:  # 10 ms of rounding slack at the end
+                    raise audio.AudioError(f"segment [{start}, {end}] s outside the recording ({a.duration_s:.2f} s)")
+                mono = mono[i0:i1]
+                audio.check_duration(mono.size / sample_rate, max_duration_s, "segment")
             if mono.size == 0:
                 raise audio.AudioError("recording has 0 samples after resampling")
-            out.update(num_samples=int(mono.size), duration_s=float(a.duration_s),
+            out.update(num_samples=int(mono.size), duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
                        audio=np.ascontiguousarray(mono, dtype="<f4").tobytes())
         except FileNotFoundError:
             out["error"] = "file not found"
@@ -217,7 +246,7 @@ def extract_features(
     if threads is None and gpus_per_actor <= 0:
         threads = max(1, (os.cpu_count() or 1) // actors)
 
-    cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split") if c in df]
+    cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split", *SEGMENT_COLUMNS) if c in df]
     n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
     bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
     parts = [df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
@@ -238,6 +267,9 @@ def extract_features(
         "encoder": {k: v for k, v in vars(cfg.encoder).items()},
         "sample_rate": sample_rate,
         "dtype": dtype,
+        # rows cut from recordings (a labelled call archive): their `speaker` is one channel of one call, the
+        # population labeling normalises over (emoq_model.features.norm_groups)
+        "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
     ap.add_argument("--feature-norm", default="speaker", choices=("speaker", "utterance", "none"))
     ap.add_argument("--norm-min-frames", type=int, default=500)
+    ap.add_argument("--norm-groups", default="channels", choices=("channels", "speaker"),
+                    help="population of per-speaker statistics: call channels (real or simulated; default, as at "
+                         "labeling time) or whole speakers (optimistic on class-balanced corpora)")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--init-bundle", default=None, help="start from this bundle's Former")
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         resources_per_worker=json.loads(a.resources_per_worker) if a.resources_per_worker else None,
         threads_per_worker=a.threads, max_failures=a.max_failures, num_to_keep=a.keep,
         merge_llm=not a.no_merge, feature_norm=a.feature_norm, norm_min_frames=a.norm_min_frames,
+        norm_groups=a.norm_groups,
         train_split=a.train_split, val_split=a.val_split, init_bundle=a.init_bundle, limit_train=a.limit_train, verbose=not a.quiet,
     )
     init_ray(a.address, a.num_cpus)

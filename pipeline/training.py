@@ -9,8 +9,11 @@ Worker side: :func:`train_loop_per_worker`
 * data: every worker reads **its shard** of the cached features straight from the Parquet cache (per-rank split
   of a seeded permutation of the training rows, padded by wrap-around so that all ranks run the same number of
   steps, like ``DistributedSampler``); the validation rows are split rank-strided and the predictions gathered.
-  Frames are normalised once at load time (:class:`emoq_model.features.FeatureNorm`: per-speaker statistics from
-  the cache, global statistics of the training speakers as the fallback that is saved with the bundle).
+  Frames are normalised once at load time (:class:`emoq_model.features.FeatureNorm`): per-speaker statistics over
+  the population labeling normalises over (``norm_groups="channels"``: call channels, or label-skewed simulated
+  channels of an isolated-utterance corpus), in training and validation alike, so the validation score that picks
+  the best epoch is the deployment-faithful one; global statistics of the training speakers are the fallback
+  saved with the bundle.
 * model: :class:`emoq_model.model.EmoQModel`; focal alpha from the training split's class counts; each stage
   freezes what it does not train (``set_stage``), then wraps the model in DDP (frozen parameters and buffers are
   not synchronised) and builds AdamW (``emoq_model.stages.make_optimizer``) with linear warm-up + cosine decay.
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 STATE_FILE = "train_state.json"
 CURRENT_FILE = "current.safetensors"
@@ -72,6 +76,7 @@ class TrainSettings:
     max_failures: int = 2
     num_to_keep: int = 2  # checkpoints kept (the latest is always kept)
     feature_norm: str = "speaker"  # none | speaker | utterance
+    norm_groups: str = "channels"  # population of per-speaker statistics (emoq_model.features.NORM_GROUPS)
     norm_min_frames: int = 500
     train_split: str = "train"
     val_split: str = "val"
@@ -91,6 +96,8 @@ class TrainSettings:
             raise ValueError("num_workers must be >= 1")
         if self.feature_norm not in ("none", "speaker", "utterance"):
             raise ValueError(f"feature_norm must be none, speaker or utterance, got {self.feature_norm!r}")
+        if self.norm_groups not in ("channels", "speaker"):
+            raise ValueError(f"norm_groups must be channels or speaker, got {self.norm_groups!r}")
 
     def scaling_config(self):
         from ray.train import ScalingConfig
@@ -206,12 +213,18 @@ class _Data:
         train_ids = train["utt_id"].to_numpy()[mine].tolist()
         val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
         rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(val_ids))}
-        # normalisation: per-speaker stats from the cache; global stats of the training speakers as fallback
-        self.norm = F.FeatureNorm(s.feature_norm, min_frames=s.norm_min_frames)
+        # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or
+        # simulated, in train and val alike -- the population labeling normalises over), computed over whole
+        # groups whatever this rank's share; global stats of the training speakers as the small-group fallback
+        self.norm = F.FeatureNorm(s.feature_norm, group_key="norm_group", min_frames=s.norm_min_frames)
         stats = {}
         if self.norm.enabled:
             speaker_stats = cache.speaker_stats()
-            stats = speaker_stats if s.feature_norm == "speaker" else {}
+            if s.feature_norm == "speaker":
+                groups = F.norm_groups(cache, pd.concat([train, val]), s.norm_groups, cfg.seed)
+                for u, it in rows.items():
+                    it["norm_group"] = groups[u]
+                stats = F.group_stats(cache, groups)
             spk_train = set(train["speaker"].astype(str))
             pool = [v for k, v in speaker_stats.items() if k in spk_train]
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
@@ -243,8 +256,10 @@ def _batches(items: list, bs: int, rng: np.random.Generator | None = None):
         yield [items[j] for j in order[i: i + bs]]
 
 
-def _evaluate(model, items: list[dict], stage: int, bs: int) -> tuple[list[int], list[int], float]:
-    """(true, predicted, summed NLL) over ``items`` on this rank (stage 1: aux head; stage 2: the LLM)."""
+def _evaluate(model, items: list[dict], stage: int, bs: int,
+              probs_out: list | None = None) -> tuple[list[int], list[int], float]:
+    """(true, predicted, summed NLL) over ``items`` on this rank (stage 1: aux head; stage 2: the LLM); the
+    probability rows are appended to ``probs_out`` when given."""
     import torch
 
     true, pred, nll = [], [], 0.0
@@ -263,6 +278,8 @@ def _evaluate(model, items: list[dict], stage: int, bs: int) -> tuple[list[int],
                 true += y.tolist()
                 pred += probs.argmax(-1).tolist()
                 nll += float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).sum())
+                if probs_out is not None:
+                    probs_out += probs.tolist()
     finally:
         model.train(was)
     return true, pred, nll
@@ -489,6 +506,12 @@ def train_loop_per_worker(config: dict) -> None:
     if last in best_weights:
         _load_trainable_state(model, best_weights[last])
     state["final"] = True
+    # calibration: one temperature on the validation split's probabilities (every rank's share, gathered)
+    val_probs: list = []
+    vt, _, _ = _evaluate(model, data.val, last, s.eval_batch_size, val_probs)
+    parts = _gather((vt, val_probs))
+    y_val = np.array([t for p in parts for t in p[0]], dtype=int)
+    p_val = np.array([q for p in parts for q in p[1]], dtype=np.float64).reshape(len(y_val), len(names))
     metrics = {"final": True, "stage": last, "best_epoch": state["best"].get(str(last), {}).get("epoch", -1),
                "best_val_ua": state["best"].get(str(last), {}).get("ua", None)}
     if rank == 0:
@@ -497,7 +520,14 @@ def train_loop_per_worker(config: dict) -> None:
         tmp = tempfile.mkdtemp(prefix="emoq-final-")
         try:
             bundle = save_bundle(model, os.path.join(tmp, BUNDLE_DIR), merge_llm=s.merge_llm)
-            data.norm.save(bundle)
+            dataclasses.replace(data.norm, group_key="speaker").save(bundle)  # labeling: speaker = channel
+            if len(y_val):
+                from emoq_model.calibration import calibration_report, save_calibration
+
+                cal = calibration_report(p_val, y_val)
+                save_calibration(bundle, cal)
+                _log(s, rank, f"calibration on {cal['n']} validation rows: T={cal['temperature']:.3f}, ECE "
+                              f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
             train_info = {"settings": dataclasses.asdict(s), "best": state["best"], "class_counts": data.counts,
                           "n_train": data.n_train, "n_val": data.n_val, "history": history}
             Path(bundle, "training.json").write_text(json.dumps(train_info, indent=1, default=str))

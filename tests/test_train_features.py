@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -123,3 +124,76 @@ def test_cache_reader(tmp_path):
     back = F.FeatureCache(tmp_path).speaker_stats()
     assert set(back) == {"a", "b"}
     np.testing.assert_allclose(back["a"].mean, stats["a"].mean)
+
+
+# ---------------------------------------------------------------------- deployment-faithful normalisation groups
+
+def _index(n_speakers=3, per_label=12, labels=("neutral", "happy", "angry", "sad")):
+    rows = [dict(utt_id=f"s{s}_{lab}_{i}", speaker=f"s{s}", label=lab, split="test")
+            for s in range(n_speakers) for lab in labels for i in range(per_label)]
+    return pd.DataFrame(rows)
+
+
+def test_simulated_channels_partition_each_speaker_into_skewed_groups():
+    idx = _index()
+    g = F.simulated_channels(idx, seed=0)
+    assert set(g) == set(idx["utt_id"])  # every utterance in exactly one group (a dict: at most one)
+    d = idx.assign(group=idx["utt_id"].map(g))
+    assert (d.groupby("group")["speaker"].nunique() == 1).all()  # never across speakers
+    sizes = d.groupby("group").size()
+    assert sizes.max() <= 12 and sizes.sum() == len(idx)
+    dominant = d.groupby("group")["label"].agg(lambda s: s.value_counts().iloc[0] / len(s))
+    full = sizes[sizes == 12].index
+    assert dominant[full].mean() > 0.5  # balanced would be 0.25-0.33: channels are label-skewed
+    assert g == F.simulated_channels(idx, seed=0) and g != F.simulated_channels(idx, seed=1)
+
+
+def test_norm_groups_protocols(tmp_path):
+    idx = _index(2)
+
+    class Cache:  # only the meta is consulted
+        meta = {"groups": "speakers"}
+
+    sim = F.norm_groups(Cache(), idx, "channels", seed=0)
+    assert len(set(sim.values())) > 2 and set(sim) == set(idx["utt_id"])
+    assert F.norm_groups(Cache(), idx, "speaker") == dict(zip(idx["utt_id"], idx["speaker"]))
+    Cache.meta = {"groups": "channels"}  # a call archive: speakers already are channels, used as they are
+    assert F.norm_groups(Cache(), idx, "channels") == dict(zip(idx["utt_id"], idx["speaker"]))
+    with pytest.raises(ValueError, match="norm groups"):
+        F.norm_groups(Cache(), idx, "utterance")
+
+
+# ---------------------------------------------------------------------- training from a labelled call archive
+
+def test_call_archive_manifest_and_segment_cut(tmp_path):
+    import soundfile as sf
+
+    from emoq_model.datasets import call_archive_manifest
+    from jobs.extract_features import decode_batch
+
+    rate = 8000
+    x = np.zeros((2, 4 * rate), np.float32)
+    x[0, rate: 2 * rate] = 0.1 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
+    x[1, 2 * rate: 3 * rate + rate // 2] = 0.2 * np.sin(2 * np.pi * 300 * np.arange(rate + rate // 2) / rate)
+    wav = tmp_path / "call.wav"
+    sf.write(wav, x.T, rate, subtype="PCM_16")
+    truth = pd.DataFrame([
+        dict(recording_id="c1", path=str(wav), channel=0, channel_name="agent", segment=0, start_s=1.0, end_s=2.0,
+             label="neutral", transcript="hello"),
+        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=1, start_s=2.0,
+             end_s=3.5, label="angry", transcript=None),
+        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=2, start_s=3.9,
+             end_s=6.0, label="angry", transcript=None),  # past the end of the file: an error row
+    ])
+    m = call_archive_manifest(truth, splits={"c1": "train"})
+    assert m["utt_id"].tolist() == ["c1/agent/0", "c1/customer/1", "c1/customer/2"]
+    assert m["speaker"].tolist() == ["c1/agent", "c1/customer", "c1/customer"]  # the group labeling sees
+    assert (m["split"] == "train").all()
+    out = decode_batch(m, sample_rate=16000, max_duration_s=60.0)
+    a = np.frombuffer(out["audio"][0], "<f4")
+    b = np.frombuffer(out["audio"][1], "<f4")
+    assert out["num_samples"][:2].tolist() == [16000, 24000] and out["duration_s"][1] == pytest.approx(1.5)
+    assert np.abs(a).max() == pytest.approx(0.1, rel=0.05) and np.abs(b).max() == pytest.approx(0.2, rel=0.05)
+    assert "outside the recording" in out["error"][2]
+    with pytest.raises(ValueError, match="lacks columns"):
+        call_archive_manifest(truth.drop(columns=["label"]))
