@@ -35,6 +35,9 @@ class LabelWithVLLM:
         kw.setdefault("trust_remote_code", False)  # no code from model directories unless asked for
         self.llm = LLM(**kw)
         self.lora = None if not kw.get("enable_lora") else lora_request(bundle_dir)
+        from emoq_model.calibration import load_temperature
+
+        self.temperature = load_temperature(bundle_dir)  # fitted on validation at training time
 
     def __call__(self, batch: dict) -> dict:
         from emoq_model.serving import classify
@@ -47,16 +50,22 @@ class LabelWithVLLM:
             prompts += [torch.from_numpy(np.array(emb[off[s]:off[s + 1]])) for s in range(len(off) - 1)]  # own copy
         n_lab = len(self.labels)
         if prompts:
+            from emoq_model.calibration import apply_temperature
+
             scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
             names = scores.labels(self.labels)
+            probs = apply_temperature(scores.probs, self.temperature)  # same argmax, calibrated confidence
+            confidence = probs[np.arange(len(probs)), scores.index]
         maybe_die("label")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
         start = 0
         for row, n in zip(rows, counts):
             sl = slice(start, start + n)
             start += n
             row["labels"] = names[sl] if n else []
-            row["confidence"] = scores.confidence[sl].astype(np.float32) if n else np.zeros(0, np.float32)
-            row["probabilities"] = (scores.probs[sl].astype(np.float32) if n else np.zeros((0, n_lab), np.float32))
+            row["confidence"] = confidence[sl].astype(np.float32) if n else np.zeros(0, np.float32)
+            row["probabilities"] = (probs[sl].astype(np.float32) if n else np.zeros((0, n_lab), np.float32))
+            # the LLM's probability mass on the label tokens: low = the prompt is unlike anything in training
+            row["label_mass"] = scores.label_mass[sl].astype(np.float32) if n else np.zeros(0, np.float32)
             row.pop("prompt_embeds", None)
             row.pop("prompt_offsets", None)
         keys = [k for k in rows[0]] if rows else []

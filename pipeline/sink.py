@@ -38,6 +38,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("label", pa.string()),
     ("confidence", pa.float32()),
     ("probabilities", pa.map_(pa.string(), pa.float32())),
+    ("label_mass", pa.float32()),
     ("transcript", pa.string()),
     ("recording_duration_s", pa.float64()),
     ("model_id", pa.string()),
@@ -114,6 +115,12 @@ def write_atomic(table: pa.Table, dir_uri: str, name_hint: bytes | None = None, 
     return final
 
 
+def _mass(rec: dict, i: int) -> float | None:
+    m = rec.get("label_mass")
+    v = None if m is None else float(m[i])
+    return None if v is None or not np.isfinite(v) else v
+
+
 def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
     """Output rows of one labelled recording (see ``SEGMENT_SCHEMA``)."""
     names = rec["channel_names"].split(",") if rec.get("channel_names") else []
@@ -122,7 +129,7 @@ def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
     n = len(rec["seg_start_s"]) if rec.get("seg_start_s") is not None else 0
     if n == 0:
         return [dict(base, channel=None, channel_index=None, segment_index=None, start_s=None, end_s=None, label=None,
-                     confidence=None, probabilities=None, transcript=None, error=rec.get("error") or "no segments")]
+                     confidence=None, probabilities=None, label_mass=None, transcript=None, error=rec.get("error") or "no segments")]
     transcripts = json.loads(rec["seg_transcript"]) if rec.get("seg_transcript") else [None] * n
     rows = []
     for i in range(n):
@@ -132,6 +139,7 @@ def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
             base, channel=names[ch] if 0 <= ch < len(names) else "mix", channel_index=ch, segment_index=i,
             start_s=float(rec["seg_start_s"][i]), end_s=float(rec["seg_end_s"][i]), label=rec["labels"][i],
             confidence=float(rec["confidence"][i]), probabilities=list(zip(labels, probs.tolist())),
+            label_mass=_mass(rec, i),
             transcript=transcripts[i], error=None))
     return rows
 
