@@ -39,6 +39,7 @@ class EncoderConfig:
     exact_batching: bool = True  # group-norm wav2vec2-family models (no padding support) run item by item
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False  # load a checkpoint that has only pytorch_model.bin (torch.load, weights_only)
+    prosody: bool = False  # append pitch / voicing / energy / brightness tracks to every frame (emoq_model.prosody)
 
 
 @dataclass

@@ -86,6 +86,13 @@ class SpeechEncoder(nn.Module):
                                                                     False))
         self.per_item = (self.family != "whisper" and cfg.exact_batching
                          and getattr(hf_cfg, "feat_extract_norm", "layer") == "group")
+        # samples per output frame (Whisper: mel hop x the stride-2 conv; wav2vec2 family: the conv strides)
+        self.frame_hop = (2 * int(self.feature_extractor.hop_length) if self.family == "whisper"
+                          else int(np.prod(hf_cfg.conv_stride)))
+        from emoq_model.prosody import PROSODY_DIMS
+
+        self.prosody_dims = PROSODY_DIMS if cfg.prosody else 0
+        self.output_size = self.hidden_size + self.prosody_dims  # width of every output frame
 
     def _layer_indices(self) -> list[int] | None:
         """Hidden-state indices stacked for ``weighted`` (or the single index); None for ``last``."""
@@ -132,10 +139,22 @@ class SpeechEncoder(nn.Module):
             raise ValueError("empty batch")
         waves = [self._prepare(a, i) for i, a in enumerate(audio)]
         if self.family == "whisper":
-            return self._whisper(waves)
-        if self.per_item and len(waves) > 1:
-            return _pad_outputs([self._wav2vec2([w]) for w in waves])
-        return self._wav2vec2(waves)
+            out = self._whisper(waves)
+        elif self.per_item and len(waves) > 1:
+            out = _pad_outputs([self._wav2vec2([w]) for w in waves])
+        else:
+            out = self._wav2vec2(waves)
+        return self._with_prosody(out, waves) if self.prosody_dims else out
+
+    def _with_prosody(self, out: EncoderOutput, waves: list[np.ndarray]) -> EncoderOutput:
+        """Append the prosody tracks (:mod:`emoq_model.prosody`) to every frame of every output layer."""
+        from emoq_model.prosody import prosody_tracks
+
+        h = out.hidden
+        p = prosody_tracks(waves, self.sample_rate, self.frame_hop, out.mask.sum(-1).tolist(), h.device)
+        p = nn.functional.pad(p, (0, 0, 0, h.shape[-2] - p.shape[1])).to(h.dtype)
+        p = p.expand(h.shape[0], -1, -1, -1) if h.dim() == 4 else p
+        return EncoderOutput(torch.cat([h, p], -1), out.mask)
 
     def _prepare(self, a, i: int) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)

@@ -58,17 +58,24 @@ class EmoQFormer(nn.Module):
         text_dim: int | None = None,
         max_text_tokens: int = 64,
         llm_embed_rms: float | None = None,
+        prosody_dims: int = 0,
     ):
         """``num_encoder_layers`` > 1 adds :class:`LayerWeights` (stacked ``[L, B, T, D]`` input); ``text_dim`` (the
         LLM embedding width) is required for ``text_fusion="concat"``; ``llm_embed_rms`` scales the projector's
-        LayerNorm so soft prompts start at the size of the LLM's token embeddings."""
+        LayerNorm so soft prompts start at the size of the LLM's token embeddings; the last ``prosody_dims`` of the
+        ``encoder_dim`` channels are prosody tracks, kept out of the encoder channels' LayerNorm (their scales are
+        unrelated)."""
         super().__init__()
         from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
         self.cfg = cfg
         self.text_fusion = cfg.text_fusion
         self.layer_weights = LayerWeights(num_encoder_layers) if num_encoder_layers > 1 else None
-        self.encoder_norm = nn.LayerNorm(encoder_dim)
+        self.prosody_dims = int(prosody_dims)
+        self.encoder_norm = nn.LayerNorm(encoder_dim - self.prosody_dims)
+        # prosody channels: a learned scale and shift each (a LayerNorm across unrelated quantities would mix them)
+        self.prosody_scale = nn.Parameter(torch.ones(self.prosody_dims)) if self.prosody_dims else None
+        self.prosody_shift = nn.Parameter(torch.zeros(self.prosody_dims)) if self.prosody_dims else None
         qcfg = Blip2QFormerConfig(
             hidden_size=cfg.hidden,
             num_hidden_layers=cfg.num_layers,
@@ -132,7 +139,12 @@ class EmoQFormer(nn.Module):
                 frames = self.layer_weights(frames)
         elif self.layer_weights is not None:
             raise ValueError("the Former weights encoder layers: give stacked frames [L, B, T, D]")
-        frames = self.encoder_norm(frames)
+        if not self.prosody_dims:
+            frames = self.encoder_norm(frames)
+        else:
+            k = self.prosody_dims
+            pros = frames[..., -k:] * self.prosody_scale + self.prosody_shift
+            frames = torch.cat([self.encoder_norm(frames[..., :-k]), pros], -1)
         b = frames.shape[0]
         q = self.queries.expand(b, -1, -1)
         n_q = q.shape[1]

@@ -78,12 +78,20 @@ def collate_features(items: Sequence[Mapping[str, Any]], label_names: Sequence[s
     return EmoQBatch(x, mask, labels, transcripts if any(transcripts) else None)
 
 
+def prosody_dims(cfg: EmoQConfig) -> int:
+    """Prosody channels appended to each encoder frame (0 unless ``encoder.prosody``)."""
+    from emoq_model.prosody import PROSODY_DIMS
+
+    return PROSODY_DIMS if cfg.encoder.prosody else 0
+
+
 def encoder_dims(cfg: EmoQConfig) -> tuple[int, int]:
-    """(encoder width, number of stacked output layers) from the encoder's config, without loading weights."""
+    """(frame width incl. prosody channels, number of stacked output layers) from the encoder's config, without
+    loading weights."""
     from transformers import AutoConfig
 
     hf = AutoConfig.from_pretrained(cfg.encoder.path, trust_remote_code=cfg.encoder.trust_remote_code)
-    width = hf.d_model if hf.model_type == "whisper" else hf.hidden_size
+    width = int(hf.d_model if hf.model_type == "whisper" else hf.hidden_size) + prosody_dims(cfg)
     if cfg.encoder.layer != "weighted":
         return int(width), 1
     return int(width), len(cfg.encoder.weighted_layers or range(num_encoder_hidden_states(hf)))
@@ -107,14 +115,14 @@ class EmoQFrontEnd(nn.Module):
         self.prompt = PromptBuilder(tokenizer, cfg.prompt, cfg.labels)
         self.label_names = list(cfg.labels.names)
         width, n_layers = encoder_dims(cfg)
-        if encoder is not None and (encoder.hidden_size, encoder.num_output_layers) != (width, n_layers):
+        if encoder is not None and (encoder.output_size, encoder.num_output_layers) != (width, n_layers):
             raise ValueError("encoder does not match the configuration")
         rms = float(embed.weight.detach().float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.former = EmoQFormer(cfg.former, encoder_dim=width, llm_dim=embed.embedding_dim,
                                      num_labels=len(self.label_names), num_encoder_layers=n_layers,
-                                     text_dim=embed.embedding_dim,
+                                     text_dim=embed.embedding_dim, prosody_dims=prosody_dims(cfg),
                                      max_text_tokens=cfg.prompt.max_transcript_tokens, llm_embed_rms=rms)
         self.former.to(resolve_device(cfg.llm.device))
 
