@@ -128,6 +128,8 @@ class Stage2Config:
     former_trainable: bool = False
     mal_weight: float = 0.0  # weight of the MAL auxiliary loss in stage 2 (needs former_trainable)
     label_ce_weight: float = 1.0  # + cross-entropy over the label tokens only at the answer (= predict_proba)
+    lm_weight: float = 1.0  # the LM loss on the answer tokens (label + end of turn, full vocabulary)
+    distill_weight: float = 0.0  # + KL(stage-1 aux head || LLM label distribution), e.g. 1.0 (measured: no gain)
 
 
 @dataclass
@@ -324,6 +326,8 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
         (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout must be in [0, 1)"),
         (st.stage2.mal_weight >= 0, "train.stage2.mal_weight must be >= 0"),
         (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
+        (st.stage2.distill_weight >= 0, "train.stage2.distill_weight must be >= 0"),
+        (st.stage2.lm_weight >= 0, "train.stage2.lm_weight must be >= 0"),
         (st.stage2.mal_weight == 0 or st.stage2.former_trainable,
          "train.stage2.mal_weight > 0 needs train.stage2.former_trainable=true (MAL only trains the Former)"),
         (all(s.epochs >= 0 and s.lr > 0 and s.batch_size >= 1 for s in (st.stage1, st.stage2)),

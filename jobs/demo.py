@@ -1,16 +1,24 @@
-"""The embedded demo, end to end on this machine (local Ray, offline assets):
+"""The embedded demo, end to end on this machine (local Ray, offline assets), evaluated as it would be deployed:
 
 1. build the offline assets (real Whisper tiny.en converted from CTranslate2, a small Qwen2 LLM),
-2. synthesize the demo emotional corpus (hard mode, speaker-disjoint splits) and the call-centre archive,
-3. extract frozen-encoder features with Ray Data, train EmoQ in two stages with Ray Train, evaluate the bundle,
-4. label the call archive with Ray Data + vLLM and print where the Parquet files are.
+2. synthesize labelled training calls (stereo 8 kHz; every channel its own skewed emotion mix; other services'
+   wording), validation calls (unseen speakers) and the evaluation archive (unseen speakers again, the call-centre
+   scripts: calm, escalating, upset, sad, pleased, grieving),
+3. extract frozen-encoder features of every labelled turn with Ray Data,
+4. train EmoQ in two stages with Ray Train (per-channel statistics exactly as labeling computes them; best epoch
+   and the calibration temperature from the validation calls),
+5. label the evaluation archive with Ray Data + vLLM,
+6. score the labels against the archive's per-turn truth (``jobs/evaluate_archive.py``) and print it.
 
-Every step is cached or resumable: a second run reuses the features and bundle and skips labelled recordings.
-``--fresh`` retrains. Outputs go under ``--workdir`` (default ``runs/demo``).
+Every step is cached or resumable: a second run reuses the calls, features and bundle and skips labelled
+recordings. ``--fresh`` retrains. Outputs go under ``--workdir`` (default ``runs/demo``).
+
+    python jobs/demo.py [--workdir runs/demo] [--fresh]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import sys
@@ -24,11 +32,10 @@ if __package__ in (None, ""):
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="runs/demo")
-    ap.add_argument("--speakers", type=int, default=24)
-    ap.add_argument("--sentences", type=int, default=12)
-    ap.add_argument("--wideband", action="store_true",
-                    help="train on 16 kHz clips (default: 8 kHz telephone band, like the call archive)")
-    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--train-calls", type=int, default=36, help="labelled training calls")
+    ap.add_argument("--train-customers", type=int, default=13, help="distinct customers over the training calls")
+    ap.add_argument("--val-calls", type=int, default=8, help="labelled validation calls (unseen speakers)")
+    ap.add_argument("--calls", type=int, default=12, help="calls in the evaluation archive (unseen speakers)")
     ap.add_argument("--call-minutes", type=float, default=2.0)
     ap.add_argument("--stage1-epochs", type=int, default=10, help="override the demo config (20)")
     ap.add_argument("--stage2-epochs", type=int, default=2, help="override the demo config (5)")
@@ -41,15 +48,46 @@ def step(msg: str) -> None:
     print(f"\n=== {msg} ===", flush=True)
 
 
+def demo_archives(a: argparse.Namespace) -> dict[str, Path]:
+    """The three call archives (cached): training, validation and evaluation, with disjoint voices."""
+    from pipeline.demo_calls import archive_voices, cached_call_archive
+
+    common = dict(minutes=a.call_minutes, encoding="ulaw", workers=2)
+    train = cached_call_archive("demo_train_calls", n_calls=a.train_calls, seed=101, scripts="mixed",
+                                lines="training", n_customers=a.train_customers, id_prefix="train", **common)
+    seen = archive_voices(train)
+    val = cached_call_archive("demo_val_calls", n_calls=a.val_calls, seed=202, scripts="mixed", lines="training",
+                              n_customers=max(1, a.val_calls // 2), id_prefix="val", exclude_voices=seen, **common)
+    seen |= archive_voices(val)
+    archive = cached_call_archive("demo_eval_calls", n_calls=a.calls, seed=0, id_prefix="call", exclude_voices=seen,
+                                  **common)
+    return {"train": train, "val": val, "archive": archive}
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from emoq_model.assets.paths import asset_dir
+    import pandas as pd
+
     from emoq_model.assets.tiny_llm import build_tiny_llm
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
-    from pipeline.demo_calls import make_call_archive
-    from pipeline.demo_corpus import CorpusConfig, cached_emotion_corpus
+    from emoq_model.datasets import call_archive_manifest, write_manifest
     from pipeline.ray_env import init_ray
 
     t0 = time.perf_counter()
@@ -58,58 +96,55 @@ def main(argv=None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    step("1/5 offline assets")
+    step("1/6 offline assets")
     print("encoder:", build_whisper_tiny_en())
     print("llm:    ", build_tiny_llm())
 
-    step("2/5 demo corpus and call archive")
-    manifest = cached_emotion_corpus(CorpusConfig(n_speakers=a.speakers, n_sentences=a.sentences, mode="hard",
-                                                  telephone=not a.wideband))
-    print("corpus manifest:", manifest)
-    calls_dir = asset_dir(f"demo_calls-{a.calls}x{a.call_minutes:g}min")
-    if not (calls_dir / "calls.csv").exists():
-        tmp = calls_dir.with_name(calls_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        make_call_archive(tmp, n_calls=a.calls, minutes=a.call_minutes, seed=0)
-        import pandas as pd
-
-        for fn in ("calls.csv", "segments.csv"):  # absolute paths move with the folder
-            df = pd.read_csv(tmp / fn)
-            df["path"] = df["path"].str.replace(str(tmp), str(calls_dir), regex=False)
-            df.to_csv(tmp / fn, index=False)
-        os.replace(tmp, calls_dir)
-    print("call archive:", calls_dir / "calls.csv")
+    step("2/6 labelled training / validation calls and the evaluation archive")
+    arch = demo_archives(a)
+    rows = pd.concat([call_archive_manifest(arch["train"].parent / "segments.csv", "train"),
+                      call_archive_manifest(arch["val"].parent / "segments.csv", "val")])
+    manifest = work / "train_manifest.csv"
+    if not manifest.exists() or not pd.read_csv(manifest).equals(pd.read_csv(io.StringIO(rows.to_csv(index=False)))):
+        write_manifest(rows, manifest, add_recording_id=False)  # rewritten only when it changes: features depend on it
+    for k, v in arch.items():
+        print(f"{k:8s}", v)
 
     init_ray()
-    from jobs import evaluate, extract_features, label_corpus, train
+    from jobs import evaluate_archive, extract_features, label_corpus, train
 
     features, bundle = work / "features", work / "bundle"
-    step("3/5 feature extraction (Ray Data, frozen Whisper encoder)")
-    if not (features / "_SUCCESS").exists() and not (features / "meta.json").exists():
-        extract_features.main([str(manifest), str(features)])
+    step("3/6 feature extraction of every labelled turn (Ray Data, frozen Whisper encoder)")
+    meta = _read(features / "meta.json")
+    if meta.get("manifest") == str(manifest) and (features / "meta.json").stat().st_mtime > manifest.stat().st_mtime:
+        print("cached:", features)  # extracted from this very manifest (not an older demo's)
     else:
-        print("cached:", features)
+        extract_features.main([str(manifest), str(features), "--overwrite"])
 
-    step("4/5 two-stage training (Ray Train) and evaluation")
-    if not (bundle / "bundle.json").exists():
-        sets = []
-        if a.stage1_epochs is not None:
-            sets += ["--set", f"train.stage1.epochs={a.stage1_epochs}"]
-        if a.stage2_epochs is not None:
-            sets += ["--set", f"train.stage2.epochs={a.stage2_epochs}"]
-        train.main([str(features), "--out", str(bundle), "--name", "demo", "--storage-path", str(work / "ray_train"),
+    step("4/6 two-stage training (Ray Train)")
+    features_id = _sha(features / "meta.json")
+    if _read(bundle / "training.json").get("features_meta_sha256") != features_id:  # trained on these features?
+        for stale in ("labels", "eval"):  # labels of another bundle must not be resumed
+            shutil.rmtree(work / stale, ignore_errors=True)
+        sets = ["--set", f"train.stage1.epochs={a.stage1_epochs}", "--set", f"train.stage2.epochs={a.stage2_epochs}"]
+        run = "demo-" + features_id[:10]  # named after its features: an interrupted run resumes, new ones start afresh
+        train.main([str(features), "--out", str(bundle), "--name", run, "--storage-path", str(work / "ray_train"),
                     "--workers", str(a.workers), *sets])
     else:
         print("cached:", bundle)
-    report = evaluate.main([str(bundle), str(work / "eval"), "--features", str(features), "--split", "test"])
 
-    step("5/5 labeling the call archive (Ray Data + vLLM)")
-    label_report = label_corpus.main([str(calls_dir / "calls.csv"), "--bundle", str(bundle),
-                                      "--output", str(work / "labels"), "--encode-cpus", "0.5",
-                                      "--label-cpus", "0.5"])
-    print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Test-split UA {report.get('ua', float('nan')):.3f}, "
-          f"WA {report.get('wa', float('nan')):.3f}. Labels: {work / 'labels'}")
-    return {"eval": report, "label": label_report}
+    step("5/6 labeling the evaluation archive (Ray Data + vLLM)")
+    label_report = label_corpus.main([str(arch["archive"]), "--bundle", str(bundle), "--output", str(work / "labels"),
+                                      "--encode-cpus", "0.5", "--label-cpus", "0.5"])
+
+    step("6/6 archive evaluation against the per-turn truth")
+    report = evaluate_archive.main([str(work / "labels"), str(arch["archive"].parent / "segments.csv"),
+                                    "--out", str(work / "eval")])
+    seg = report["segment"]
+    print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Evaluation archive ({a.calls} calls, unseen speakers): "
+          f"segment UA {seg['ua']:.3f}, accuracy {seg['accuracy']:.3f} (always '{report['majority']['label']}': "
+          f"{report['majority']['accuracy']:.3f}). Labels: {work / 'labels'}, report: {report['files']['json']}")
+    return {"archive": report, "label": label_report}
 
 
 if __name__ == "__main__":

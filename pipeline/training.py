@@ -188,6 +188,9 @@ class _Data:
 
         cache = F.FeatureCache(s.features)
         self.stacked = cache.stacked
+        import hashlib
+
+        self.meta_sha256 = hashlib.sha256(F.read_text(F.join(s.features, F.META_FILE)).encode()).hexdigest()
         names = list(cfg.labels.names)
         index = cache.index(["utt_id", "label", "speaker", "split", "error"])
         ok = index["error"].isna()
@@ -528,7 +531,8 @@ def train_loop_per_worker(config: dict) -> None:
                 save_calibration(bundle, cal)
                 _log(s, rank, f"calibration on {cal['n']} validation rows: T={cal['temperature']:.3f}, ECE "
                               f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
-            train_info = {"settings": dataclasses.asdict(s), "best": state["best"], "class_counts": data.counts,
+            train_info = {"settings": dataclasses.asdict(s), "features_meta_sha256": data.meta_sha256,
+                          "best": state["best"], "class_counts": data.counts,
                           "n_train": data.n_train, "n_val": data.n_val, "history": history}
             Path(bundle, "training.json").write_text(json.dumps(train_info, indent=1, default=str))
             _write_state_files(tmp, state, model, best_weights, None)

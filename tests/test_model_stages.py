@@ -86,3 +86,24 @@ def test_stage2_with_trainable_former_and_mal():
     want = {n for n, _ in trainable_named_parameters(m, 2)}
     assert got == want
     assert "former.aux_head.weight" in want and "former.queries" in want and "former.projector.0.weight" in want
+
+
+def test_stage2_distills_the_aux_head_into_the_llm():
+    """The distillation term is KL(aux head || LLM label distribution): zero exactly when the LLM's label
+    distribution equals the (frozen) aux head's, and gone with distill_weight=0."""
+    import torch.nn.functional as F
+
+    from emoq_model.stages import stage2_step
+
+    m = EmoQModel(tiny_config([*SHORT_PROMPT, "loss.alpha=none", "train.stage2.distill_weight=1.0"]))
+    m.set_stage(2)
+    batch = _batch(n=6, seed=4)
+    out = stage2_step(m, batch)
+    with torch.no_grad():
+        teacher = torch.softmax(m.run_former(batch).logits, -1)
+        student = m.predict_proba(batch)
+    want = F.kl_div(torch.log(student), teacher, reduction="batchmean")
+    assert float(out["distill"]) == pytest.approx(float(want), rel=1e-3, abs=1e-5)
+    m0 = EmoQModel(tiny_config([*SHORT_PROMPT, "train.stage2.distill_weight=0"]))
+    m0.set_stage(2)
+    assert "distill" not in stage2_step(m0, batch)
