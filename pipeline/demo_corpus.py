@@ -1,6 +1,6 @@
 """Synthetic emotional speech: a labelled, speaker-disjoint demo corpus built offline with espeak-ng, flite and sox.
 
-No emotional speech corpus exists offline (DESIGN.md section 3), so this module synthesizes one. It is also the one
+No emotional speech corpus can be downloaded here (no hub access), so this module synthesizes one. It is also the one
 place that synthesizes speech for the project: :mod:`pipeline.demo_calls` builds its call-centre archive from
 :func:`synthesize`, :func:`set_active_level` and :func:`make_noise` here.
 

@@ -11,7 +11,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     """Join the cluster at ``address`` / ``RAY_ADDRESS`` if any, else start a local Ray.
 
     Locally, Ray gets at least 4 logical CPUs: on 2-core machines an actor pool of whole-CPU actors next to a
-    streaming producer otherwise deadlocks silently (DESIGN.md §4); the logical count only shapes scheduling.
+    streaming producer otherwise deadlocks silently (measured); the logical count only shapes scheduling.
     """
     if ray.is_initialized():
         return

@@ -69,7 +69,7 @@ class TrainSettings:
     merge_llm: bool = True  # also export the LoRA-merged LLM (vLLM serves it ~6x faster than base + LoRA on CPU)
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang on 2-core machines (DESIGN.md §4)
+    cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang silently on 2-core machines (measured)
     gpus_per_worker: float = 1.0  # with use_gpu
     resources_per_worker: dict[str, float] | None = None  # overrides the two above when given
     threads_per_worker: int | None = None  # torch threads (default: node CPUs / local workers)

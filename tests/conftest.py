@@ -17,3 +17,17 @@ def demo_assets():
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
 
     return {"encoder": build_whisper_tiny_en(), "llm": build_tiny_llm()}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray (4 logical CPUs) for one test module, started fresh and shut down after it."""
+    import ray
+
+    from pipeline.ray_env import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=4)
+    yield
+    ray.shutdown()

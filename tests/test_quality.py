@@ -1,7 +1,7 @@
 """Quality under deployment conditions, end to end at small scale: a model trained on labelled calls (Ray Data
 features, Ray Train) labels an archive of unseen speakers with the real pipeline (Ray Data + vLLM), and the archive
 evaluation must show it beats chance and the majority by a margin; an all-angry channel must not be normalised
-into another label; training-time and labeling-time features of the same turns must be the same.
+into fewer angry labels; training-time and labeling-time features of the same turns must be the same.
 
 The thresholds are real: an untrained, a label-shuffled or a normalise-everything-away model fails them.
 """
@@ -17,17 +17,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 
 OVERRIDES = ["train.stage1.epochs=10", "train.stage1.batch_size=16", "train.stage2.epochs=6",
              "train.stage2.batch_size=16"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    from pipeline.ray_env import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=4)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +117,19 @@ def test_an_all_angry_channel_stays_angry(trained, archives):
     norm = FeatureNorm.load(bundle)
     truth = pd.read_csv(archives["truth"])
     calls = pd.read_csv(archives["archive"])
-    rid = calls[calls.customer_arc == "escalate"].recording_id.iloc[0]
-    waves, labels = _turns(truth, rid, 1, model.encoder.sample_rate)
-    angry = [i for i, lab in enumerate(labels) if lab == "angry"]
-    assert len(angry) >= 3 and len(angry) < len(labels)
-    mixed = _predict(model, norm, waves, ["mixed"] * len(waves))
-    alone = _predict(model, norm, [waves[i] for i in angry], ["alone"] * len(angry))
-    share_mixed = np.mean([mixed[i] == "angry" for i in angry])
-    share_alone = np.mean([p == "angry" for p in alone])
-    assert share_alone >= share_mixed - 1 / len(angry), (share_alone, share_mixed)
-    assert np.mean([p == "neutral" for p in alone]) < 0.5
+    alone_pred, mixed_pred = [], []
+    for rid in calls[calls.customer_arc == "escalate"].recording_id:  # customers: neutral, then angry, then neutral
+        waves, labels = _turns(truth, rid, 1, model.encoder.sample_rate)
+        angry = [i for i, lab in enumerate(labels) if lab == "angry"]
+        assert 0 < len(angry) < len(labels)
+        mixed = _predict(model, norm, waves, [f"{rid}/mixed"] * len(waves))
+        mixed_pred += [mixed[i] for i in angry]
+        alone_pred += _predict(model, norm, [waves[i] for i in angry], [f"{rid}/alone"] * len(angry))
+    n = len(alone_pred)
+    assert n >= 5
+    share = lambda preds, lab: float(np.mean([p == lab for p in preds]))  # noqa: E731
+    # one turn of slack: the property is about the direction, subtraction would flip most of them
+    assert share(alone_pred, "angry") >= share(mixed_pred, "angry") - 1 / n, (alone_pred, mixed_pred)
 
 
 def test_training_and_labeling_normalise_the_same_audio_the_same(trained, archives):

