@@ -96,8 +96,10 @@ class TrainSettings:
             raise ValueError("num_workers must be >= 1")
         if self.feature_norm not in ("none", "speaker", "utterance"):
             raise ValueError(f"feature_norm must be none, speaker or utterance, got {self.feature_norm!r}")
-        if self.norm_groups not in ("channels", "speaker"):
-            raise ValueError(f"norm_groups must be channels or speaker, got {self.norm_groups!r}")
+        from emoq_model.features import NORM_GROUPS
+
+        if self.norm_groups not in NORM_GROUPS:
+            raise ValueError(f"norm_groups must be one of {NORM_GROUPS}, got {self.norm_groups!r}")
 
     def scaling_config(self):
         from ray.train import ScalingConfig
