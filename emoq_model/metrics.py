@@ -122,7 +122,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
     return s or "report"
 
@@ -187,7 +187,7 @@ def save_report(report: dict, out_dir: str | os.PathLike, name: str) -> dict[str
     """
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    base = _safe_name(name)
+    base = safe_name(name)
     json_path = os.path.join(out_dir, f"{base}.json")
     png_path = os.path.join(out_dir, f"{base}_confusion.png")
     tmp = json_path + ".tmp"

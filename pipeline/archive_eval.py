@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from emoq_model.metrics import _safe_name, classification_report, plot_confusion
+from emoq_model.metrics import safe_name, classification_report, plot_confusion
 from pipeline.sources import resolve
 
 STEP = 0.01  # grid of the time-weighted metrics (s)
@@ -52,11 +52,10 @@ STEP = 0.01  # grid of the time-weighted metrics (s)
 
 def read_segments(labels: str) -> pa.Table:
     """All part files of a labels directory (names starting with ``.`` are temporary or set aside)."""
-    fs, root = resolve(labels.rstrip("/") + "/segments")
-    from pyarrow.fs import FileSelector, FileType
+    from pipeline.sink import part_files, segments_dir
 
-    files = sorted(i.path for i in fs.get_file_info(FileSelector(root, allow_not_found=True))
-                   if i.type == FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    fs, root = resolve(segments_dir(labels))
+    files = [i.path for i in part_files(fs, root)]
     if not files:
         raise FileNotFoundError(f"no part-*.parquet under {root}")
     return ds.dataset(files, format="parquet", filesystem=fs).to_table()
@@ -287,7 +286,7 @@ def _write(report: dict, seg_table: pa.Table, labs: list[str], true_idx: np.ndar
     import pyarrow.parquet as pq
 
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(os.path.abspath(out_dir), _safe_name(name))
+    base = os.path.join(os.path.abspath(out_dir), safe_name(name))
     files = {"json": f"{base}.json", "png": f"{base}_confusion.png", "segments": f"{base}_segments.parquet"}
     plot_confusion(report["segment"], files["png"], title=f"{name} (per segment)")
     tl = [labs[i] if i >= 0 else None for i in true_idx]

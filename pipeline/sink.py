@@ -50,7 +50,8 @@ def segments_dir(out_uri: str) -> str:
     return out_uri.rstrip("/") + "/segments"
 
 
-def _part_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+def part_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    """The finished part files under ``root`` (temporary and set-aside files excluded), sorted by name."""
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-")
                    and i.base_name.endswith(".parquet")), key=lambda i: i.base_name)
@@ -63,7 +64,7 @@ def recording_counts(out_uri: str, quarantine: bool = True) -> dict[str, int]:
     """
     fs, root = resolve(segments_dir(out_uri))
     counts: dict[str, int] = {}
-    for info in _part_files(fs, root):
+    for info in part_files(fs, root):
         try:
             ids = pq.read_table(info.path, columns=["recording_id"], filesystem=fs).column(0).to_pylist()
         except (OSError, pa.ArrowException) as e:
@@ -147,7 +148,7 @@ def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
 def summarize(out_uri: str) -> pa.Table:
     """Per-recording summary from all part files; written to ``summary.parquet`` atomically and returned."""
     fs, root = resolve(segments_dir(out_uri))
-    infos = _part_files(fs, root)
+    infos = part_files(fs, root)
     cols = ["recording_id", "path", "channel", "start_s", "end_s", "label", "confidence", "recording_duration_s", "error"]
     tables = [pq.read_table(i.path, columns=cols, filesystem=fs) for i in infos]
     schema = pa.schema([("recording_id", pa.string()), ("path", pa.string()), ("duration_s", pa.float64()),
@@ -230,7 +231,7 @@ def drop_failed_parts(out_uri: str) -> list[str]:
     a resumed run then labels again. Failed recordings in older mixed part files are left as they are."""
     fs, root = resolve(segments_dir(out_uri))
     ids: list[str] = []
-    for info in _part_files(fs, root):
+    for info in part_files(fs, root):
         try:
             t = pq.read_table(info.path, columns=["recording_id", "error"], filesystem=fs)
         except (OSError, pa.ArrowException):
