@@ -7,7 +7,7 @@ Layout::
     former.safetensors     EmoQ-Former state (queries, Q-Former, layer weights, projector, aux head, ...)
     adapter/               peft LoRA adapter (adapter_config.json + adapter_model.safetensors); vLLM LoRARequest
     llm_merged/            optional: the LLM with the adapter merged in (serve without LoRA)
-    encoder/, llm/         optional copies of the base models (copy_base=True)
+    encoder/, llm/, text_encoder/   optional copies of the base models (copy_base=True)
 
 Only safetensors / JSON / YAML are written and read (no pickles). The directory is written to a temporary sibling
 and renamed into place, so a reader never sees a half-written bundle.
@@ -51,6 +51,9 @@ def save_bundle(model, out_dir: str | os.PathLike, merge_llm: bool = False, copy
             shutil.copytree(cfg.encoder.path, tmp / "encoder")
             shutil.copytree(cfg.llm.path, tmp / "llm")
             cfg.encoder.path, cfg.llm.path = "${bundle}/encoder", "${bundle}/llm"
+            if cfg.former.text_encoder:
+                shutil.copytree(cfg.former.text_encoder, tmp / "text_encoder")
+                cfg.former.text_encoder = "${bundle}/text_encoder"
         (tmp / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.former.state_dict().items()}
         save_file(state, str(tmp / FORMER_FILE), metadata={"format": "pt"})

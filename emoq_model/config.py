@@ -54,6 +54,14 @@ class FormerConfig:
     cross_attention_frequency: int = 1
     text_fusion: Literal["none", "concat"] = "concat"
     dropout: float = 0.1
+    # local BERT-family directory (e.g. ${assets}/all-minilm-l6-v2): with text_fusion=concat, transcripts are embedded
+    # by this frozen encoder (contextual token states) instead of by the LLM's input embedding table (None); it is
+    # also the source of init_from_text_encoder (with any text_fusion)
+    text_encoder: Union[str, None] = None
+    # BLIP-2 initialisation: self-attention and feed-forward layers from the text encoder's first num_layers layers
+    # (cross-attention stays new); needs hidden / num_heads / intermediate equal to the text encoder's
+    init_from_text_encoder: bool = False
+    use_speech: bool = True  # false: a text-only ablation (the queries see no speech frames)
 
 
 @dataclass
@@ -291,6 +299,9 @@ def resolve_paths(cfg: EmoQConfig, variables: dict[str, str] | None = None) -> E
     variables = dict(variables or {})
     for section in (cfg.encoder, cfg.llm):
         section.path = str(Path(expand_placeholders(section.path, variables)).expanduser().resolve())
+    if cfg.former.text_encoder:
+        cfg.former.text_encoder = str(Path(expand_placeholders(cfg.former.text_encoder, variables)).expanduser()
+                                      .resolve())
     return cfg
 
 
@@ -310,6 +321,10 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
         (1 <= f.cross_attention_frequency <= f.num_layers,
          "former.cross_attention_frequency must be in [1, former.num_layers]"),
         (0.0 <= f.dropout < 1.0, "former.dropout must be in [0, 1)"),
+        (not f.init_from_text_encoder or bool(f.text_encoder),
+         "former.init_from_text_encoder needs former.text_encoder"),
+        (f.use_speech or f.text_fusion == "concat",
+         "former.use_speech=false (text-only) needs former.text_fusion=concat"),
         (cfg.prompt.max_transcript_tokens >= 0, "prompt.max_transcript_tokens must be >= 0"),
         (len(lab.names) >= 2, "labels.names needs at least 2 labels"),
         (len(set(lab.names)) == len(lab.names), f"labels.names has duplicates: {lab.names}"),
@@ -367,6 +382,8 @@ def _validate_assets(cfg: EmoQConfig) -> None:
         if not -n_states <= i < n_states:
             raise ConfigError(f"encoder layer index {i} out of range: {cfg.encoder.path} has {n_states} hidden "
                               f"states (0 = embeddings .. {n_states - 1} = last layer)")
+    if cfg.former.text_encoder:
+        _validate_text_encoder(cfg.former)
     tok = AutoTokenizer.from_pretrained(cfg.llm.path, trust_remote_code=cfg.llm.trust_remote_code)
     bad = {}
     for name in cfg.labels.names:
@@ -381,6 +398,21 @@ def _validate_assets(cfg: EmoQConfig) -> None:
         raise ConfigError(f"labels share token ids: {dict(zip(cfg.labels.names, ids))}")
     if tok.eos_token_id is None:
         raise ConfigError(f"tokenizer of {cfg.llm.path} has no eos token")
+
+
+def _validate_text_encoder(f: FormerConfig) -> None:
+    from transformers import AutoConfig
+
+    if not Path(f.text_encoder).is_dir():
+        raise ConfigError(f"former.text_encoder: {f.text_encoder} is not a directory (build the assets or fix the path)")
+    tc = AutoConfig.from_pretrained(f.text_encoder)
+    if not f.init_from_text_encoder:
+        return
+    want = {"hidden": tc.hidden_size, "num_heads": tc.num_attention_heads, "intermediate": tc.intermediate_size}
+    have = {"hidden": f.hidden, "num_heads": f.num_heads, "intermediate": f.intermediate}
+    if want != have or f.num_layers > tc.num_hidden_layers:
+        raise ConfigError(f"former.init_from_text_encoder: the Former must match {f.text_encoder}: {want} and "
+                          f"num_layers <= {tc.num_hidden_layers}; got {have}, num_layers={f.num_layers}")
 
 
 def num_encoder_hidden_states(hf_config) -> int:

@@ -1,8 +1,9 @@
 """EmoQ-Former: learnable queries over frozen speech frames (BLIP-2 Q-Former), optional transcript fusion.
 
 * Speech: the queries cross-attend to the (layer-weighted, layer-normed) encoder frames with the frame mask.
-* Text (``text_fusion="concat"``): transcript token embeddings (from the LLM's frozen embedding table, projected to
-  the Former width, plus a learned position embedding) are appended to the queries as ``query_embeds``;
+* Text (``text_fusion="concat"``): transcript token embeddings (contextual states of a frozen text encoder such
+  as MiniLM when ``text_encoder`` is set, else the LLM's frozen embedding table; projected to the Former width,
+  plus a learned position embedding) are appended to the queries as ``query_embeds``;
   ``query_length`` = number of queries, so queries and text share self-attention (text padding masked), only the
   query positions cross-attend to speech and use the query feed-forward, and only they are read out.
 * Heads: ``projector`` (Linear + LayerNorm) to the LLM width for the soft prompt; ``aux_head`` (Linear) on the
@@ -105,6 +106,19 @@ class EmoQFormer(nn.Module):
                 self.projector[1].weight.fill_(float(llm_embed_rms))
         self.aux_head = nn.Linear(cfg.hidden, num_labels)
 
+    def init_from_text_encoder(self, path: str) -> list[str]:
+        """BLIP-2 initialisation of the Q-Former from a BERT-family checkpoint (see
+        :func:`emoq_model.text_encoder.init_qformer_from_text_encoder`); the transcript projection starts as the
+        identity, so text positions enter in the encoder's own space. Returns the initialised parameter names."""
+        from emoq_model.text_encoder import init_qformer_from_text_encoder
+
+        names = init_qformer_from_text_encoder(self.qformer, path)
+        if self.text_proj is not None and self.text_proj.in_features == self.text_proj.out_features:
+            with torch.no_grad():
+                self.text_proj.weight.copy_(torch.eye(self.text_proj.in_features))
+                self.text_proj.bias.zero_()
+        return names
+
     def unused_parameter_names(self) -> set[str]:
         """Parameters that never receive gradients: with text fusion, the last Q-Former layer's feed-forward for
         the text positions (only query positions are read out). Kept for checkpoint compatibility, never
@@ -146,6 +160,8 @@ class EmoQFormer(nn.Module):
             pros = frames[..., -k:] * self.prosody_scale + self.prosody_shift
             frames = torch.cat([self.encoder_norm(frames[..., :-k]), pros], -1)
         b = frames.shape[0]
+        if not self.cfg.use_speech:  # text-only ablation: one constant frame instead of the speech
+            frames, frame_mask = torch.zeros_like(frames[:, :1]), torch.ones(b, 1, dtype=torch.bool, device=dev)
         q = self.queries.expand(b, -1, -1)
         n_q = q.shape[1]
         attn = None

@@ -112,6 +112,12 @@ class EmoQFrontEnd(nn.Module):
         else:
             object.__setattr__(self, "embed", embed)
         object.__setattr__(self, "encoder", encoder)
+        text_encoder = None
+        if cfg.former.text_encoder and cfg.former.text_fusion == "concat":  # frozen, loaded from its own path, never saved in the bundle (like the encoder)
+            from emoq_model.text_encoder import TextEncoder
+
+            text_encoder = TextEncoder(cfg.former.text_encoder, cfg.llm.device, cfg.prompt.max_transcript_tokens)
+        object.__setattr__(self, "text_encoder", text_encoder)
         self.prompt = PromptBuilder(tokenizer, cfg.prompt, cfg.labels)
         self.label_names = list(cfg.labels.names)
         width, n_layers = encoder_dims(cfg)
@@ -122,8 +128,11 @@ class EmoQFrontEnd(nn.Module):
             torch.manual_seed(cfg.seed)
             self.former = EmoQFormer(cfg.former, encoder_dim=width, llm_dim=embed.embedding_dim,
                                      num_labels=len(self.label_names), num_encoder_layers=n_layers,
-                                     text_dim=embed.embedding_dim, prosody_dims=prosody_dims(cfg),
+                                     text_dim=text_encoder.hidden_size if text_encoder else embed.embedding_dim,
+                                     prosody_dims=prosody_dims(cfg),
                                      max_text_tokens=cfg.prompt.max_transcript_tokens, llm_embed_rms=rms)
+            if cfg.former.init_from_text_encoder:
+                self.former.init_from_text_encoder(cfg.former.text_encoder)
         self.former.to(resolve_device(cfg.llm.device))
 
     @property
@@ -155,10 +164,15 @@ class EmoQFrontEnd(nn.Module):
         return EmoQBatch(enc.hidden, enc.mask, lab, list(transcripts) if transcripts is not None else None)
 
     def _text(self, batch: EmoQBatch) -> tuple[list[list[int]] | None, torch.Tensor | None, torch.Tensor | None]:
-        """Transcript token ids, their LLM embeddings ``[B, S, H]`` and mask (None when no transcripts)."""
+        """Transcript token ids of the LLM prompt, the Former's text embeddings ``[B, S, H]`` and their mask (None
+        when no transcripts). The embeddings come from the text encoder when one is configured, else from the LLM's
+        input table."""
         if batch.transcripts is None:
             return None, None, None
         ids = self.prompt.transcript_ids(batch.transcripts, len(batch))
+        if self.text_encoder is not None:
+            emb, mask = self.text_encoder.encode(batch.transcripts)
+            return (ids, emb, mask) if bool(mask.any()) else (ids, None, None)
         s = max((len(i) for i in ids), default=0)
         if s == 0:
             return ids, None, None

@@ -40,8 +40,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stage1-epochs", type=int, default=10, help="override the demo config (20)")
     ap.add_argument("--stage2-epochs", type=int, default=2, help="override the demo config (5)")
     ap.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    ap.add_argument("--modality", default="fused", choices=sorted(MODALITIES),
+                    help="fused (default): speech + transcripts (ASR at labeling); speech: speech only; text: "
+                         "transcripts only (ablations)")
     ap.add_argument("--fresh", action="store_true", help="retrain and relabel from scratch")
     return ap.parse_args(argv)
+
+
+# The demo's EmoQ-Former: BLIP-2-style, initialised from a real pretrained sentence encoder (all-MiniLM-L6-v2,
+# whose sizes it takes); with text, that encoder also embeds the transcript. All modalities share the Former's
+# shape and initialisation, so the ablations differ only in what the queries see.
+FORMER_TEXT = ["former.text_encoder=${assets}/all-minilm-l6-v2", "former.init_from_text_encoder=true",
+               "former.hidden=384", "former.num_heads=12", "former.intermediate=1536"]
+MODALITIES = {
+    "fused": FORMER_TEXT + ["former.text_fusion=concat"],
+    "speech": FORMER_TEXT + ["former.text_fusion=none"],
+    "text": FORMER_TEXT + ["former.text_fusion=concat", "former.use_speech=false"],
+}
 
 
 def step(msg: str) -> None:
@@ -52,7 +67,7 @@ def demo_archives(a: argparse.Namespace) -> dict[str, Path]:
     """The three call archives (cached): training, validation and evaluation, with disjoint voices."""
     from pipeline.demo_calls import archive_voices, cached_call_archive
 
-    common = dict(minutes=a.call_minutes, encoding="ulaw", workers=2)
+    common = dict(minutes=a.call_minutes, encoding="ulaw", workers=2, cues=True)
     train = cached_call_archive("demo_train_calls", n_calls=a.train_calls, seed=101, scripts="mixed",
                                 lines="training", n_customers=a.train_customers, id_prefix="train", **common)
     seen = archive_voices(train)
@@ -85,6 +100,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import pandas as pd
 
+    from emoq_model.assets.text_encoders import build_minilm
     from emoq_model.assets.tiny_llm import build_tiny_llm
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
     from emoq_model.datasets import call_archive_manifest, write_manifest
@@ -99,6 +115,7 @@ def main(argv=None) -> dict:
     step("1/6 offline assets")
     print("encoder:", build_whisper_tiny_en())
     print("llm:    ", build_tiny_llm())
+    print("text:   ", build_minilm())
 
     step("2/6 labelled training / validation calls and the evaluation archive")
     arch = demo_archives(a)
@@ -122,20 +139,26 @@ def main(argv=None) -> dict:
         extract_features.main([str(manifest), str(features), "--overwrite"])
 
     step("4/6 two-stage training (Ray Train)")
-    features_id = _sha(features / "meta.json")
-    if _read(bundle / "training.json").get("features_meta_sha256") != features_id:  # trained on these features?
+    overrides = MODALITIES[a.modality] + [f"train.stage1.epochs={a.stage1_epochs}",
+                                          f"train.stage2.epochs={a.stage2_epochs}"]
+    stamp = {"features_meta_sha256": _sha(features / "meta.json"), "overrides": overrides}
+    if _read(work / "bundle.json") != stamp or not (bundle / "training.json").is_file():  # trained like this?
         for stale in ("labels", "eval"):  # labels of another bundle must not be resumed
             shutil.rmtree(work / stale, ignore_errors=True)
-        sets = ["--set", f"train.stage1.epochs={a.stage1_epochs}", "--set", f"train.stage2.epochs={a.stage2_epochs}"]
-        run = "demo-" + features_id[:10]  # named after its features: an interrupted run resumes, new ones start afresh
+        import hashlib
+        import json
+
+        run = "demo-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:10]  # an interrupted run resumes
         train.main([str(features), "--out", str(bundle), "--name", run, "--storage-path", str(work / "ray_train"),
-                    "--workers", str(a.workers), *sets])
+                    "--workers", str(a.workers), *[x for o in overrides for x in ("--set", o)]])
+        (work / "bundle.json").write_text(json.dumps(stamp))
     else:
         print("cached:", bundle)
 
     step("5/6 labeling the evaluation archive (Ray Data + vLLM)")
+    asr = ["--asr-model", str(build_whisper_tiny_en())] if a.modality != "speech" else []  # transcripts from ASR
     label_report = label_corpus.main([str(arch["archive"]), "--bundle", str(bundle), "--output", str(work / "labels"),
-                                      "--encode-cpus", "0.5", "--label-cpus", "0.5"])
+                                      "--encode-cpus", "0.5", "--label-cpus", "0.5", *asr])
 
     step("6/6 archive evaluation against the per-turn truth")
     report = evaluate_archive.main([str(work / "labels"), str(arch["archive"].parent / "segments.csv"),

@@ -21,7 +21,7 @@ Determinism: call ``i`` (speakers, script, audio bytes) depends on ``seed``, ``i
 Outputs under ``out_dir``: ``calls/<recording_id>.wav``, ``calls.csv`` / ``calls.parquet`` (recording_id, path,
 channels="agent,customer", customer_arc=<script>, voices, per-channel gain and noise, ...) and ``segments.csv`` /
 ``segments.parquet`` (recording_id, path, channel, channel_name, segment, start_s, end_s, label, transcript,
-speaker, strength).
+speaker, strength, cue). With ``cues=True`` the wording carries emotion too (:mod:`pipeline.demo_cues`).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.demo_cues import cue_family, cue_line, realise
 from pipeline.demo_corpus import (DEFAULT_SENTENCES, LABELS, Speaker, check_tools, emotion_prosody, make_noise, make_speakers, max_speakers,
                                   set_active_level, synthesize, write_audio)
 
@@ -180,6 +181,7 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
     line_set = LINE_SETS[spec.get("lines", "calls")]
     segs: list[dict] = []
     decks: dict[tuple[int, str], list[int]] = {}
+    cues, cue_decks = bool(spec.get("cues", False)), {}
     t = float(rng.uniform(0.3, 0.8))
     ch = 0
     closing_from = total_s - 10.0  # roughly the last two turns
@@ -189,7 +191,7 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
         lines = line_set[ch][phase]
         k = 1 if rng.random() < 0.6 else 2
         if phase == "open" and ch == 0 and line_set is LINE_SETS["calls"]:  # greeting + offer of help
-            text = f"{lines[int(rng.integers(2))]} {lines[2]}"
+            text = first = f"{lines[int(rng.integers(2))]} {lines[2]}"
         else:  # deal from a shuffled deck per channel and phase: few repeats within a call
             deck = decks.setdefault((ch, phase), [])
             picked: list[int] = []
@@ -199,7 +201,7 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
                 i = deck.pop()
                 if i not in picked:
                     picked.append(i)
-            text = " ".join(lines[i] for i in picked)
+            text, first = " ".join(lines[i] for i in picked), lines[picked[0]]
         if mixed:
             previous = next((g["label"] for g in reversed(segs) if g["channel"] == ch), None)
             label = _mixed_label(mixes[ch], previous, rng)
@@ -209,7 +211,15 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
             previous = next((g["label"] for g in reversed(segs) if g["channel"] == 1), None)
             label = _customer_label(phases, t / total_s, previous, rng)
         strength = float(rng.uniform(lo_strength, 1.0)) if label != "neutral" else 0.0
-        prosody = emotion_prosody(label, strength)
+        realisation = "none"
+        if cues:  # words that matter (pipeline.demo_cues): the cue replaces or leads the neutral wording
+            realisation = realise(label, CHANNELS[ch], rng)
+            cue = cue_line(cue_family(spec.get("lines", "calls")), CHANNELS[ch], label, realisation, cue_decks, rng)
+            if cue is not None:
+                text = cue if rng.random() < 0.5 else f"{cue} {first}"
+            if realisation == "text":  # the words carry it, the voice does not
+                strength = 0.0
+        prosody = emotion_prosody(label if strength > 0 else "neutral", strength)
         y = synthesize(speaker, text, prosody, telephone=True)
         y = set_active_level(y, RATE, speaker.level_dbfs + prosody.gain_db)
         start = int(round(t * RATE))
@@ -218,7 +228,7 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
         x[ch, start: start + len(y)] = y
         segs.append(dict(channel=ch, channel_name=CHANNELS[ch], start_s=round(start / RATE, 4),
                          end_s=round((start + len(y)) / RATE, 4), label=label, transcript=text,
-                         speaker=speaker.speaker_id, strength=round(strength, 3)))
+                         speaker=speaker.speaker_id, strength=round(strength, 3), cue=realisation))
         t = (start + len(y)) / RATE + float(rng.uniform(0.3, 1.2))
         ch = 1 - ch
     # low-level line noise (independent per channel), under the speech too
@@ -247,7 +257,7 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
 
 
 SEGMENT_COLUMNS = ["recording_id", "path", "channel", "channel_name", "segment", "start_s", "end_s", "label",
-                   "transcript", "speaker", "strength"]
+                   "transcript", "speaker", "strength", "cue"]
 
 
 def _voice_set(voices: Iterable[str]) -> set[str]:
@@ -310,7 +320,7 @@ def call_speakers(n_calls: int, seed: int = 0, exclude_voices: Iterable[str] = (
 def plan_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2.0, seed: int = 0,
                       encoding: str = "ulaw", exclude_voices: Iterable[str] = (),
                       scripts: Iterable[str] | str | None = None, lines: str = "calls",
-                      n_customers: int | None = None, id_prefix: str = "call") -> list[dict]:
+                      n_customers: int | None = None, id_prefix: str = "call", cues: bool = False) -> list[dict]:
     """The per-call specs :func:`render_call` takes (no audio is made); see :func:`make_call_archive`."""
     if encoding not in ("ulaw", "alaw", "pcm16"):
         raise ValueError("encoding must be ulaw, alaw or pcm16")
@@ -330,14 +340,15 @@ def plan_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2
         agent = agents[int(np.random.default_rng([seed, 12, i // 6]).permutation(6)[i % 6]) % N_AGENTS]
         specs.append(dict(index=i, seed=seed, recording_id=rid, path=str(out / "calls" / f"{rid}.wav"),
                           minutes=minutes, encoding=encoding, arc=order[i % len(order)],
-                          agent=agent.to_json(), customer=customers[i % len(customers)].to_json(), lines=lines))
+                          agent=agent.to_json(), customer=customers[i % len(customers)].to_json(), lines=lines,
+                          cues=bool(cues)))
     return specs
 
 
 def make_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2.0, seed: int = 0,
                       encoding: str = "ulaw", workers: int = 2, exclude_voices: Iterable[str] = (),
                       scripts: Iterable[str] | str | None = None, lines: str = "calls",
-                      n_customers: int | None = None, id_prefix: str = "call") -> Path:
+                      n_customers: int | None = None, id_prefix: str = "call", cues: bool = False) -> Path:
     """Write ``n_calls`` stereo calls of ``minutes`` each under ``out_dir``; returns the path of ``calls.csv``
     (``segments.csv`` next to it holds the ground truth). ``encoding``: ulaw | alaw | pcm16.
 
@@ -348,9 +359,11 @@ def make_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2
     ``n_customers``: distinct customers, call i gets customer ``i % n_customers`` (default: one per call; fewer let
     training calls meet the same speaker under several label mixes and leave voices for held-out archives).
     ``id_prefix``: recording ids are ``<id_prefix>_000``, ... (distinct prefixes keep archives apart in one manifest).
+    ``cues``: words that matter (:mod:`pipeline.demo_cues`: lexical cues, polite anger, sarcasm, distractors; the
+    segments' ``cue`` column says how each turn was realised); False keeps the wording emotion-free.
     """
     specs = plan_call_archive(out_dir, n_calls, minutes, seed, encoding, exclude_voices, scripts, lines, n_customers,
-                              id_prefix)
+                              id_prefix, cues)
     check_tools()
     out = Path(out_dir).resolve()
     (out / "calls").mkdir(parents=True, exist_ok=True)
@@ -382,12 +395,13 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"comma list of customer scripts to cycle through (default {','.join(SCRIPT_ORDER)})")
     ap.add_argument("--lines", default="calls", choices=sorted(LINE_SETS))
     ap.add_argument("--customers", type=int, default=None, help="distinct customers (default: one per call)")
+    ap.add_argument("--cues", action="store_true", help="lexical emotion cues in the wording (pipeline.demo_cues)")
     a = ap.parse_args(argv)
     exclude: set[str] = set()
     for m in a.exclude_voices_from:
         exclude |= exclude_voices_from(m)
     print(make_call_archive(a.out_dir, a.calls, a.minutes, a.seed, a.encoding, a.workers, exclude, a.scripts, a.lines,
-                            a.customers))
+                            a.customers, cues=a.cues))
 
 
 if __name__ == "__main__":
