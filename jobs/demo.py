@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--modality", default="fused", choices=sorted(MODALITIES),
                     help="fused (default): speech + transcripts (ASR at labeling); speech: speech only; text: "
                          "transcripts only (ablations)")
+    ap.add_argument("--reference-transcripts", action="store_true",
+                    help="train on the archives' reference transcripts instead of ASR transcripts of the training "
+                         "audio (labeling always gets ASR transcripts)")
     ap.add_argument("--fresh", action="store_true", help="retrain and relabel from scratch")
     return ap.parse_args(argv)
 
@@ -52,8 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 # shape and initialisation, so the ablations differ only in what the queries see.
 FORMER_TEXT = ["former.text_encoder=${assets}/all-minilm-l6-v2", "former.init_from_text_encoder=true",
                "former.hidden=384", "former.num_heads=12", "former.intermediate=1536"]
+# The encoder appends 0.5 s of silence to each turn so that Whisper's decoder can read the same states (shared ASR)
+TAIL_S = 0.5
+ENCODER = [f"encoder.whisper_tail_s={TAIL_S}"]
 MODALITIES = {
-    "fused": FORMER_TEXT + ["former.text_fusion=concat"],
+    "fused": FORMER_TEXT + ["former.text_fusion=concat", "train.stage1.text_dropout=0.3",
+                            "train.stage2.text_dropout=0.3"],
     "speech": FORMER_TEXT + ["former.text_fusion=none"],
     "text": FORMER_TEXT + ["former.text_fusion=concat", "former.use_speech=false"],
 }
@@ -83,6 +90,15 @@ def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_manifest(meta: dict, manifest: Path, meta_path: Path) -> bool:
+    """The feature cache was extracted (after its last change) from a manifest with this very content."""
+    try:
+        src = Path(meta["manifest"])
+        return src.read_bytes() == manifest.read_bytes() and meta_path.stat().st_mtime > src.stat().st_mtime
+    except (KeyError, OSError):
+        return False
 
 
 def _read(path: Path) -> dict:
@@ -133,13 +149,17 @@ def main(argv=None) -> dict:
     features, bundle = work / "features", work / "bundle"
     step("3/6 feature extraction of every labelled turn (Ray Data, frozen Whisper encoder)")
     meta = _read(features / "meta.json")
-    if meta.get("manifest") == str(manifest) and (features / "meta.json").stat().st_mtime > manifest.stat().st_mtime:
-        print("cached:", features)  # extracted from this very manifest (not an older demo's)
+    transcripts = "manifest" if a.reference_transcripts else f"asr:{build_whisper_tiny_en()}"
+    if (_same_manifest(meta, manifest, features / "meta.json") and meta.get("transcripts") == transcripts
+            and meta["encoder"].get("whisper_tail_s") == TAIL_S):
+        print("cached:", features)  # extracted from this very manifest, encoder setting and transcript source
     else:
-        extract_features.main([str(manifest), str(features), "--overwrite"])
+        asr = [] if a.reference_transcripts else ["--asr-model", str(build_whisper_tiny_en())]
+        extract_features.main([str(manifest), str(features), "--overwrite", *asr,
+                               *[x for o in ENCODER for x in ("--set", o)]])
 
     step("4/6 two-stage training (Ray Train)")
-    overrides = MODALITIES[a.modality] + [f"train.stage1.epochs={a.stage1_epochs}",
+    overrides = ENCODER + MODALITIES[a.modality] + [f"train.stage1.epochs={a.stage1_epochs}",
                                           f"train.stage2.epochs={a.stage2_epochs}"]
     stamp = {"features_meta_sha256": _sha(features / "meta.json"), "overrides": overrides}
     if _read(work / "bundle.json") != stamp or not (bundle / "training.json").is_file():  # trained like this?

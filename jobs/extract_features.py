@@ -106,7 +106,8 @@ def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -
 class EncodeActor:
     """Holds the frozen :class:`~emoq_model.encoder.SpeechEncoder`; turns decoded rows into feature rows."""
 
-    def __init__(self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None):
+    def __init__(self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None,
+                 asr_model: str | None = None):
         import torch
 
         from emoq_model.config import EncoderConfig
@@ -116,8 +117,16 @@ class EncodeActor:
             torch.set_num_threads(int(threads))
         self.encoder = SpeechEncoder(EncoderConfig(**encoder_cfg))
         self.dtype = dtype
+        self.decoder = self.asr = None
+        if asr_model:  # train as served: the transcript is what ASR hears, decoded like labeling decodes it
+            from pipeline.asr import Transcribe, WhisperDecoder, same_checkpoint
 
-    def _encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+            if self.encoder.family == "whisper" and same_checkpoint(self.encoder.cfg.path, asr_model):
+                self.decoder = WhisperDecoder(asr_model, device=str(self.encoder.device))
+            else:
+                self.asr = Transcribe(asr_model, sample_rate=self.encoder.sample_rate)
+
+    def _encode(self, waves: list[np.ndarray]) -> tuple[list[np.ndarray], list[str] | None]:
         out = self.encoder(waves)
         hidden = out.hidden.float().cpu()
         lengths = out.mask.sum(-1).tolist()
@@ -125,22 +134,34 @@ class EncodeActor:
         for i, n in enumerate(lengths):
             h = hidden[..., i, : int(n), :]
             items.append((h if h.dim() == 3 else h[None]).numpy())
-        return items
+        texts = None
+        if self.decoder is not None:
+            texts = self.decoder.transcribe_states(out.decoder_states, out.decoder_lengths.tolist())
+        elif self.asr is not None:
+            texts = self.asr.transcribe(waves)
+        return items, texts
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         rows = batch.to_dict("records")
         ok = [i for i, r in enumerate(rows) if r.get("audio") is not None and _s(r.get("error")) is None]
         feats: dict[int, np.ndarray] = {}
+        heard: dict[int, str] = {}
         errors: dict[int, str] = {}
         if ok:
             waves = [np.frombuffer(rows[i]["audio"], dtype="<f4") for i in ok]
             try:
-                for i, f in zip(ok, self._encode(waves)):
+                items, texts = self._encode(waves)
+                for k, (i, f) in enumerate(zip(ok, items)):
                     feats[i] = f
+                    if texts is not None:
+                        heard[i] = texts[k]
             except Exception:  # isolate the item(s) that fail
                 for i, w in zip(ok, waves):
                     try:
-                        feats[i] = self._encode([w])[0]
+                        items, texts = self._encode([w])
+                        feats[i] = items[0]
+                        if texts is not None:
+                            heard[i] = texts[0]
                     except Exception as e:
                         errors[i] = f"encode: {type(e).__name__}: {e}"
         out = []
@@ -151,6 +172,8 @@ class EncodeActor:
             row["duration_s"] = None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(
                 r["duration_s"])
             row.update(n_layers=None, n_frames=None, dim=None, frames=None)
+            if i in heard:
+                row["transcript"] = heard[i] or None
             if i in errors:
                 row["error"] = errors[i]
             elif i in feats:
@@ -203,8 +226,12 @@ def extract_features(
     limit: int | None = None,
     rows_per_file: int = 512,
     max_duration_s: float = 600.0,
+    asr_model: str | None = None,
 ) -> dict:
-    """Run the extraction (Ray must be initialised) and return ``meta.json``'s content."""
+    """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
+    Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
+    the encoder is that checkpoint, as labeling does), so a text bundle trains on ASR errors; ``meta.json`` records
+    the WER against the manifest's transcripts."""
     import ray
 
     from emoq_model.config import load_config
@@ -255,7 +282,8 @@ def extract_features(
     ds = ds.map_batches(decode_batch, batch_format="pandas", batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s})
     ds = ds.map_batches(EncodeActor, batch_format="pandas", batch_size=batch_size,
-                        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads},
+                        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads,
+                                               "asr_model": asr_model},
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
     ds.write_parquet(shards, min_rows_per_file=rows_per_file)
@@ -270,6 +298,7 @@ def extract_features(
         # rows cut from recordings (a labelled call archive): their `speaker` is one channel of one call, the
         # population labeling normalises over (emoq_model.features.norm_groups)
         "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
+        "transcripts": f"asr:{asr_model}" if asr_model else "manifest",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded
@@ -290,10 +319,26 @@ def extract_features(
         n_speakers=len(stats),
         audio_s=float(index["num_samples"].fillna(0).sum() / sample_rate),
         encode_s=round(t_encode, 2),
+        **({"asr_wer": asr_wer(df, index)} if asr_model else {}),
         total_s=round(time.perf_counter() - t0, 2),
     )
     F.write_text(F.join(out_dir, F.META_FILE), json.dumps(meta, indent=1))
     return meta
+
+
+def asr_wer(manifest: pd.DataFrame, index: pd.DataFrame) -> float | None:
+    """WER of the cache's (ASR) transcripts against the manifest's, over rows that have a reference."""
+    import re
+
+    import jiwer
+
+    norm = lambda t: " ".join(re.sub(r"[^a-z0-9' ]", " ", str(t).lower()).split())  # noqa: E731
+    ref = manifest.set_index("utt_id")["transcript"] if "transcript" in manifest else pd.Series(dtype=object)
+    pairs = [(norm(ref[u]), norm(h) if isinstance(h, str) else "") for u, h in zip(index["utt_id"], index["transcript"])
+             if u in ref.index and isinstance(ref[u], str) and norm(ref[u])]
+    if not pairs:
+        return None
+    return round(float(jiwer.wer([r for r, _ in pairs], [h or "<empty>" for _, h in pairs])), 4)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -311,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
+    ap.add_argument("--asr-model", default=None, metavar="WHISPER_DIR",
+                    help="transcripts from this ASR instead of the manifest's (train as served; meta.json gets the WER)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default >= 4)")
@@ -324,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = extract_features(a.manifest, a.out_dir, cfg, splits=a.splits.split(",") if a.splits else None,
                             actors=a.actors, cpus_per_actor=a.cpus_per_actor, gpus_per_actor=a.gpus_per_actor,
                             batch_size=a.batch_size, dtype=a.dtype, threads=a.threads, overwrite=a.overwrite,
-                            limit=a.limit)
+                            limit=a.limit, asr_model=a.asr_model)
     print(json.dumps({k: v for k, v in meta.items() if k not in ("encoder", "errors")}, indent=1))
     if meta["n_errors"]:
         print(f"{meta['n_errors']} error rows, e.g. {meta['errors'][:3]}")

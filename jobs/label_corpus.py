@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vllm-mode", choices=("tokens", "choice"), default="tokens")
     ap.add_argument("--asr-model", default=None,
                     help="local Whisper checkpoint to transcribe segments for bundles trained with transcripts")
+    ap.add_argument("--asr-separate", action="store_true",
+                    help="run ASR as its own stage even when the bundle's encoder is the ASR model (default: decode "
+                         "from the emotion encoder's states, one encoder pass)")
     ap.add_argument("--asr-cpus", type=float, default=1.0)
     ap.add_argument("--asr-gpus", type=float, default=0.0)
     ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
@@ -91,7 +94,8 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         batch_overhead_s=a.batch_overhead_s, max_held_seconds=a.max_held_seconds,
         encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus, a.encode_resources),
         label=StageResources(a.label_actors, a.label_cpus, a.label_gpus, a.label_resources),
-        device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr=StageResources(1, a.asr_cpus, a.asr_gpus),
+        device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr_shared=not a.asr_separate,
+        asr=StageResources(1, a.asr_cpus, a.asr_gpus),
         use_merged=True if a.merged else None, engine=engine,
         object_store_limit_mb=a.object_store_mb, resume=not a.no_resume, retry_failed=a.retry_failed,
         max_attempts=a.max_attempts)

@@ -54,6 +54,9 @@ class LabelJobConfig:
     use_merged: bool | None = None  # serve the bundle's merged LLM instead of base + LoRA
     asr_model: str | None = None  # local Whisper checkpoint: transcribe segments without transcripts (text bundles)
     asr: StageResources = field(default_factory=StageResources)
+    # when the bundle's encoder is the ASR checkpoint: decode transcripts from the emotion encoder's states (one
+    # encoder pass, pipeline.asr.WhisperDecoder) instead of a separate ASR stage
+    asr_shared: bool = True
     engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
                                                   "max_num_seqs": 256})
     engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
@@ -89,6 +92,16 @@ def encoder_sample_rate(bundle: str) -> int:
     return int(AutoFeatureExtractor.from_pretrained(str(path)).sampling_rate)
 
 
+def asr_mode(cfg: LabelJobConfig, bundle: str) -> str | None:
+    """How segments without a transcript get one: ``shared`` (decoded from the emotion encoder's states),
+    ``separate`` (an ASR stage of its own) or None (no ASR: the bundle reads no text, or no ``asr_model``)."""
+    from pipeline.asr import bundle_uses_text, shares_encoder
+
+    if not cfg.asr_model or not bundle_uses_text(bundle):
+        return None
+    return "shared" if cfg.asr_shared and shares_encoder(bundle, cfg.asr_model) else "separate"
+
+
 def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
                   isolate: bool = False):
     """The streaming plan: rows (one per recording) → prepare → [ASR] → encode → vLLM → part files.
@@ -101,7 +114,7 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
     """
     import ray
 
-    from pipeline.asr import Transcribe, bundle_uses_text
+    from pipeline.asr import Transcribe
     from pipeline.labeler import EncodeAndLabel, LabelWithVLLM
     from pipeline.stages import EncodePrompts
 
@@ -119,7 +132,9 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
     ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=batch_recordings,
                         batch_format="numpy", num_cpus=cfg.prepare_num_cpus, **task_args)
-    if cfg.asr_model and bundle_uses_text(bundle):
+    mode = asr_mode(cfg, bundle)
+    shared = mode == "shared"
+    if mode == "separate":
         ds = ds.map_batches(
             Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
                                                "device": cfg.device},
@@ -127,7 +142,7 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
             num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
     encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
                      "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s,
-                     "max_held_seconds": cfg.max_held_seconds}
+                     "max_held_seconds": cfg.max_held_seconds, "asr_model": cfg.asr_model if shared else None}
     label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
                     "engine_overrides": cfg.engine, "in_process": in_process}
     if not cfg.fuse_model_stages:
@@ -195,7 +210,7 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
         + (f" ({len(retried)} failed last time, retried)" if retried else ""))
     report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
               "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid,
-              "retried_failed": len(retried), "isolated": 0, "crashed": 0}
+              "retried_failed": len(retried), "isolated": 0, "crashed": 0, "asr": asr_mode(cfg, bundle)}
     if todo and bundle_uses_text(bundle) and not cfg.asr_model:
         log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
             "are labelled from speech alone")

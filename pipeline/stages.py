@@ -81,11 +81,15 @@ class EncodePrompts:
 
     Output per recording: ``prompt_embeds`` (all segments' ``[T_i, H]`` prompts stacked, float32 or the LLM's
     dtype) and ``prompt_offsets`` (``n_segments + 1`` row offsets). The raw ``audio`` column is dropped.
+
+    ``asr_model`` (shared-encoder ASR; the bundle's encoder must be that Whisper checkpoint): segments without a
+    transcript get one decoded from the encoder states computed here (:class:`pipeline.asr.WhisperDecoder`), the
+    Former reads it, and ``seg_transcript`` carries it to the output.
     """
 
     def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
                  max_batch_seconds: float = 240.0, batch_overhead_s: float | None = None,
-                 max_held_seconds: float = 600.0, num_threads: int | None = None):
+                 max_held_seconds: float = 600.0, num_threads: int | None = None, asr_model: str | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
@@ -101,6 +105,13 @@ class EncodePrompts:
             batch_overhead_s = 1.0 if self.front.device.type == "cpu" else 150.0
         self.overhead = batch_overhead_s * self.sample_rate
         self.max_held_samples = int(max_held_seconds * self.sample_rate)
+        self.decoder = None
+        if asr_model:
+            from pipeline.asr import WhisperDecoder
+
+            if self.front.encoder.family != "whisper":
+                raise ValueError(f"shared-encoder ASR needs a Whisper encoder; the bundle's is {self.front.encoder.family}")
+            self.decoder = WhisperDecoder(asr_model, device=str(self.front.encoder.device))
 
     @torch.inference_mode()
     def encode(self, waves: list[np.ndarray], transcripts: list[str | None],
@@ -114,6 +125,7 @@ class EncodePrompts:
         encoder pass only accumulates the statistics and a second one normalises and runs the
         Former batch by batch, so memory stays at one batch of states (a 1-hour call's stacked HuBERT-large
         layers would be ~18 GB). Without per-speaker normalisation every block streams batch by batch.
+        With shared-encoder ASR, missing entries of ``transcripts`` are filled in place.
         """
         from emoq_model.features import StatsAccumulator
 
@@ -133,15 +145,20 @@ class EncodePrompts:
                 return out
             acc: dict[str, StatsAccumulator] = {}
             for idx in batches:  # pass 1: statistics only
-                for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups)):
+                for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups, transcribe=False)):
                     acc.setdefault(groups[i], StatsAccumulator()).add(item["frames"])
             stats = {g: a.result() for g, a in acc.items()}
         for idx in batches:  # streaming: encoder, normalisation (given statistics or per utterance), Former
             self._former(idx, self.norm.apply(self._encode_batch(idx, waves, transcripts, groups), stats), out)
         return out
 
-    def _encode_batch(self, idx: list[int], waves, transcripts, groups) -> list[dict]:
+    def _encode_batch(self, idx: list[int], waves, transcripts, groups, transcribe: bool = True) -> list[dict]:
         enc = self.front.encoder([waves[i] for i in idx])
+        need = [k for k, i in enumerate(idx) if not transcripts[i]] if self.decoder and transcribe else []
+        if need:  # shared-encoder ASR: the decoder reads the states just computed
+            texts = self.decoder.transcribe_states(enc.decoder_states[need], enc.decoder_lengths[need].tolist())
+            for k, text in zip(need, texts):
+                transcripts[idx[k]] = text or None
         return [{"frames": enc.item(k).float(), "utt_id": str(i), self.norm.group_key: groups[i],
                  "transcript": transcripts[i]} for k, i in enumerate(idx)]
 
@@ -165,15 +182,21 @@ class EncodePrompts:
                 groups.append(f"{row['recording_id']}\x00{int(row['seg_channel'][s])}")
         embeds: list = [None] * len(waves)
         for part in held_parts(owner, [len(w) for w in waves], self.max_held_samples):
-            for i, e in zip(part, self.encode([waves[i] for i in part], [texts[i] for i in part],
-                                              [groups[i] for i in part])):
+            part_texts = [texts[i] for i in part]
+            for i, e in zip(part, self.encode([waves[i] for i in part], part_texts, [groups[i] for i in part])):
                 embeds[i] = e
+            for i, t in zip(part, part_texts):  # shared-encoder ASR fills them
+                texts[i] = t
         maybe_die("encode", [r["recording_id"] for r in rows])  # fault injection (no-op unless EMOQ_FAULTS_DIR set)
         hidden = int(self.front.embed.embedding_dim)
         per_rec: list[list[torch.Tensor]] = [[] for _ in rows]
-        for r, e in zip(owner, embeds):
+        per_rec_text: list[list[str | None]] = [[] for _ in rows]
+        for r, e, t in zip(owner, embeds, texts):
             per_rec[r].append(e)
-        for row, es in zip(rows, per_rec):
+            per_rec_text[r].append(t)
+        for row, es, ts in zip(rows, per_rec, per_rec_text):
+            if self.decoder is not None and es:
+                row["seg_transcript"] = json.dumps(ts)
             lengths = [e.shape[0] for e in es]
             row["prompt_embeds"] = (torch.cat(es).numpy() if es else np.zeros((0, hidden), np.float32))
             row["prompt_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

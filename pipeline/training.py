@@ -255,6 +255,14 @@ def _collate(items: list[dict]):
     return batch
 
 
+def _drop_transcripts(items: list[dict], p: float, rng: np.random.Generator) -> list[dict]:
+    """Modality dropout: each item's transcript is removed with probability ``p`` (copies; the data stay)."""
+    if p <= 0:
+        return items
+    keep = rng.random(len(items)) >= p
+    return [it if k else {**it, "transcript": None} for it, k in zip(items, keep)]
+
+
 def _batches(items: list, bs: int, rng: np.random.Generator | None = None):
     order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
     for i in range(0, len(items), bs):
@@ -449,7 +457,7 @@ def train_loop_per_worker(config: dict) -> None:
             sums: dict[str, float] = {}
             n_seen = 0
             for i, chunk in enumerate(_batches(data.train, bs, rng)):
-                batch = _collate(chunk)
+                batch = _collate(_drop_transcripts(chunk, sc.text_dropout, rng))
                 out = ddp(batch, stage)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
@@ -580,7 +588,7 @@ def check_cache_matches(cache, cfg) -> None:
     from emoq_model.model import encoder_dims
 
     cm = cache.meta.get("encoder", {})
-    for key in ("layer", "weighted_layers"):
+    for key in ("layer", "weighted_layers", "whisper_real_length", "whisper_tail_s", "prosody"):
         if key in cm and cm[key] != getattr(cfg.encoder, key):
             raise ValueError(f"feature cache {cache.root} was extracted with encoder.{key}={cm[key]!r}, the config "
                              f"says {getattr(cfg.encoder, key)!r}: re-extract or fix the config")

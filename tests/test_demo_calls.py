@@ -228,3 +228,36 @@ def test_mixed_training_calls_use_other_words_and_any_emotion(tmp_path):
     assert set(segs[segs.channel_name == "agent"].label) - {"neutral", "happy"}  # agents are not scripted here
     with pytest.raises(ValueError, match="lines"):
         dc.plan_call_archive(tmp_path, 1, 1.0, lines="poetry")
+
+
+@needs_tools
+def test_cue_calls_make_words_matter(archive, tmp_path):
+    """``cues=True``: emotional turns are realised by voice and words, voice only, words only (neutral voice) or
+    with contradicting words; the audio of a cue-free call is unchanged and carries no cue line."""
+    from pipeline import demo_cues as cues
+
+    m = dc.make_call_archive(tmp_path / "cues", n_calls=6, minutes=MINUTES, seed=SEED, workers=1,
+                             exclude_voices=archive["excluded"], cues=True)
+    segs = pd.read_csv(m.parent / "segments.csv")
+    emotional = segs[segs.label != "neutral"]
+    assert set(emotional.cue) <= set(cues.REALISATIONS) and {"both", "voice", "text"} <= set(emotional.cue)
+    assert (segs[segs.label == "neutral"].cue == "none").all()
+    assert (segs[segs.cue == "text"].strength == 0).all() and (segs[segs.cue == "both"].strength > 0).all()
+    fam = cues.CUE_LINES["calls"]
+
+    def said(text: str, label: str) -> bool:
+        return any(line in text for pool in (fam["customer"], fam["agent"]) for line in pool.get(label, ()))
+
+    for r in emotional.itertuples():
+        if r.cue in ("both", "text"):
+            assert said(r.transcript, r.label), r
+        elif r.cue == "contradict":
+            assert said(r.transcript, cues.CONTRADICTS[r.label]) and not said(r.transcript, r.label), r
+    assert (archive["segments"].cue == "none").all()  # the cue-free archive
+    every_cue = {t for f in cues.CUE_LINES.values() for pools in (f["customer"], f["agent"]) for p in pools.values()
+                 for t in p}
+    assert not any(line in text for text in archive["segments"].transcript for line in every_cue)
+    # the evaluation archive's cue sentences and the training calls' share nothing
+    flat = {k: {t for pools in (f["customer"], f["agent"]) for p in pools.values() for t in p} | set(f["distractor"])
+            for k, f in cues.CUE_LINES.items()}
+    assert not flat["calls"] & flat["training"]
