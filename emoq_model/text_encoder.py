@@ -38,7 +38,10 @@ _TEXT_FFN = ("intermediate.", "output.dense", "output.LayerNorm")  # the text po
 class TextEncoder(nn.Module):
     """Frozen BERT-family encoder in inference mode: transcripts -> contextual token states."""
 
-    def __init__(self, path: str, device: str = "auto", max_tokens: int = 64, trust_remote_code: bool = False):
+    def __init__(self, path: str, device: str = "auto", max_tokens: int = 64, trust_remote_code: bool = False,
+                 cache_size: int = 8192):
+        """``cache_size``: transcripts whose states are kept (training sees each one every epoch; the encoder is
+        frozen, so its states never change); 0 disables the cache."""
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -49,6 +52,8 @@ class TextEncoder(nn.Module):
         self.model = model.to(resolve_device(device)).eval().requires_grad_(False)
         self.max_tokens = int(max_tokens)
         self.hidden_size = int(self.config.hidden_size)
+        self.cache_size = int(cache_size)
+        self._cache: dict[str, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -62,11 +67,30 @@ class TextEncoder(nn.Module):
         if not any(present):
             return (torch.zeros(len(texts), 1, self.hidden_size, device=self.device),
                     torch.zeros(len(texts), 1, dtype=torch.bool, device=self.device))
-        tok = self.tokenizer([t if p else "" for t, p in zip(texts, present)], padding=True, truncation=True,
-                             max_length=self.max_tokens, return_tensors="pt").to(self.device)
-        out = self.model(**tok).last_hidden_state.float()
-        mask = tok["attention_mask"].bool() & torch.tensor(present, device=self.device)[:, None]
+        todo = sorted({t for t, p in zip(texts, present) if p and t not in self._cache})
+        fresh = self._forward(todo) if todo else {}
+        if self.cache_size:
+            if len(self._cache) + len(fresh) > self.cache_size:
+                self._cache.clear()
+            self._cache.update(fresh)
+        states = [(self._cache.get(t) if t in self._cache else fresh[t]) if p else None
+                  for t, p in zip(texts, present)]
+        s = max(x.shape[0] for x in states if x is not None)
+        out = torch.zeros(len(texts), s, self.hidden_size, device=self.device)
+        mask = torch.zeros(len(texts), s, dtype=torch.bool, device=self.device)
+        for i, x in enumerate(states):
+            if x is not None:
+                out[i, : x.shape[0]] = x
+                mask[i, : x.shape[0]] = True
         return out, mask
+
+    def _forward(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Each text's valid token states ``[S_i, D]`` (one padded forward pass)."""
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
+                             return_tensors="pt").to(self.device)
+        out = self.model(**tok).last_hidden_state.float()
+        lengths = tok["attention_mask"].sum(-1).tolist()
+        return {t: out[i, : int(n)].clone() for i, (t, n) in enumerate(zip(texts, lengths))}
 
 
 def qformer_init_map(text_state: dict[str, torch.Tensor], qformer: nn.Module) -> dict[str, str]:

@@ -78,7 +78,7 @@ def demo_archives(a: argparse.Namespace) -> dict[str, Path]:
     train = cached_call_archive("demo_train_calls", n_calls=a.train_calls, seed=101, scripts="mixed",
                                 lines="training", n_customers=a.train_customers, id_prefix="train", **common)
     seen = archive_voices(train)
-    val = cached_call_archive("demo_val_calls", n_calls=a.val_calls, seed=202, scripts="mixed", lines="training",
+    val = cached_call_archive("demo_val_calls", n_calls=a.val_calls, seed=202, scripts="mixed", lines="service",
                               n_customers=max(1, a.val_calls // 2), id_prefix="val", exclude_voices=seen, **common)
     seen |= archive_voices(val)
     archive = cached_call_archive("demo_eval_calls", n_calls=a.calls, seed=0, id_prefix="call", exclude_voices=seen,

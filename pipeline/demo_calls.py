@@ -408,7 +408,7 @@ if __name__ == "__main__":
     main()
 
 
-GENERATOR_VERSION = 2  # bump when a change alters the audio or the truth of any call
+GENERATOR_VERSION = 3  # bump when a change alters the audio or the truth of any call
 
 
 def cached_call_archive(name: str, **kwargs) -> Path:

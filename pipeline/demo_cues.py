@@ -13,9 +13,11 @@ and a neutral turn sometimes uses a *distractor*: emotion words in a neutral sta
 that?"). Neither modality alone suffices: speech alone misses ``text`` turns, text alone misses ``voice`` turns and
 is misled by ``contradict`` turns and distractors.
 
-Two disjoint wording families keep generalisation honest: ``calls`` (the evaluation archive's) and ``training``
-(training calls'). Nothing shares a sentence across them, so a model can only carry a cue from one to the other
-through what a pretrained text encoder knows about words.
+Three disjoint wording families keep generalisation honest: ``calls`` (the evaluation archive's), ``training``
+(training calls') and ``validation`` (validation calls', which pick the best epoch). Nothing shares a sentence across
+them, so a model can only carry a cue from one to another through what it knows about words -- and model selection
+cannot reward memorised sentences: Whisper's frames carry the words too, so with shared cue sentences a
+*speech-only* model validated at UA 0.77-0.79 while scoring 0.39-0.44 on the evaluation archive (measured).
 """
 from __future__ import annotations
 
@@ -83,6 +85,14 @@ CUE_LINES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
                 "Your service is a joke.",
                 "I demand a proper answer today.",
                 "How hard can it be to fix one thing?",
+                "I am really annoyed with your company.",
+                "This is outrageous and you know it.",
+                "Stop wasting my time.",
+                "I will cancel everything if this goes on.",
+                "You promised me this would be fixed.",
+                "I am so angry I could scream.",
+                "Frankly this is a disgrace.",
+                "I have been lied to three times now.",
             ),
             "happy": (
                 "Wow, thanks a lot, that is amazing.",
@@ -91,6 +101,12 @@ CUE_LINES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
                 "Thanks, you are a star.",
                 "That is brilliant, it works perfectly now.",
                 "I am so happy it is sorted.",
+                "Great, that really made my week.",
+                "Oh how kind of you, thank you.",
+                "Superb, I could not ask for more.",
+                "That is the best news all day.",
+                "Marvellous, I am thrilled.",
+                "Thank you, that is a huge relief.",
             ),
             "sad": (
                 "It has been a terrible year for our family.",
@@ -99,6 +115,12 @@ CUE_LINES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
                 "I cannot cope with any more bills.",
                 "Nothing is going right since the divorce.",
                 "Sorry, this is all a bit much for me.",
+                "I feel completely hopeless about it.",
+                "We had to put our dog down last week.",
+                "I have been crying all morning.",
+                "I miss my wife so much.",
+                "I am struggling to get out of bed.",
+                "It is hard to talk about it.",
             ),
         },
         "agent": {
@@ -107,6 +129,10 @@ CUE_LINES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
                 "Fantastic, thanks for your patience with us.",
                 "Lovely, that is all done for you.",
                 "Brilliant, happy to have helped.",
+                "Great, you are all set now.",
+                "Excellent, I am glad it is working.",
+                "Perfect, that is good news for you.",
+                "Super, enjoy the rest of your week.",
             ),
         },
         "distractor": (
@@ -115,14 +141,55 @@ CUE_LINES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
             "I am glad to confirm the address first.",
             "The furious weather caused the delay in the region.",
             "No problem, I will wait while you look.",
+            "The happy hour offer ended in May.",
+            "Sorry, I missed the last number.",
+        ),
+    },
+    "validation": {
+        "customer": {
+            "angry": (
+                "I am livid about how I have been treated.",
+                "This has been going on for far too long.",
+                "I am not putting up with this any more.",
+                "Your staff are completely useless.",
+                "Fix it now or I am leaving.",
+                "I am extremely unhappy with this mess.",
+            ),
+            "happy": (
+                "Fab, cheers, that is great.",
+                "I am over the moon, thank you.",
+                "Splendid, that solves everything.",
+                "Oh lovely, I am very grateful.",
+                "That is wonderful, thanks ever so much.",
+            ),
+            "sad": (
+                "I have lost everything this year.",
+                "My son has been very ill.",
+                "I am so lonely since he died.",
+                "Honestly I feel like giving up.",
+                "Things have been really bleak lately.",
+            ),
+        },
+        "agent": {
+            "happy": (
+                "Smashing, that is done now.",
+                "Lovely stuff, glad to help.",
+                "Great, it was a pleasure.",
+            ),
+        },
+        "distractor": (
+            "Sorry, which account was that?",
+            "The sad news section is on page two.",
+            "I am glad to spell that for you.",
         ),
     },
 }
 
 
 def cue_family(lines: str) -> str:
-    """The cue wording family for a line set: the evaluation archive's lines get ``calls``, all others ``training``."""
-    return "calls" if lines == "calls" else "training"
+    """The cue wording family of a line set: the evaluation archive's lines (``calls``) get ``calls``, ``service``
+    (the demo's validation calls) gets ``validation``, all others ``training``."""
+    return {"calls": "calls", "service": "validation"}.get(lines, "training")
 
 
 def realise(label: str, role: str, rng: np.random.Generator) -> str:

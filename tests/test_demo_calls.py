@@ -257,7 +257,11 @@ def test_cue_calls_make_words_matter(archive, tmp_path):
     every_cue = {t for f in cues.CUE_LINES.values() for pools in (f["customer"], f["agent"]) for p in pools.values()
                  for t in p}
     assert not any(line in text for text in archive["segments"].transcript for line in every_cue)
-    # the evaluation archive's cue sentences and the training calls' share nothing
+    # the evaluation, training and validation families share no sentence
     flat = {k: {t for pools in (f["customer"], f["agent"]) for p in pools.values() for t in p} | set(f["distractor"])
             for k, f in cues.CUE_LINES.items()}
-    assert not flat["calls"] & flat["training"]
+    assert set(flat) == {"calls", "training", "validation"}
+    assert not (flat["calls"] & flat["training"] or flat["calls"] & flat["validation"]
+                or flat["training"] & flat["validation"])
+    assert [cues.cue_family(x) for x in ("calls", "service", "training", "generic")] == \
+        ["calls", "validation", "training", "training"]

@@ -115,3 +115,17 @@ def test_speech_only_former_ignores_transcripts(minilm):
     b = _prompts(front, _items(cfg, ["completely different words", None, "and more"]))
     for x, y in zip(a, b):
         assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_text_encoder_cache_gives_the_uncached_states(minilm):
+    from emoq_model.text_encoder import TextEncoder
+
+    texts = ["this is the third time I am calling", None, "thank you so much", "", "I am fed up"]
+    cached, plain = TextEncoder(minilm, "cpu"), TextEncoder(minilm, "cpu", cache_size=0)
+    a, ma = cached.encode(texts)
+    b, mb = cached.encode(list(reversed(texts)))  # from the cache, other batch and padding
+    c, mc = plain.encode(texts)
+    assert torch.equal(ma, mc) and ma.sum(-1).tolist()[1] == ma.sum(-1).tolist()[3] == 0
+    assert torch.allclose(a[ma], c[mc], atol=1e-5)
+    assert torch.allclose(b.flip(0)[mb.flip(0)], c[mc], atol=1e-5)
+    assert len(cached._cache) == 3 and not plain._cache
