@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO  # noqa: E402  (sets the offline environment)
-
-
-def normalise(text: str | None) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]", " ", (text or "").lower()).split())
 
 
 def segments(segments_csv: Path, rate: int, limit: int | None) -> tuple[list, list[str]]:
@@ -48,12 +43,6 @@ def segments(segments_csv: Path, rate: int, limit: int | None) -> tuple[list, li
     return [np.frombuffer(a, "<f4") for a in ok["audio"]], [str(t) for t in ok["transcript"]]
 
 
-def wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    return float(jiwer.wer([normalise(r) for r in refs], [normalise(h) or "<empty>" for h in hyps]))
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("segments_csv", nargs="?", default=None)
@@ -69,6 +58,7 @@ def main(argv=None) -> dict:
     from emoq_model.config import EncoderConfig
     from emoq_model.encoder import SpeechEncoder
     from pipeline.asr import Transcribe, WhisperDecoder
+    from pipeline.asr import word_error_rate as wer
     from pipeline.stages import length_batches
 
     torch.set_num_threads(a.threads)

@@ -328,17 +328,14 @@ def extract_features(
 
 def asr_wer(manifest: pd.DataFrame, index: pd.DataFrame) -> float | None:
     """WER of the cache's (ASR) transcripts against the manifest's, over rows that have a reference."""
-    import re
+    from pipeline.asr import normalise_text, word_error_rate
 
-    import jiwer
-
-    norm = lambda t: " ".join(re.sub(r"[^a-z0-9' ]", " ", str(t).lower()).split())  # noqa: E731
     ref = manifest.set_index("utt_id")["transcript"] if "transcript" in manifest else pd.Series(dtype=object)
-    pairs = [(norm(ref[u]), norm(h) if isinstance(h, str) else "") for u, h in zip(index["utt_id"], index["transcript"])
-             if u in ref.index and isinstance(ref[u], str) and norm(ref[u])]
+    pairs = [(ref[u], h if isinstance(h, str) else None) for u, h in zip(index["utt_id"], index["transcript"])
+             if u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])]
     if not pairs:
         return None
-    return round(float(jiwer.wer([r for r, _ in pairs], [h or "<empty>" for _, h in pairs])), 4)
+    return round(word_error_rate([r for r, _ in pairs], [h for _, h in pairs]), 4)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,19 @@ def bundle_uses_text(bundle_dir: str) -> bool:
 
     cfg = bundle_config(bundle_dir)
     return cfg.former.text_fusion != "none" or bool(cfg.prompt.include_transcript)
+
+
+def normalise_text(text: str | None) -> str:
+    """Lower-cased words without punctuation: the form WER is computed on."""
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", (text or "").lower()).split())
+
+
+def word_error_rate(refs: Sequence[str | None], hyps: Sequence[str | None]) -> float:
+    """Corpus WER (jiwer) of ``hyps`` against ``refs`` after :func:`normalise_text`; an empty hypothesis counts as
+    all deletions."""
+    import jiwer
+
+    return float(jiwer.wer([normalise_text(r) for r in refs], [normalise_text(h) or "<empty>" for h in hyps]))
 
 
 def shares_encoder(bundle_dir: str, asr_model: str) -> bool:
@@ -71,6 +85,9 @@ class WhisperDecoder:
         with torch.inference_mode():
             silent = fe([np.zeros(fe.n_samples, np.float32)], sampling_rate=fe.sampling_rate, return_tensors="pt")
             self.silence = self.model.get_encoder()(silent.input_features.to(self.device)).last_hidden_state[0]
+        # the emotion encoder holds these weights already: keep one copy (generate never runs the encoder when
+        # given encoder_outputs)
+        self.model.get_encoder().layers = torch.nn.ModuleList()
 
     @torch.inference_mode()
     def transcribe_states(self, states: torch.Tensor, lengths: Sequence[int]) -> list[str]:

@@ -95,3 +95,14 @@ def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text
     said = " ".join(_norm(r) for r in refs[:4])
     assert df.transcript.notna().all()
     assert jiwer.wer(said, heard) < 0.3, (said, heard)
+
+
+def test_extraction_wer_against_the_manifest():
+    from jobs.extract_features import asr_wer
+
+    manifest = pd.DataFrame({"utt_id": ["a", "b", "c", "d"],
+                             "transcript": ["Thank you, so much!", "I am fed up", None, "two words"]})
+    index = pd.DataFrame({"utt_id": ["a", "b", "c", "d"], "transcript": ["thank you so much", "i am fed", "x", None]})
+    # a: 0 errors / 4 words, b: 1 deletion / 4, c: no reference (skipped), d: nothing heard = 2 errors / 2
+    assert asr_wer(manifest, index) == round(3 / 10, 4)
+    assert asr_wer(manifest.assign(transcript=None), index) is None
