@@ -77,7 +77,14 @@ def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None and not list(seg.glob("part-*.parquet")):
             time.sleep(0.2)
-        raylet = _encoder_actor_raylet()
+        raylet = None
+        # The actor's process title is read from /proc while Ray may be rewriting it (idle vs. running a task):
+        # look again for a while rather than trusting one snapshot.
+        until = time.time() + 60
+        while raylet is None and time.time() < until and proc.poll() is None:
+            raylet = _encoder_actor_raylet()
+            if raylet is None:
+                time.sleep(0.1)
         assert proc.poll() is None and raylet is not None, \
             f"the job ended (or no encoder actor) before the node loss: {(tmp_path / 'driver.log').read_text()[-3000:]}"
         lost = next(n for n in workers if n.all_processes["raylet"][0].process.pid == raylet)
