@@ -26,7 +26,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "asr_labeling.json"))
     a = ap.parse_args(argv)
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
-    from pipeline.label_job import LabelJobConfig, StageResources, run
+    from pipeline.labeling.job import LabelJobConfig, StageResources, run
     from pipeline.ray_env import init_ray
 
     init_ray()

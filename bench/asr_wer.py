@@ -4,8 +4,8 @@ On a call archive's ground-truth turns (``segments.csv``: cut from each channel 
 cuts them; 8 kHz telephone speech), one run measures, with the same threads:
 
 * ``encoder``  -- the emotion encoder alone (what speech-only labeling pays per segment),
-* ``separate`` -- :class:`pipeline.asr.Transcribe` (HF ``generate`` on 30 s padded windows: a second encoder pass),
-* ``shared``   -- the emotion encoder (real length, ``--tail`` s of silence) + :class:`pipeline.asr.WhisperDecoder`
+* ``separate`` -- :class:`pipeline.labeling.asr.Transcribe` (HF ``generate`` on 30 s padded windows: a second encoder pass),
+* ``shared``   -- the emotion encoder (real length, ``--tail`` s of silence) + :class:`pipeline.labeling.asr.WhisperDecoder`
   on its states (one encoder pass), for each ``--tail``.
 
 WER (jiwer; lower-cased, punctuation stripped) against the archive's transcripts; speed in audio-s/s.
@@ -30,8 +30,8 @@ def segments(segments_csv: Path, rate: int, limit: int | None) -> tuple[list, li
     """Waveforms (float32 at ``rate``) and reference transcripts of the archive's turns, cut as labeling cuts."""
     import numpy as np
 
-    from emoq_model.datasets import call_archive_manifest
-    from jobs.extract_features import decode_batch
+    from pipeline.recipes import call_archive_manifest
+    from pipeline.training.extract import decode_batch
 
     m = call_archive_manifest(segments_csv, "test")
     if limit:
@@ -57,9 +57,9 @@ def main(argv=None) -> dict:
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
     from emoq_model.config import EncoderConfig
     from emoq_model.encoder import SpeechEncoder
-    from pipeline.asr import Transcribe, WhisperDecoder
-    from pipeline.asr import word_error_rate as wer
-    from pipeline.stages import length_batches
+    from pipeline.labeling.asr import Transcribe, WhisperDecoder
+    from pipeline.labeling.asr import word_error_rate as wer
+    from pipeline.labeling.encode import length_batches
 
     torch.set_num_threads(a.threads)
     if a.segments_csv is None:

@@ -23,7 +23,7 @@ from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, save_r
 def phase(a) -> dict:
     from emoq_model.features import FeatureNorm
     from pipeline.audio import load_mono
-    from pipeline.stages import EncodePrompts
+    from pipeline.labeling.encode import EncodePrompts
 
     stage = EncodePrompts(a.bundle, max_held_seconds=a.held)
     stage.norm = FeatureNorm("speaker", group_key="speaker")  # what trained bundles use (training default)

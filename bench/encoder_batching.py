@@ -31,10 +31,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from pipeline.label_job import encoder_sample_rate
-    from pipeline.prepare import PrepareConfig, prepare_batch, split_segments
-    from pipeline.sources import discover
-    from pipeline.stages import EncodePrompts, _rows, length_batches
+    from pipeline.labeling.job import encoder_sample_rate
+    from pipeline.labeling.prepare import PrepareConfig, prepare_batch, split_segments
+    from pipeline.labeling.sources import discover
+    from pipeline.labeling.columns import rows_of
+    from pipeline.labeling.encode import EncodePrompts, length_batches
 
     bundle = demo_bundle()
     corpus = make_corpus(a.clips, a.calls)
@@ -48,7 +49,7 @@ def main() -> None:
     for nb in map(int, a.blocks.split(",")):
         blocks[nb] = [prepare_batch({k: np.array([r[k] for r in rows[i:i + nb]], dtype=object) for k in rows[i]},
                                     pc) for i in range(0, len(rows), nb)]
-    waves = {nb: [[w for row in _rows(b) if row.get("seg_offsets") is not None for w in split_segments(row)]
+    waves = {nb: [[w for row in rows_of(b) if row.get("seg_offsets") is not None for w in split_segments(row)]
                   for b in bl] for nb, bl in blocks.items()}  # each block's segments, as the stage cuts them
     raw: dict[str, list] = {}
     info: dict[str, dict] = {}

@@ -12,7 +12,7 @@ of them alike:
   30 s windows (``hf30``: the standard HF feature extractor, 30 s padding) or at real length (``real``), Former,
   HF ``predict_proba`` (one prefill, label-token softmax) or HF ``generate`` (``*_generate``: 4 new tokens, the
   text mapped to a label) — one item at a time.
-* ``pipeline``: ``pipeline.label_job.run`` on an embedded local Ray (4 logical CPUs), on the corpus and then on the
+* ``pipeline``: ``pipeline.labeling.job.run`` on an embedded local Ray (4 logical CPUs), on the corpus and then on the
   corpus ``--repeat`` times (distinct ids), each run starting its own actors and engine. Steady-state (marginal)
   throughput = extra audio / extra wall; fixed cost = the corpus run's wall minus its audio at that rate. Stage
   wrappers (composition, no library change) log every call's start/end to a JSONL file for the breakdown.
@@ -46,7 +46,7 @@ def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
             raise SystemExit(f"only {len(clips)} speech clips of 2-4 s available, {n_clips} asked for")
         rows = [{"recording_id": f"clip_{i:04d}", "path": p, "channels": None} for i, (p, _) in enumerate(clips)]
         if n_calls:
-            from pipeline.demo_calls import make_call_archive
+            from pipeline.demo.calls import make_call_archive
 
             calls = pd.read_csv(make_call_archive(root / "calls", n_calls=n_calls, minutes=0.5, seed=3, workers=1))
             rows += [{"recording_id": r.recording_id, "path": r.path, "channels": r.channels}
@@ -92,7 +92,7 @@ class TimedEncode(_Timed):
         if self.threads:
             kw["num_threads"] = self.threads
         t0 = _t.time()
-        self.inner = importlib.import_module("pipeline.stages").EncodePrompts(**kw)
+        self.inner = importlib.import_module("pipeline.labeling.encode").EncodePrompts(**kw)
         self._log("encode_init", t0, _t.time(), 0)
 
     def __call__(self, batch):
@@ -116,7 +116,7 @@ class TimedLabel(_Timed):
         _o.environ.update(self.env)
 
         t0 = _t.time()
-        self.inner = importlib.import_module("pipeline.labeler").LabelWithVLLM(**kw)
+        self.inner = importlib.import_module("pipeline.labeling.label").LabelWithVLLM(**kw)
         self._log("label_init", t0, _t.time(), 0)
 
     def __call__(self, batch):
@@ -177,10 +177,10 @@ def breakdown(log_path: str, t_start: float, t_end: float) -> dict:
 # ------------------------------------------------------------------------------------------ phases
 
 def phase_pipeline(a) -> dict:
-    import pipeline.label_job as lj
-    import pipeline.labeler
-    import pipeline.stages
-    from pipeline.label_job import LabelJobConfig, StageResources
+    import pipeline.labeling.job as lj
+    import pipeline.labeling.label
+    import pipeline.labeling.encode
+    from pipeline.labeling.job import LabelJobConfig, StageResources
     from pipeline.ray_env import init_ray
 
     log_path = str(Path(a.out).with_suffix(".timings.jsonl"))
@@ -188,11 +188,11 @@ def phase_pipeline(a) -> dict:
         os.remove(log_path)
     TimedEncode.log_path = TimedLabel.log_path = TimedFused.log_path = log_path
     # composition wrappers: the real classes / functions run inside them (looked up in the workers)
-    pipeline.stages.EncodePrompts = TimedEncode
-    pipeline.labeler.LabelWithVLLM = TimedLabel
-    pipeline.labeler.EncodeAndLabel = TimedFused
-    lj.prepare_batch = _timed_fn("prepare", "pipeline.prepare.prepare_batch", log_path)
-    lj.write_parts = _timed_fn("write", "pipeline.sink.write_parts", log_path)
+    pipeline.labeling.encode.EncodePrompts = TimedEncode
+    pipeline.labeling.label.LabelWithVLLM = TimedLabel
+    pipeline.labeling.label.EncodeAndLabel = TimedFused
+    lj.prepare_batch = _timed_fn("prepare", "pipeline.labeling.prepare.prepare_batch", log_path)
+    lj.write_parts = _timed_fn("write", "pipeline.labeling.sink.write_parts", log_path)
     init_ray(num_cpus=a.ray_cpus)
     extra = json.loads(a.job) if a.job else {}
     engine = {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, **extra.pop("engine", {})}
@@ -243,9 +243,9 @@ def phase_floor(a) -> dict:
     from emoq_model.bundle import load_bundle
     from emoq_model.model import collate_features
     from emoq_model.serving import classify, engine_kwargs
-    from pipeline.label_job import encoder_sample_rate
-    from pipeline.prepare import PrepareConfig, prepare_recording, split_segments
-    from pipeline.sources import discover
+    from pipeline.labeling.job import encoder_sample_rate
+    from pipeline.labeling.prepare import PrepareConfig, prepare_recording, split_segments
+    from pipeline.labeling.sources import discover
 
     res = {}
     pc = PrepareConfig(sample_rate=encoder_sample_rate(a.bundle))

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/object_store_budget.py [--calls 24] [--minutes 1] [--budgets 2048,64,16]
 
-Corpus: ``--calls`` synthetic stereo 8 kHz calls (``pipeline.demo_calls``). After prepare, each call is a block of
+Corpus: ``--calls`` synthetic stereo 8 kHz calls (``pipeline.demo.calls``). After prepare, each call is a block of
 16 kHz float32 speech audio (~3.5 MB per call-minute), so the corpus is far bigger than the small budgets. Each
 budget runs in a fresh process (own local Ray, 4 logical CPUs, a 2 GiB object store). A sampler reads the plasma
 use every 0.25 s (``memory_summary``, the same numbers ``ray memory`` prints) and the job's own
@@ -24,7 +24,7 @@ from common import WORK, demo_bundle, machine, run_phase, save_results  # noqa: 
 
 
 def corpus(n_calls: int, minutes: float) -> str:
-    from pipeline.demo_calls import make_call_archive
+    from pipeline.demo.calls import make_call_archive
 
     root = WORK / f"budget_calls_{n_calls}_{minutes}"
     man = root / "calls.csv"
@@ -39,7 +39,7 @@ def phase_run(a) -> None:
     import ray
     from ray._private.internal_api import memory_summary
 
-    from pipeline.label_job import LabelJobConfig, run
+    from pipeline.labeling.job import LabelJobConfig, run
     from pipeline.ray_env import init_ray
 
     init_ray(num_cpus=4, object_store_mb=2048)

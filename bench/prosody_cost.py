@@ -29,8 +29,8 @@ def main(argv=None) -> dict:
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
     from emoq_model.config import EncoderConfig
     from emoq_model.encoder import SpeechEncoder
-    from pipeline.demo_calls import cached_call_archive
-    from pipeline.prepare import PrepareConfig, prepare_recording, split_segments
+    from pipeline.demo.calls import cached_call_archive
+    from pipeline.labeling.prepare import PrepareConfig, prepare_recording, split_segments
 
     torch.set_num_threads(2)
     calls = pd.read_csv(cached_call_archive("bench_prosody_calls", n_calls=4, minutes=1.0, seed=5, workers=1))

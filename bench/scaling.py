@@ -75,7 +75,7 @@ class Sampler(threading.Thread):
 
 
 def phase_run(a) -> None:
-    from pipeline.label_job import LabelJobConfig, StageResources, run
+    from pipeline.labeling.job import LabelJobConfig, StageResources, run
     from pipeline.ray_env import init_ray
 
     out = Path(a.out)
@@ -106,7 +106,7 @@ def phase_run(a) -> None:
     def partial():  # rows written so far (for a run stopped at the cap)
         import pyarrow.parquet as pq
 
-        from pipeline.sink import segments_dir
+        from pipeline.labeling.sink import segments_dir
 
         try:
             d = Path(segments_dir(str(outdir)))
@@ -120,7 +120,7 @@ def phase_run(a) -> None:
     def watchdog():
         while not finished.wait(5):
             try:
-                from pipeline.sink import segments_dir
+                from pipeline.labeling.sink import segments_dir
 
                 res["part_files_so_far"] = len(list(Path(segments_dir(str(outdir))).glob("part-*.parquet")))
             except Exception:

@@ -6,10 +6,10 @@ Feature cache: real Whisper tiny.en features (demo config: 5 stacked layers x 38
 prompts, 1-5 s) with random labels / speakers (throughput only; labels do not matter), built once with
 ``jobs/extract_features.py``'s ``extract_features``. Every measurement runs in a fresh process.
 
-* ``ray``: ``pipeline.training.run_training`` with stages (1, 2) and W workers x T torch threads; samples/s of an
+* ``ray``: ``pipeline.training.driver.run_training`` with stages (1, 2) and W workers x T torch threads; samples/s of an
   epoch = train rows / ``epoch_s`` from the run's history (epoch 0 of each stage is warm-up and dropped; epoch_s
   includes the small validation pass, as in a real run).
-* ``plain``: the same model, data (``_Data``), optimizer and step in one process, no Ray, no DDP.
+* ``plain``: the same model, data (``WorkerData``), optimizer and step in one process, no Ray, no DDP.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def feature_cache() -> str:
     import numpy as np
     import pandas as pd
 
-    from jobs.extract_features import extract_features
+    from pipeline.training.extract import extract_features
     from pipeline.ray_env import init_ray
 
     clips = asterisk_clips(1.0, 5.0)
@@ -87,15 +87,15 @@ def phase_plain(a) -> dict:
     import numpy as np
     import torch
 
-    from emoq_model import stages as st
+    from emoq_model import steps as st
     from emoq_model.model import EmoQModel
-    from pipeline.training import _batches, _collate, _Data
+    from pipeline.training.data import WorkerData, batches, collate
 
     torch.set_num_threads(a.threads)
     cfg = cfg_()
     cfg.llm.device = cfg.encoder.device = "cpu"
     s = settings(a, "plain")
-    data = _Data(s, cfg, 0, 1)
+    data = WorkerData(s, cfg, 0, 1)
     model = EmoQModel(cfg)
     model.set_class_counts(data.counts)
     res = {}
@@ -107,8 +107,8 @@ def phase_plain(a) -> dict:
         for epoch in range(sc.epochs):
             model.train()
             t0 = time.perf_counter()
-            for chunk in _batches(data.train, sc.batch_size, np.random.default_rng(epoch)):
-                out = model.stage_step(_collate(chunk), stage)
+            for chunk in batches(data.train, sc.batch_size, np.random.default_rng(epoch)):
+                out = model.stage_step(collate(chunk), stage)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

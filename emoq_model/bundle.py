@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from emoq_model.config import load_config
+from emoq_model.errors import BundleError
 
 BUNDLE_FORMAT = 1
 CONFIG_FILE = "config.yaml"
@@ -111,9 +112,11 @@ def _versions() -> dict[str, str]:
 def read_meta(bundle_dir: str | os.PathLike) -> dict:
     """``bundle.json`` with the model paths resolved (absolute)."""
     root = Path(bundle_dir).expanduser().resolve()
+    if not (root / META_FILE).is_file():
+        raise BundleError(f"{root}: not a bundle (no {META_FILE}); train one with jobs/train.py")
     meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
     if meta.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{root}: bundle format {meta.get('format')} != {BUNDLE_FORMAT}")
+        raise BundleError(f"{root}: bundle format {meta.get('format')} != {BUNDLE_FORMAT}")
     for key in ("encoder_path", "llm_path"):
         meta[key] = str(Path(meta[key].replace("${bundle}", str(root))).resolve())
     meta["root"] = str(root)
@@ -151,6 +154,6 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str | None = None, dtype:
     state = load_file(str(root / FORMER_FILE), device=str(model.device))
     model.former.load_state_dict(state, strict=True)
     if model.label_token_ids != meta["label_token_ids"] or model.prompt.end_id != meta["end_of_turn_id"]:
-        raise ValueError(f"{root}: tokenizer of {cfg.llm.path} gives other label / end-of-turn ids than the bundle")
+        raise BundleError(f"{root}: tokenizer of {cfg.llm.path} gives other label / end-of-turn ids than the bundle")
     model.eval()
     return model

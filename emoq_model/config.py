@@ -19,11 +19,11 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from emoq_model.errors import ConfigError  # noqa: F401  (raised here; part of this module's API)
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or inconsistent."""
 
 
 @dataclass

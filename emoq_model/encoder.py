@@ -35,7 +35,7 @@ class EncoderOutput:
 
     Whisper only: ``decoder_states`` ``[B, T', D]``, the encoder's final (layer-normed) states as Whisper's decoder
     reads them, including the silence tail's frames (``whisper_tail_s``), with ``decoder_lengths`` ``[B]``; shared
-    encoder ASR decodes transcripts from them (:class:`pipeline.asr.WhisperDecoder`)."""
+    encoder ASR decodes transcripts from them (:class:`pipeline.labeling.asr.WhisperDecoder`)."""
 
     hidden: torch.Tensor
     mask: torch.Tensor

@@ -38,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from emoq_model.io import exists, join, read_text, resolve, write_text  # noqa: F401  (re-exported: F.join etc.)
 
 FORMAT = "emoq-features/1"
 META_FILE = "meta.json"
@@ -60,48 +61,6 @@ def feature_schema() -> pa.Schema:
         ("duration_s", pa.float64()), ("n_layers", pa.int32()), ("n_frames", pa.int32()), ("dim", pa.int32()),
         ("frames", pa.binary()),
     ])
-
-
-# ------------------------------------------------------------------------------------------ filesystem helpers
-
-
-def _resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    uri = os.fspath(uri)
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-
-
-def read_text(uri: str) -> str:
-    fs, path = _resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
-
-
-def write_text(uri: str, text: str) -> None:
-    """Write a small text file (atomically on local disks)."""
-    fs, path = _resolve(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        return
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
-
-
-def exists(uri: str) -> bool:
-    fs, path = _resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def join(uri: str, *parts: str) -> str:
-    uri = os.fspath(uri)
-    if "://" in uri:
-        return "/".join([uri.rstrip("/"), *parts])
-    return os.path.join(uri, *parts)
 
 
 # ------------------------------------------------------------------------------------------ frames encoding
@@ -149,7 +108,7 @@ class FeatureCache:
         self.meta: dict = json.loads(read_text(meta_uri))
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.root}: unsupported feature format {self.meta.get('format')!r} (want {FORMAT})")
-        self.fs, self._path = _resolve(self.root)
+        self.fs, self._path = resolve(self.root)
         self._dataset = pads.dataset(posixpath.join(self._path, SHARDS_DIR), format="parquet",
                                     filesystem=self.fs, schema=feature_schema())
 
@@ -302,13 +261,13 @@ def write_stats(stats: Mapping[str, GroupStats], uri: str, key: str = "speaker")
         "mean": pa.array([stats[n].mean.astype("<f4").tobytes() for n in names], pa.binary()),
         "std": pa.array([stats[n].std.astype("<f4").tobytes() for n in names], pa.binary()),
     })
-    fs, path = _resolve(uri)
+    fs, path = resolve(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     pq.write_table(table, path, filesystem=fs)
 
 
 def read_stats(uri: str) -> dict[str, GroupStats]:
-    fs, path = _resolve(uri)
+    fs, path = resolve(uri)
     t = pq.read_table(path, filesystem=fs)
     key = t.column_names[0]
     out = {}
@@ -455,7 +414,7 @@ NORM_GROUPS = ("channels", "speaker")
 
 * ``channels`` (default, deployment-faithful): the population labeling has, one channel of one call -- a
   label-skewed, unlabelled mix. When the cache's speakers already are call channels (a labelled call archive,
-  :func:`emoq_model.datasets.call_archive_manifest`; ``meta["groups"] == "channels"``) those are used as they are;
+  :func:`pipeline.recipes.call_archive_manifest`; ``meta["groups"] == "channels"``) those are used as they are;
   otherwise each speaker's utterances are partitioned into :func:`simulated_channels`.
 * ``speaker``: all of a speaker's utterances in the split. On a class-balanced corpus that is a balanced average no
   deployment ever has (optimistic; report it only beside the ``channels`` number, named as such).

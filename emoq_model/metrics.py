@@ -20,13 +20,14 @@ The report is a plain JSON-serialisable dict; :func:`save_report` writes it plus
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from emoq_model.io import write_json
 
 OUTSIDE = "<outside-labels>"
 
@@ -190,10 +191,6 @@ def save_report(report: dict, out_dir: str | os.PathLike, name: str) -> dict[str
     base = safe_name(name)
     json_path = os.path.join(out_dir, f"{base}.json")
     png_path = os.path.join(out_dir, f"{base}_confusion.png")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, json_path)
+    write_json(json_path, report)
     plot_confusion(report, png_path, title=str(name))
     return {"json": os.path.abspath(json_path), "png": os.path.abspath(png_path)}

@@ -216,7 +216,7 @@ class EmoQModel(EmoQFrontEnd):
         self.llm = llm
         self.mal = MALoss(cfg.loss, len(self.label_names)).to(self.device)
         self.stage: int | None = None
-        from emoq_model.stages import set_stage
+        from emoq_model.steps import set_stage
 
         set_stage(self, 1)
 
@@ -229,18 +229,18 @@ class EmoQModel(EmoQFrontEnd):
     def set_stage(self, stage: int) -> None:
         """Freeze everything but what ``stage`` trains and set train/eval modes. Call before building the
         optimizer and before wrapping in DDP."""
-        from emoq_model.stages import set_stage
+        from emoq_model.steps import set_stage
 
         set_stage(self, stage)
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
-        from emoq_model.stages import trainable_named_parameters
+        from emoq_model.steps import trainable_named_parameters
 
         return [p for _, p in trainable_named_parameters(self, stage)]
 
     def stage_step(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
         """Loss dict of one training step (``loss`` for backward + detached metrics)."""
-        from emoq_model.stages import stage1_step, stage2_step
+        from emoq_model.steps import stage1_step, stage2_step
 
         if self.stage != stage:
             self.set_stage(stage)
@@ -253,7 +253,7 @@ class EmoQModel(EmoQFrontEnd):
     def train(self, mode: bool = True) -> "EmoQModel":
         super().train(mode)
         if mode and getattr(self, "stage", None) is not None:
-            from emoq_model.stages import apply_modes
+            from emoq_model.steps import apply_modes
 
             apply_modes(self, self.stage)
         return self

@@ -28,6 +28,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli import exits_on_error  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +74,7 @@ def step(msg: str) -> None:
 
 def demo_archives(a: argparse.Namespace) -> dict[str, Path]:
     """The three call archives (cached): training, validation and evaluation, with disjoint voices."""
-    from pipeline.demo_calls import archive_voices, cached_call_archive
+    from pipeline.demo.calls import archive_voices, cached_call_archive
 
     common = dict(minutes=a.call_minutes, encoding="ulaw", workers=2, cues=True)
     train = cached_call_archive("demo_train_calls", n_calls=a.train_calls, seed=101, scripts="mixed",
@@ -110,6 +112,7 @@ def _read(path: Path) -> dict:
         return {}
 
 
+@exits_on_error
 def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,7 +122,7 @@ def main(argv=None) -> dict:
     from emoq_model.assets.text_encoders import build_minilm
     from emoq_model.assets.tiny_llm import build_tiny_llm
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
-    from emoq_model.datasets import call_archive_manifest, write_manifest
+    from pipeline.recipes import call_archive_manifest, write_manifest
     from pipeline.ray_env import init_ray
 
     t0 = time.perf_counter()

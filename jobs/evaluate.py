@@ -24,159 +24,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python jobs/evaluate.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-import pandas as pd
+from pipeline.cli import exits_on_error  # noqa: E402
 
+from pipeline.evaluation.clips import evaluate
 
-def _batches(items: list[dict], batch_size: int):
-    """Feature items collated into model batches of ``batch_size``."""
-    import torch
-
-    from emoq_model.model import collate_features
-
-    for i in range(0, len(items), batch_size):
-        yield collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
-                                 "transcript": it.get("transcript")} for it in items[i: i + batch_size]])
-
-
-def _probs_hf(model, items: list[dict], batch_size: int, head: str) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for batch in _batches(items, batch_size):
-            if head == "aux":
-                fo = model.run_former(batch.to(model.device))
-                out.append(torch.softmax(fo.logits.float(), -1).cpu().numpy())
-            else:
-                out.append(model.predict_proba(batch).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.label_names)))
-
-
-def _probs_vllm(bundle: str, items: list[dict], batch_size: int, max_model_len: int = 1024) -> np.ndarray:
-    import torch
-    from vllm import LLM
-
-    from emoq_model.bundle import load_bundle
-    from emoq_model.serving import classify, engine_kwargs, lora_request
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    front = load_bundle(bundle, load_llm=False, device="cpu" if not torch.cuda.is_available() else None)
-    embeds = []
-    with torch.no_grad():
-        for batch in _batches(items, batch_size):
-            embeds += [e.cpu() for e in front.prompt_embeds(batch).embeds]
-    kw = engine_kwargs(bundle, enforce_eager=True, max_model_len=max_model_len)
-    llm = LLM(**kw)
-    lora = None if kw.get("enable_lora") is False else lora_request(bundle)
-    scores = classify(llm, embeds, front.label_token_ids, front.label_names, lora, "tokens")
-    return scores.probs
-
-
-def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: str | None = None,
-             split: str | None = "test", backend: str = "hf", head: str = "llm", batch_size: int = 32,
-             name: str | None = None, device: str | None = None, norm_groups: str = "channels",
-             seed: int = 0) -> dict:
-    """Evaluate ``bundle`` and write the report files; returns the report dict (see the module docstring)."""
-    from emoq_model import features as F
-    from emoq_model.bundle import bundle_config, load_bundle
-    from emoq_model.metrics import classification_report, format_report, save_report
-
-    t0 = time.perf_counter()
-    bundle = os.path.abspath(bundle)
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    if (features is None) == (manifest is None):
-        raise ValueError("give exactly one of features= or manifest=")
-    if manifest is not None:  # run the audio through the same extraction first
-        from jobs.extract_features import extract_features
-        from pipeline.ray_env import init_ray
-
-        init_ray()
-        features = os.path.join(out_dir, "features")
-        extract_features(manifest, features, bundle_config(bundle), splits=[split] if split else None,
-                         overwrite=True)
-    cache = F.FeatureCache(features)
-    cfg = bundle_config(bundle)
-    enc = cfg.encoder
-    cm = cache.meta.get("encoder", {})
-    for key in ("layer", "weighted_layers", "whisper_real_length"):
-        if key in cm and cm[key] != getattr(enc, key):
-            raise ValueError(f"feature cache {features} was extracted with encoder.{key}={cm[key]!r}, "
-                             f"the bundle uses {getattr(enc, key)!r}")
-    index = cache.index(["utt_id", "split", "error"])
-    if split:
-        index = index[index["split"] == split]
-    n_errors = int(index["error"].notna().sum())
-    items = cache.load(split=split)
-    if not items:
-        raise ValueError(f"{features}: no usable rows (split={split!r})")
-    labels = list(cfg.labels.names)
-    bad = sorted({it["label"] for it in items} - set(labels))
-    if bad:
-        raise ValueError(f"evaluation labels {bad} are not among the bundle's labels {labels}")
-    norm = F.FeatureNorm.load(bundle)
-    if norm.mode == "speaker":  # statistics over the protocol's groups, from the audio only
-        groups = F.norm_groups(cache, pd.DataFrame([{k: it[k] for k in ("utt_id", "speaker", "label", "split")}
-                                                    for it in items]), norm_groups, seed)
-        norm = dataclasses.replace(norm, group_key="norm_group")
-        for it in items:
-            it["norm_group"] = groups[it["utt_id"]]
-    items = norm.apply(items)
-    stacked = cache.stacked
-    for it in items:
-        it["frames"] = F.model_frames(np.asarray(it["frames"], dtype=np.float32), stacked)
-
-    t1 = time.perf_counter()
-    if backend == "hf":
-        model = load_bundle(bundle, device=device)
-        probs = _probs_hf(model, items, batch_size, head)
-    elif backend == "vllm":
-        if head != "llm":
-            raise ValueError("--head aux needs --backend hf")
-        probs = _probs_vllm(bundle, items, batch_size)
-    else:
-        raise ValueError(f"backend must be hf or vllm, got {backend!r}")
-    t_pred = time.perf_counter() - t1
-    from emoq_model.calibration import apply_temperature, expected_calibration_error, load_temperature
-
-    temperature = load_temperature(bundle) if head == "llm" else 1.0  # fitted on validation, as labeling applies it
-    y_idx = np.array([labels.index(it["label"]) for it in items])
-    ece_raw = expected_calibration_error(probs, y_idx)
-    probs = apply_temperature(probs, temperature)
-    pred = probs.argmax(1)
-    y_true = [it["label"] for it in items]
-    report = classification_report(y_true, [labels[i] for i in pred], labels)
-    report.update(temperature=temperature, ece=expected_calibration_error(probs, y_idx), ece_uncalibrated=ece_raw)
-    name = name or f"{split or 'all'}_{backend}{'_aux' if head == 'aux' else ''}"
-    report.update(bundle=bundle, features=features, split=split, backend=backend, head=head,
-                  feature_norm=norm.mode, norm_groups=norm_groups if norm.mode == "speaker" else None,
-                  n_input_errors=n_errors, predict_s=round(t_pred, 2),
-                  seconds=round(time.perf_counter() - t0, 2))
-    paths = save_report(report, out_dir, name)
-    df = pd.DataFrame({"utt_id": [it["utt_id"] for it in items], "speaker": [it.get("speaker") for it in items],
-                       "label": y_true, "prediction": [labels[i] for i in pred],
-                       "confidence": probs[np.arange(len(pred)), pred]})
-    for j, lab in enumerate(labels):
-        df[f"p_{lab}"] = probs[:, j]
-    pred_path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(paths['json']))[0]}_predictions.parquet")
-    df.to_parquet(pred_path, index=False)
-    report["files"] = {**paths, "predictions": pred_path}
-    print(format_report(report))
-    print(json.dumps(report["files"]))
-    return report
-
-
+@exits_on_error
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,8 +5,8 @@
 
 ``LABELS_DIR``: the output of ``jobs/label_corpus.py`` (``segments/part-*.parquet``). ``TRUTH``: CSV or Parquet,
 one row per turn (recording_id, channel, start_s, end_s, label[, channel_name]), e.g. the ``segments.csv`` of
-``pipeline/demo_calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png`` and ``<NAME>_segments.parquet``
-(default ``DIR``: ``LABELS_DIR/eval``). Semantics: ``pipeline/archive_eval.py``.
+``pipeline/demo/calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png`` and ``<NAME>_segments.parquet``
+(default ``DIR``: ``LABELS_DIR/eval``). Semantics: ``pipeline/evaluation/archive.py``.
 """
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/evaluate_archive.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli import exits_on_error  # noqa: E402
 
+
+@exits_on_error
 def main(argv: list[str] | None = None) -> dict:
-    from pipeline.archive_eval import evaluate_archive, format_archive_report
+    from pipeline.evaluation.archive import evaluate_archive, format_archive_report
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.label_job import LabelJobConfig, StageResources, run  # noqa: E402
-from pipeline.prepare import PrepareConfig  # noqa: E402
-from pipeline.segment import VADConfig  # noqa: E402
+from pipeline.cli import exits_on_error  # noqa: E402
+
+from pipeline.labeling.job import LabelJobConfig, StageResources, run  # noqa: E402
+from pipeline.labeling.prepare import PrepareConfig  # noqa: E402
+from pipeline.labeling.segment import VADConfig  # noqa: E402
 
 
 def _engine_kv(items: list[str]) -> dict:
@@ -116,20 +118,15 @@ def print_report(report: dict) -> None:
             print(summary[cols].head(20).to_string(index=False))
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     a = parse_args(argv)
     from pipeline.ray_env import init_ray
 
-    from pipeline.sources import ManifestError
-
     init_ray(a.address)
-    try:
-        report = run(config_from_args(a))
-    except ManifestError as e:  # the input as a whole is unusable: a clear message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    report = run(config_from_args(a))  # an unusable input as a whole: exits_on_error prints one line, exit 2
     print_report(report)
     return report
 

@@ -29,6 +29,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/train.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli import exits_on_error  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     from emoq_model.config import demo_config_path, load_config
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"run {settings.name}: bundle {summary['bundle']} ({summary['seconds']:.0f} s); best per stage "
           f"{json.dumps(best)}; metrics {summary['metrics_file']}")
     if a.evaluate:
-        from jobs.evaluate import evaluate
+        from pipeline.evaluation.clips import evaluate
 
         out = f"{os.path.abspath(summary['bundle']).rstrip('/')}_eval_{a.evaluate}"  # next to the bundle
         head = "aux" if settings.stages == (1,) else "llm"  # a stage-1-only bundle has an untrained LLM side

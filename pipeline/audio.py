@@ -22,10 +22,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from emoq_model.errors import EmoQError
+
 BLOCK_FRAMES = 1 << 16  # frames per decode block
 
 
-class AudioError(ValueError):
+class AudioError(EmoQError, ValueError):
     """A recording that cannot be decoded or is unusable; the message is user-facing."""
 
 

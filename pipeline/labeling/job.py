@@ -1,0 +1,295 @@
+"""The bulk labeling job: sources → prepare → encode + EmoQ-Former → vLLM → Parquet, streaming on Ray Data.
+
+Recordings stay whole through every stage (one row per recording), so each output part file holds complete
+recordings and a rerun on the same output skips every recording already written (resume).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emoq_model.errors import ConfigError
+from pipeline.labeling.prepare import PrepareConfig, prepare_batch
+from pipeline.labeling.sink import (clean_temporary, drop_failed_parts, recording_counts, segments_dir, summarize,
+                           write_lost, write_parts)
+from pipeline.labeling.sources import discover
+
+# Retry counts can only be given as ray_remote_args in Ray 2.60 (deprecated there, but no named parameter yet).
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+
+
+@dataclass
+class StageResources:
+    """Actor pool of one model stage: ``actors`` instances, each with ``num_cpus`` / ``num_gpus`` and optional
+    custom Ray resources (e.g. ``{"encoder_node": 1}`` to place the stage on the nodes that advertise it)."""
+
+    actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] | None = None
+
+    def __post_init__(self):
+        if int(self.actors) < 1:
+            raise ConfigError(f"a stage needs at least one actor, got actors={self.actors}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
+        if self.resources is not None and (not isinstance(self.resources, dict)
+                                           or any(not isinstance(v, (int, float)) or v < 0
+                                                  for v in self.resources.values())):
+            raise ConfigError(f"resources must map resource names to amounts >= 0, got {self.resources!r}")
+
+
+@dataclass
+class LabelJobConfig:
+    inputs: list[str]
+    output: str
+    bundle: str
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    batch_recordings: int = 8  # recordings per block through the model stages
+    prepare_num_cpus: float = 0.5
+    encode: StageResources = field(default_factory=StageResources)
+    label: StageResources = field(default_factory=StageResources)
+    device: str | None = None  # None: the bundle's config ("auto" = cuda when the actor has a GPU)
+    max_batch_segments: int = 32  # encoder batch (segments); padded samples bounded by max_batch_seconds
+    max_batch_seconds: float = 240.0
+    batch_overhead_s: float | None = None  # encoder batching: one call costs this much audio, s (None: by device)
+    max_held_seconds: float = 600.0  # encoder states held for per-speaker norm; above: 2 encoder passes, streamed
+    vllm_mode: str = "tokens"  # "tokens" (allowed label tokens + their logprobs) | "choice" (structured outputs)
+    use_merged: bool | None = None  # serve the bundle's merged LLM instead of base + LoRA
+    asr_model: str | None = None  # local Whisper checkpoint: transcribe segments without transcripts (text bundles)
+    asr: StageResources = field(default_factory=StageResources)
+    # when the bundle's encoder is the ASR checkpoint: decode transcripts from the emotion encoder's states (one
+    # encoder pass, pipeline.labeling.asr.WhisperDecoder) instead of a separate ASR stage
+    asr_shared: bool = True
+    engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
+                                                  "max_num_seqs": 256})
+    engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
+    fuse_model_stages: bool = False  # encoder + Former + vLLM in one actor pool (``label`` resources): one device
+    #                                  holds both models and they take turns on it (one GPU, a CPU machine)
+    object_store_limit_mb: int | None = 1024  # cap on the streaming executor's object-store use
+    resume: bool = True
+    retry_failed: bool = False  # on resume, label again the recordings that got an error row last time
+    max_attempts: int = 3  # tries per batch (worker crash, OOM kill, error) before its recordings are set aside
+    isolate_failures: bool = True  # retry the recordings of failed batches one by one, to find the poison ones
+    max_failed_batches: int = 16  # more failed batches than this (per pass) abort the job: something systemic
+
+    def __post_init__(self):
+        """Checked like :class:`emoq_model.config.EmoQConfig`: a wrong value fails here, with its name, not deep in
+        a Ray actor after the models have loaded."""
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not self.inputs:
+            raise ConfigError("no inputs: give audio files, folders, globs or manifests")
+        for name in ("output", "bundle"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty path, got {getattr(self, name)!r}")
+        positive = {"batch_recordings": self.batch_recordings, "max_batch_segments": self.max_batch_segments,
+                    "max_batch_seconds": self.max_batch_seconds, "max_held_seconds": self.max_held_seconds,
+                    "max_attempts": self.max_attempts}
+        bad = {k: v for k, v in positive.items() if not v > 0}
+        if bad:
+            raise ConfigError(f"must be > 0: {bad}")
+        if self.prepare_num_cpus < 0 or self.max_failed_batches < 0:
+            raise ConfigError("prepare_num_cpus and max_failed_batches must be >= 0")
+        if self.batch_overhead_s is not None and self.batch_overhead_s < 0:
+            raise ConfigError(f"batch_overhead_s must be >= 0, got {self.batch_overhead_s}")
+        if self.vllm_mode not in ("tokens", "choice"):
+            raise ConfigError(f"vllm_mode must be 'tokens' or 'choice', got {self.vllm_mode!r}")
+        if self.object_store_limit_mb is not None and self.object_store_limit_mb <= 0:
+            raise ConfigError(f"object_store_limit_mb must be > 0 or None, got {self.object_store_limit_mb}")
+        if self.device not in (None, "auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def model_id(bundle: str) -> str:
+    meta = Path(bundle) / "bundle.json"
+    digest = hashlib.sha1(meta.read_bytes() + (Path(bundle) / "former.safetensors").read_bytes()[:1 << 20]).hexdigest()
+    return f"{Path(bundle).resolve().name}@{digest[:10]}"
+
+
+def encoder_sample_rate(bundle: str) -> int:
+    """The encoder's input rate, from its feature extractor's ``preprocessor_config.json`` (read as JSON: the
+    driver need not import transformers for one number), else through ``AutoFeatureExtractor``."""
+    from emoq_model.bundle import read_meta
+
+    path = Path(read_meta(bundle)["encoder_path"])
+    conf = path / "preprocessor_config.json"
+    if conf.is_file():
+        rate = json.loads(conf.read_text()).get("sampling_rate")
+        if rate:
+            return int(rate)
+    from transformers import AutoFeatureExtractor
+
+    return int(AutoFeatureExtractor.from_pretrained(str(path)).sampling_rate)
+
+
+def asr_mode(cfg: LabelJobConfig, bundle: str) -> str | None:
+    """How segments without a transcript get one: ``shared`` (decoded from the emotion encoder's states),
+    ``separate`` (an ASR stage of its own) or None (no ASR: the bundle reads no text, or no ``asr_model``)."""
+    from pipeline.labeling.asr import bundle_uses_text, shares_encoder
+
+    if not cfg.asr_model or not bundle_uses_text(bundle):
+        return None
+    return "shared" if cfg.asr_shared and shares_encoder(bundle, cfg.asr_model) else "separate"
+
+
+def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
+                  isolate: bool = False):
+    """The streaming plan: rows (one per recording) → prepare → [ASR] → encode → vLLM → part files.
+
+    Each batch gets ``cfg.max_attempts`` tries (a worker crash or OOM kill restarts the actor and retries the
+    batch); a batch that fails every try is dropped from the stream instead of failing the job (up to
+    ``cfg.max_failed_batches``), and the driver accounts for its recordings (:func:`run`). ``isolate``: one
+    recording per batch and one task at a time per actor, so that a crashing recording takes no innocent batch
+    down with it.
+    """
+    import ray
+
+    from pipeline.labeling.asr import Transcribe
+    from pipeline.labeling.columns import check_plan
+    from pipeline.labeling.label import EncodeAndLabel, LabelWithVLLM
+    from pipeline.labeling.encode import EncodePrompts
+
+    batch_recordings = 1 if isolate else cfg.batch_recordings
+    retries = max(0, cfg.max_attempts - 1)
+    in_process = cfg.engine_in_process if cfg.engine_in_process is not None else cfg.label.num_gpus == 0
+    task_args = {"max_retries": retries}  # function stages (Ray Data's default is -1: forever)
+    actor_args = {"max_restarts": -1, "max_task_retries": retries}  # actors come back; a batch is tried N times
+    in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
+
+    def pool(res: StageResources):
+        return ray.data.ActorPoolStrategy(size=res.actors, **in_flight)
+
+    mode = asr_mode(cfg, bundle)
+    shared = mode == "shared"
+    stages = [prepare_batch, *([Transcribe] if mode == "separate" else []),
+              *([EncodePrompts, LabelWithVLLM] if not cfg.fuse_model_stages else [EncodeAndLabel]), write_parts]
+    check_plan([st.columns for st in stages])  # every stage finds the columns it needs, before anything runs
+    n_blocks = max(1, math.ceil(len(rows) / batch_recordings))
+    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=batch_recordings,
+                        batch_format="numpy", num_cpus=cfg.prepare_num_cpus, **task_args)
+    if mode == "separate":
+        ds = ds.map_batches(
+            Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
+                                               "device": cfg.device},
+            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.asr),
+            num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
+    encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
+                     "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s,
+                     "max_held_seconds": cfg.max_held_seconds, "asr_model": cfg.asr_model if shared else None}
+    label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
+                    "engine_overrides": cfg.engine, "in_process": in_process}
+    if not cfg.fuse_model_stages:
+        ds = ds.map_batches(
+            EncodePrompts, fn_constructor_kwargs=encode_kwargs,
+            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.encode), num_cpus=cfg.encode.num_cpus,
+            num_gpus=cfg.encode.num_gpus, resources=cfg.encode.resources, **actor_args)
+        label_cls, label_args = LabelWithVLLM, label_kwargs
+    else:
+        label_cls, label_args = EncodeAndLabel, {"encode_kwargs": encode_kwargs, "label_kwargs": label_kwargs}
+    ds = ds.map_batches(
+        label_cls, fn_constructor_kwargs=label_args,
+        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.label), num_cpus=cfg.label.num_cpus,
+        num_gpus=cfg.label.num_gpus, resources=cfg.label.resources, **actor_args)
+    ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
+                        batch_size=batch_recordings, batch_format="numpy", num_cpus=0.25, **task_args)
+    # This dataset's own DataContext (a copy made at creation): nothing leaks into the process-wide one.
+    ctx = ds.context
+    ctx.max_errored_blocks = cfg.max_failed_batches
+    if cfg.object_store_limit_mb:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=cfg.object_store_limit_mb * 1024 * 1024)
+    return ds
+
+
+def _consume(ds, report: dict) -> set[str]:
+    """Run the plan; add each written recording to ``report``; return the ids written."""
+    seen: set[str] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for rid, err, nseg, dur, sp in zip(batch["recording_id"], batch["error"], batch["num_segments"],
+                                           batch["duration_s"], batch["speech_s"]):
+            seen.add(str(rid))
+            failed = isinstance(err, str) and nseg == 0
+            report["failed" if failed else "labeled"] += 1
+            report["segments"] += int(nseg)
+            report["audio_s"] += 0.0 if np.isnan(dur) else float(dur)
+            report["speech_s"] += float(sp)
+    return seen
+
+
+def run(cfg: LabelJobConfig, log=print) -> dict:
+    """Label everything in ``cfg.inputs`` into ``cfg.output``; returns the run report.
+
+    Every input recording ends up in the output exactly once: labelled, or as one error row. Recordings of a
+    batch that failed ``cfg.max_attempts`` times (e.g. a file that crashes the decoder) are retried one per
+    batch (``cfg.isolate_failures``); those failing alone too get an error row saying so.
+    """
+    from emoq_model.bundle import read_meta
+
+    from pipeline.labeling.asr import bundle_uses_text
+
+    t0 = time.perf_counter()
+    out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
+    bundle = str(Path(cfg.bundle).expanduser().resolve())
+    meta = read_meta(bundle)
+    labels, mid = list(meta["labels"]), model_id(bundle)
+    cfg.prepare.sample_rate = encoder_sample_rate(bundle)
+
+    records = discover(cfg.inputs)
+    clean_temporary(out)  # leftovers of an interrupted run (one job per output directory)
+    retried = drop_failed_parts(out) if cfg.resume and cfg.retry_failed else []
+    done = set(recording_counts(out)) if cfg.resume else set()
+    todo = [r for r in records if r.recording_id not in done]
+    log(f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label"
+        + (f" ({len(retried)} failed last time, retried)" if retried else ""))
+    report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
+              "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid,
+              "retried_failed": len(retried), "isolated": 0, "crashed": 0, "asr": asr_mode(cfg, bundle)}
+    if todo and bundle_uses_text(bundle) and not cfg.asr_model:
+        log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
+            "are labelled from speech alone")
+    if todo:
+        ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out)
+        # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
+        report["object_store_limit_bytes"] = ds.context.execution_options.resource_limits.object_store_memory
+        seen = _consume(ds, report)
+        missing = [r for r in todo if r.recording_id not in seen]
+        if missing and cfg.isolate_failures:
+            # a fresh pass (new actors), one recording per batch: finds the poison files, and gives batches
+            # that burnt their tries while an actor was unreachable (node loss, restart) a second chance
+            log(f"[label] {len(missing)} recordings were in batches that failed {cfg.max_attempts} times; "
+                "retrying them one by one")
+            report["isolated"] = len(missing)
+            ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, isolate=True)
+            seen |= _consume(ds, report)
+            missing = [r for r in missing if r.recording_id not in seen]
+        if missing:  # failed every attempt, alone: an error row each, never a silent drop
+            msg = (f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
+                   "error; see the Ray logs); rerun with --retry-failed to try again")
+            write_lost(out, [r.to_row() for r in missing], msg, mid)
+            log(f"[label] {len(missing)} recordings failed every attempt: error rows written")
+            report["failed"] += len(missing)
+            report["crashed"] = len(missing)
+    summary = summarize(out)
+    counts = recording_counts(out, quarantine=False)
+    report["duplicate_recordings"] = sum(1 for c in counts.values() if c > 1)  # 0 unless resume=False reruns
+    wall = time.perf_counter() - t0
+    report.update(wall_s=wall, audio_hours=report["audio_s"] / 3600,
+                  audio_s_per_s=report["audio_s"] / wall if wall else 0.0,
+                  segments_dir=segments_dir(out), summary=f"{out}/summary.parquet",
+                  recordings_in_output=summary.num_rows)
+    if cfg.output and "://" not in out:
+        Path(out, "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def config_dict(cfg: LabelJobConfig) -> dict:
+    return asdict(cfg)

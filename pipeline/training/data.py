@@ -1,0 +1,106 @@
+"""A worker's training data: its shard of the feature cache, normalised as labeling normalises, as lists of items
+for ``collate_features``; batching and modality dropout.
+
+Every worker reads **its shard** of the cached features straight from the Parquet cache (per-rank split of a
+seeded permutation of the training rows, padded by wrap-around so that all ranks run the same number of steps,
+like ``DistributedSampler``); the validation rows are split rank-strided and the predictions gathered. Frames are
+normalised once at load time (:class:`emoq_model.features.FeatureNorm`): per-speaker statistics over the
+population labeling normalises over (``norm_groups="channels"``: call channels, or label-skewed simulated channels
+of an isolated-utterance corpus), in training and validation alike, so the validation score that picks the best
+epoch is the deployment-faithful one; global statistics of the training speakers are the fallback saved with the
+bundle.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from pipeline.training.settings import TrainSettings
+
+class WorkerData:
+    """The worker's share of the feature cache, normalised, as lists of items for ``collate_features``."""
+
+    def __init__(self, s: TrainSettings, cfg, rank: int, world: int):
+        from emoq_model import features as F
+
+        cache = F.FeatureCache(s.features)
+        self.stacked = cache.stacked
+        import hashlib
+
+        self.meta_sha256 = hashlib.sha256(F.read_text(F.join(s.features, F.META_FILE)).encode()).hexdigest()
+        names = list(cfg.labels.names)
+        index = cache.index(["utt_id", "label", "speaker", "split", "error"])
+        ok = index["error"].isna()
+        unknown = index[ok & ~index["label"].isin(names) & index["split"].isin([s.train_split, s.val_split])]
+        if len(unknown):
+            raise ValueError(f"{len(unknown)} rows have labels outside {names}, e.g. "
+                             f"{unknown['label'].unique()[:5].tolist()}")
+        train = index[ok & (index["split"] == s.train_split)].reset_index(drop=True)
+        val = index[ok & (index["split"] == s.val_split)].reset_index(drop=True)
+        if s.limit_train:
+            train = train.iloc[np.random.default_rng([cfg.seed, 7]).permutation(len(train))[: s.limit_train]]
+            train = train.reset_index(drop=True)
+        if len(train) == 0:
+            raise ValueError(f"{s.features}: no usable rows in split {s.train_split!r}")
+        self.n_errors = int((~ok).sum())
+        self.counts = [int((train["label"] == n).sum()) for n in names]
+        self.n_train, self.n_val = len(train), len(val)
+        # per-rank shard of a seeded permutation, padded by wrap-around to equal length
+        perm = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
+        per_rank = math.ceil(len(train) / world)
+        padded = np.concatenate([perm, perm[: per_rank * world - len(perm)]]) if per_rank * world > len(perm) else perm
+        mine = padded[rank::world]
+        train_ids = train["utt_id"].to_numpy()[mine].tolist()
+        val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
+        rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(val_ids))}
+        # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or
+        # simulated, in train and val alike -- the population labeling normalises over), computed over whole
+        # groups whatever this rank's share; global stats of the training speakers as the small-group fallback
+        self.norm = F.FeatureNorm(s.feature_norm, group_key="norm_group", min_frames=s.norm_min_frames)
+        stats = {}
+        if self.norm.enabled:
+            speaker_stats = cache.speaker_stats()
+            if s.feature_norm == "speaker":
+                groups = F.norm_groups(cache, pd.concat([train, val]), s.norm_groups, cfg.seed)
+                for u, it in rows.items():
+                    it["norm_group"] = groups[u]
+                stats = F.group_stats(cache, groups)
+            spk_train = set(train["speaker"].astype(str))
+            pool = [v for k, v in speaker_stats.items() if k in spk_train]
+            self.norm.global_stats = F.pooled_stats(pool) if pool else None
+        items = {k: self._prepare(it, names) for k, it in zip(rows, self.norm.apply(list(rows.values()), stats))}
+        self.train = [items[u] for u in train_ids]  # duplicates (padding) share the arrays
+        self.val = [items[u] for u in val_ids]
+
+    def _prepare(self, it: dict, names: list[str]) -> dict:
+        from emoq_model.features import model_frames
+
+        frames = model_frames(np.asarray(it["frames"], dtype=np.float16), self.stacked)
+        return {"utt_id": it["utt_id"], "frames": frames, "label": names.index(it["label"]),
+                "transcript": it.get("transcript"), "speaker": it.get("speaker")}
+
+
+def collate(items: list[dict]):
+    import torch
+
+    from emoq_model.model import collate_features
+
+    batch = collate_features([{**it, "frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32))}
+                              for it in items])
+    return batch
+
+
+def drop_transcripts(items: list[dict], p: float, rng: np.random.Generator) -> list[dict]:
+    """Modality dropout: each item's transcript is removed with probability ``p`` (copies; the data stay)."""
+    if p <= 0:
+        return items
+    keep = rng.random(len(items)) >= p
+    return [it if k else {**it, "transcript": None} for it, k in zip(items, keep)]
+
+
+def batches(items: list, bs: int, rng: np.random.Generator | None = None):
+    order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
+    for i in range(0, len(items), bs):
+        yield [items[j] for j in order[i: i + bs]]

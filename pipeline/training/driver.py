@@ -1,0 +1,84 @@
+"""Two-stage EmoQ training on Ray Train (``TorchTrainer``, DDP) from a feature cache: the driver side.
+
+:func:`run_training` checks the cache against the config, builds the ``TorchTrainer`` (``ScalingConfig`` from
+:class:`TrainSettings`; ``RunConfig(name, storage_path)`` with ``FailureConfig(max_failures)`` and
+``CheckpointConfig``), runs :func:`pipeline.training.worker.train_loop_per_worker` on every worker and copies the
+exported bundle out of the final checkpoint.
+
+* recovery: a worker failure restarts the worker group from the latest checkpoint (``max_failures``); rerunning
+  with the same ``name`` + ``storage_path`` resumes an interrupted run (Ray Train V2: ``ray.train.get_checkpoint()``).
+* every epoch: a line in ``<storage>/<name>/metrics.jsonl`` and a checkpoint (current weights, optimizer +
+  scheduler, history, the best weights so far per stage).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from emoq_model.io import join, publish_dir
+from pipeline.training.settings import BUNDLE_DIR, METRICS_FILE, STATE_FILE, TrainSettings, fail_once_from_env
+from pipeline.training.worker import train_loop_per_worker
+
+
+def check_cache_matches(cache, cfg) -> None:
+    """The cache must hold what the configured Former expects: same layer choice, width and layer count."""
+    from emoq_model.model import encoder_dims
+
+    cm = cache.meta.get("encoder", {})
+    for key in ("layer", "weighted_layers", "whisper_real_length", "whisper_tail_s", "prosody"):
+        if key in cm and cm[key] != getattr(cfg.encoder, key):
+            raise ValueError(f"feature cache {cache.root} was extracted with encoder.{key}={cm[key]!r}, the config "
+                             f"says {getattr(cfg.encoder, key)!r}: re-extract or fix the config")
+    width, n_layers = encoder_dims(cfg)
+    if (cache.dim, cache.n_layers) != (width, n_layers):
+        raise ValueError(f"feature cache {cache.root} holds {cache.n_layers} x {cache.dim} features, the config's "
+                         f"encoder gives {n_layers} x {width}")
+
+
+def run_training(cfg, settings: TrainSettings) -> dict:
+    """Train (Ray must be initialised), copy the bundle to ``settings.bundle_out`` and return a summary:
+    ``bundle``, ``run_dir``, ``metrics_file``, ``history``, ``best``, ``seconds``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from emoq_model import features as F
+
+    check_cache_matches(F.FeatureCache(settings.features), cfg)  # fail early on a missing / mismatched cache
+    if settings.fail_once is None:
+        settings.fail_once = fail_once_from_env()
+    t0 = time.perf_counter()
+    run_config = ray.train.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage_path,
+        failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.num_to_keep),
+        worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                                                     "EMOQ_CACHE", "TOKENIZERS_PARALLELISM")
+                                         if k in os.environ}},
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "settings": dataclasses.asdict(settings)},
+        scaling_config=settings.scaling_config(),
+        run_config=run_config,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint
+    if ckpt is None:
+        raise RuntimeError("training finished without a checkpoint")
+    out = settings.bundle_out or join(settings.run_dir, BUNDLE_DIR)
+    with ckpt.as_directory() as d:
+        src = os.path.join(d, BUNDLE_DIR)
+        if not os.path.isdir(src):
+            raise RuntimeError(f"the final checkpoint {ckpt.path} holds no bundle")
+        history = json.loads(Path(d, STATE_FILE).read_text())["history"]
+        best = json.loads(Path(d, STATE_FILE).read_text())["best"]
+        out = publish_dir(src, out)
+    return {"bundle": out, "run_dir": settings.run_dir, "metrics_file": join(settings.run_dir, METRICS_FILE),
+            "history": history, "best": best, "seconds": round(time.perf_counter() - t0, 2),
+            "checkpoint": ckpt.path}

@@ -1,0 +1,332 @@
+"""Feature cache: a Ray Data job that runs the frozen speech encoder once over a labelled manifest.
+
+    python jobs/extract_features.py MANIFEST OUT_DIR [--config demo.yaml] [--set encoder.layer=weighted ...]
+        [--splits train,val,test] [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 1] [--batch-size 16]
+        [--dtype float16] [--overwrite] [--address auto]
+
+manifest rows (utt_id, path, label, transcript, speaker, split; optionally ``channel``, ``segment_start_s``,
+``segment_end_s`` to cut one turn out of a longer recording, e.g. a labelled call archive:
+:func:`pipeline.recipes.call_archive_manifest`) -> read + decode + channel or mono mix + cut + resample (Ray tasks,
+per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
+fractional CPUs otherwise) -> Parquet shards under ``OUT_DIR/shards`` (layout in :mod:`emoq_model.features`:
+``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be
+read or encoded becomes a row with ``error`` set and no frames) -> ``meta.json`` and per-speaker frame statistics
+``speaker_stats.parquet`` (for per-speaker feature normalisation in training / evaluation).
+
+Works embedded (plain ``python``: starts a local Ray) and against a cluster (``RAY_ADDRESS`` / ``--address`` /
+``ray job submit --working-dir . -- python jobs/extract_features.py ...``); on a multi-node cluster ``OUT_DIR``
+must be shared storage (NFS or a pyarrow URI such as ``s3://bucket/features``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from emoq_model import features as F
+
+DECODE_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples",
+                  "duration_s", "audio"]
+SEGMENT_COLUMNS = ["channel", "segment_start_s", "segment_end_s"]  # optional: a turn of a longer recording
+MAX_SOURCE_S = 4 * 3600.0  # a segment row's source recording may be this long (the segment itself: max_duration_s)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _s(v):
+    """Manifest cell -> str or None (NaN / empty -> None)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    v = str(v)
+    return v if v.strip() else None
+
+
+def _f(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else float(v)
+
+
+def _channel(samples: np.ndarray, channel) -> np.ndarray:
+    """``[channels, frames]`` -> one channel (index) or, without one (None / -1), the mix of all channels."""
+    c = _f(channel)
+    if c is None or int(c) < 0:
+        return samples.mean(axis=0)
+    if int(c) >= samples.shape[0]:
+        from pipeline.audio import AudioError
+
+        raise AudioError(f"channel {int(c)} asked for, recording has {samples.shape[0]}")
+    return samples[int(c)]
+
+
+def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -> pd.DataFrame:
+    """Read, decode, mix to mono and resample each file; failures become rows with ``error`` set."""
+    from pipeline import audio
+
+    rows = []
+    for r in batch.to_dict("records"):
+        out = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split")}
+        out.update(error=None, num_samples=None, duration_s=None, audio=None)
+        try:
+            start, end = _f(r.get("segment_start_s")), _f(r.get("segment_end_s"))
+            cut = start is not None or end is not None
+            a = audio.load(out["path"], max_duration_s=MAX_SOURCE_S if cut else max_duration_s)
+            mono = audio.resample(_channel(a.samples, r.get("channel")), a.sample_rate, sample_rate)
+            if cut:  # one turn of a longer recording: resampled whole, then cut, exactly as labeling cuts segments
+                i0 = int(round((start or 0.0) * sample_rate))
+                i1 = mono.size if end is None else int(round(end * sample_rate))
+                if not 0 <= i0 < i1 <= mono.size + sample_rate // 100:  # 10 ms of rounding slack at the end
+                    raise audio.AudioError(f"segment [{start}, {end}] s outside the recording ({a.duration_s:.2f} s)")
+                mono = mono[i0:i1]
+                audio.check_duration(mono.size / sample_rate, max_duration_s, "segment")
+            if mono.size == 0:
+                raise audio.AudioError("recording has 0 samples after resampling")
+            out.update(num_samples=int(mono.size), duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
+                       audio=np.ascontiguousarray(mono, dtype="<f4").tobytes())
+        except FileNotFoundError:
+            out["error"] = "file not found"
+        except audio.AudioError as e:
+            out["error"] = f"decode: {e}"
+        except Exception as e:  # any other per-file failure is a row, never a crash
+            out["error"] = f"decode: {type(e).__name__}: {e}"
+        rows.append(out)
+    return pd.DataFrame(rows, columns=DECODE_COLUMNS)
+
+
+class EncodeActor:
+    """Holds the frozen :class:`~emoq_model.encoder.SpeechEncoder`; turns decoded rows into feature rows."""
+
+    def __init__(self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None,
+                 asr_model: str | None = None):
+        import torch
+
+        from emoq_model.config import EncoderConfig
+        from emoq_model.encoder import SpeechEncoder
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.encoder = SpeechEncoder(EncoderConfig(**encoder_cfg))
+        self.dtype = dtype
+        self.decoder = self.asr = None
+        if asr_model:  # train as served: the transcript is what ASR hears, decoded like labeling decodes it
+            from pipeline.labeling.asr import Transcribe, WhisperDecoder, same_checkpoint
+
+            if self.encoder.family == "whisper" and same_checkpoint(self.encoder.cfg.path, asr_model):
+                self.decoder = WhisperDecoder(asr_model, device=str(self.encoder.device))
+            else:
+                self.asr = Transcribe(asr_model, sample_rate=self.encoder.sample_rate)
+
+    def _encode(self, waves: list[np.ndarray]) -> tuple[list[np.ndarray], list[str] | None]:
+        out = self.encoder(waves)
+        hidden = out.hidden.float().cpu()
+        lengths = out.mask.sum(-1).tolist()
+        items = []
+        for i, n in enumerate(lengths):
+            h = hidden[..., i, : int(n), :]
+            items.append((h if h.dim() == 3 else h[None]).numpy())
+        texts = None
+        if self.decoder is not None:
+            texts = self.decoder.transcribe_states(out.decoder_states, out.decoder_lengths.tolist())
+        elif self.asr is not None:
+            texts = self.asr.transcribe(waves)
+        return items, texts
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        rows = batch.to_dict("records")
+        ok = [i for i, r in enumerate(rows) if r.get("audio") is not None and _s(r.get("error")) is None]
+        feats: dict[int, np.ndarray] = {}
+        heard: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        if ok:
+            waves = [np.frombuffer(rows[i]["audio"], dtype="<f4") for i in ok]
+            try:
+                items, texts = self._encode(waves)
+                for k, (i, f) in enumerate(zip(ok, items)):
+                    feats[i] = f
+                    if texts is not None:
+                        heard[i] = texts[k]
+            except Exception:  # isolate the item(s) that fail
+                for i, w in zip(ok, waves):
+                    try:
+                        items, texts = self._encode([w])
+                        feats[i] = items[0]
+                        if texts is not None:
+                            heard[i] = texts[0]
+                    except Exception as e:
+                        errors[i] = f"encode: {type(e).__name__}: {e}"
+        out = []
+        for i, r in enumerate(rows):
+            row = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split", "error")}
+            row["num_samples"] = None if r.get("num_samples") is None or pd.isna(r.get("num_samples")) else int(
+                r["num_samples"])
+            row["duration_s"] = None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(
+                r["duration_s"])
+            row.update(n_layers=None, n_frames=None, dim=None, frames=None)
+            if i in heard:
+                row["transcript"] = heard[i] or None
+            if i in errors:
+                row["error"] = errors[i]
+            elif i in feats:
+                f = feats[i]
+                if not np.isfinite(f).all():
+                    row["error"] = "encode: non-finite encoder output"
+                else:
+                    data, (l, t, d) = F.encode_frames(f, self.dtype)
+                    row.update(n_layers=l, n_frames=t, dim=d, frames=data)
+            elif row["error"] is None:
+                row["error"] = "no audio"
+            out.append(row)
+        return pa.Table.from_pylist(out, schema=F.feature_schema())
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def read_manifest(path: str, splits: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    """A labelled manifest (CSV / Parquet) with absolute paths (relative ones are taken from its folder)."""
+    from pipeline.recipes import load_manifest
+
+    df = load_manifest(path)
+    base = os.path.dirname(os.path.abspath(path))
+    df["path"] = [p if os.path.isabs(str(p)) or "://" in str(p) else os.path.normpath(os.path.join(base, str(p)))
+                  for p in df["path"]]
+    if splits:
+        df = df[df["split"].isin(splits)]
+    if limit:
+        df = df.head(limit)
+    if df["utt_id"].duplicated().any():
+        raise ValueError(f"{path}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}")
+    if len(df) == 0:
+        raise ValueError(f"{path}: no rows to extract (splits={splits})")
+    return df.reset_index(drop=True)
+
+
+def extract_features(
+    manifest: str,
+    out_dir: str,
+    cfg=None,
+    splits: list[str] | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    gpus_per_actor: float = 0.0,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    threads: int | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    rows_per_file: int = 512,
+    max_duration_s: float = 600.0,
+    asr_model: str | None = None,
+) -> dict:
+    """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
+    Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
+    the encoder is that checkpoint, as labeling does), so a text bundle trains on ASR errors; ``meta.json`` records
+    the WER against the manifest's transcripts."""
+    import ray
+
+    from emoq_model.config import load_config
+
+    t0 = time.perf_counter()
+    cfg = cfg or load_config(None, check_assets=False)
+    enc = dict(vars(cfg.encoder))
+    if gpus_per_actor > 0:
+        enc["device"] = "cuda" if enc["device"] in ("auto", "cpu") else enc["device"]
+    elif enc["device"] == "auto":
+        enc["device"] = "cpu"
+    fs, root = F.resolve(out_dir)
+    shards = F.join(out_dir, F.SHARDS_DIR)
+    if F.exists(shards) or F.exists(F.join(out_dir, F.META_FILE)):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already holds a feature cache (use --overwrite)")
+        for name in (F.SHARDS_DIR,):
+            if F.exists(F.join(out_dir, name)):
+                fs.delete_dir(F.resolve(F.join(out_dir, name))[1])
+        for name in (F.META_FILE, F.SPEAKER_STATS_FILE):
+            if F.exists(F.join(out_dir, name)):
+                fs.delete_file(F.resolve(F.join(out_dir, name))[1])
+
+    df = read_manifest(manifest, splits, limit)
+    if "duration_s" in df and df["duration_s"].notna().all():  # similar lengths per encoder batch: less padding
+        df = df.sort_values("duration_s", kind="stable").reset_index(drop=True)
+    from transformers import AutoFeatureExtractor
+
+    sample_rate = int(AutoFeatureExtractor.from_pretrained(cfg.encoder.path).sampling_rate)
+
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus_per_actor > 0:
+        actors = actors or max(1, int(n_gpus / gpus_per_actor))
+        cpus_per_actor = 1.0 if cpus_per_actor is None else cpus_per_actor
+    else:
+        actors = actors or 1
+        # fractional: whole-CPU actor pools next to the streaming producer hang silently on 2-core machines (measured)
+        cpus_per_actor = 0.5 if cpus_per_actor is None else cpus_per_actor
+    if threads is None and gpus_per_actor <= 0:
+        threads = max(1, (os.cpu_count() or 1) // actors)
+
+    cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split", *SEGMENT_COLUMNS) if c in df]
+    n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
+    bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
+    parts = [df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
+             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    ds = ray.data.from_pandas(parts)
+    ds = ds.map_batches(decode_batch, batch_format="pandas", batch_size=batch_size, num_cpus=0.25,
+                        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s})
+    ds = ds.map_batches(EncodeActor, batch_format="pandas", batch_size=batch_size,
+                        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads,
+                                               "asr_model": asr_model},
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+    t_encode = time.perf_counter() - t0
+
+    meta = {
+        "format": F.FORMAT,
+        "manifest": os.path.abspath(manifest) if "://" not in manifest else manifest,
+        "encoder": {k: v for k, v in vars(cfg.encoder).items()},
+        "sample_rate": sample_rate,
+        "dtype": dtype,
+        # rows cut from recordings (a labelled call archive): their `speaker` is one channel of one call, the
+        # population labeling normalises over (emoq_model.features.norm_groups)
+        "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
+        "transcripts": f"asr:{asr_model}" if asr_model else "manifest",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded
+
+    dim, n_layers = encoder_dims(cfg)
+    meta.update(dim=int(dim), n_layers=int(n_layers))
+    F.write_text(F.join(out_dir, F.META_FILE), json.dumps(meta, indent=1))
+    cache = F.FeatureCache(out_dir)
+    index = cache.index()
+    stats = F.compute_group_stats(cache.iter_items(), key="speaker")
+    F.write_stats(stats, F.join(out_dir, F.SPEAKER_STATS_FILE), key="speaker")
+    meta.update(
+        n_rows=int(len(index)),
+        n_errors=int(index["error"].notna().sum()),
+        errors=index.loc[index["error"].notna(), ["utt_id", "error"]].head(20).to_dict("records"),
+        splits={str(k): int(v) for k, v in index.loc[index["error"].isna(), "split"].value_counts().items()},
+        labels={str(k): int(v) for k, v in index.loc[index["error"].isna(), "label"].value_counts().items()},
+        n_speakers=len(stats),
+        audio_s=float(index["num_samples"].fillna(0).sum() / sample_rate),
+        encode_s=round(t_encode, 2),
+        **({"asr_wer": asr_wer(df, index)} if asr_model else {}),
+        total_s=round(time.perf_counter() - t0, 2),
+    )
+    F.write_text(F.join(out_dir, F.META_FILE), json.dumps(meta, indent=1))
+    return meta
+
+
+def asr_wer(manifest: pd.DataFrame, index: pd.DataFrame) -> float | None:
+    """WER of the cache's (ASR) transcripts against the manifest's, over rows that have a reference."""
+    from pipeline.labeling.asr import normalise_text, word_error_rate
+
+    ref = manifest.set_index("utt_id")["transcript"] if "transcript" in manifest else pd.Series(dtype=object)
+    pairs = [(ref[u], h if isinstance(h, str) else None) for u, h in zip(index["utt_id"], index["transcript"])
+             if u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])]
+    if not pairs:
+        return None
+    return round(word_error_rate([r for r, _ in pairs], [h for _, h in pairs]), 4)

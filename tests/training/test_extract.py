@@ -1,0 +1,199 @@
+"""Feature cache format, statistics and normalisation (no Ray, no models: fast)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from emoq_model import features as F
+
+
+def _items(rng, speakers=("a", "b"), n=3, L=2, D=5):
+    out = []
+    for s_i, s in enumerate(speakers):
+        for i in range(n):
+            t = int(rng.integers(3, 9))
+            out.append({"utt_id": f"{s}{i}", "speaker": s, "label": "x",
+                        "frames": (rng.normal(size=(L, t, D)) * (1 + s_i) + 3 * s_i).astype(np.float32)})
+    return out
+
+
+def test_encode_decode_roundtrip_and_clipping():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) / 7
+    data, shape = F.encode_frames(x, "float16")
+    assert shape == (2, 3, 4) and len(data) == x.size * 2
+    np.testing.assert_allclose(F.decode_frames(data, shape), x, rtol=1e-3, atol=1e-3)
+    data, shape = F.encode_frames(np.full((3, 4), 1e6, np.float32), "float16")  # [T, D] -> [1, T, D], clipped
+    y = F.decode_frames(data, shape)
+    assert shape == (1, 3, 4) and np.isfinite(y).all() and y.max() == np.float16(65000)
+    data, shape = F.encode_frames(x, "float32")
+    np.testing.assert_array_equal(F.decode_frames(data, shape, "float32"), x)
+    assert F.model_frames(x[:1], stacked=False).shape == (3, 4)
+    with pytest.raises(ValueError):
+        F.model_frames(x, stacked=False)
+
+
+def test_stats_match_numpy_and_merge():
+    rng = np.random.default_rng(0)
+    items = _items(rng)
+    stats = F.compute_group_stats(items, "speaker")
+    for s in ("a", "b"):
+        allf = np.concatenate([it["frames"] for it in items if it["speaker"] == s], axis=1)
+        np.testing.assert_allclose(stats[s].mean, allf.mean(1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats[s].std, allf.std(1), rtol=1e-5, atol=1e-5)
+        assert stats[s].n_frames == allf.shape[1]
+    pooled = F.pooled_stats(stats.values())
+    allf = np.concatenate([it["frames"] for it in items], axis=1)
+    np.testing.assert_allclose(pooled.mean, allf.mean(1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled.std, allf.std(1), rtol=1e-4, atol=1e-5)
+
+
+def test_speaker_norm_and_shrinkage(tmp_path):
+    rng = np.random.default_rng(1)
+    items = _items(rng)
+    norm = F.FeatureNorm("speaker", min_frames=1)
+    out = norm.apply(items)
+    for s in ("a", "b"):
+        allf = np.concatenate([it["frames"] for it in out if it["speaker"] == s], axis=1)
+        np.testing.assert_allclose(allf.mean(1), 0, atol=1e-4)
+        np.testing.assert_allclose(allf.std(1), 1, atol=1e-3)
+    # utterance mode: each item zero-mean on its own
+    for it in F.FeatureNorm("utterance", min_frames=1).apply(items):
+        np.testing.assert_allclose(it["frames"].mean(1), 0, atol=1e-4)
+    # a tiny group is pulled towards the global stats; save/load keeps everything
+    g = F.GroupStats(1000, np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32))
+    norm = F.FeatureNorm("speaker", min_frames=10_000, global_stats=g)
+    small = F.GroupStats(100, np.full((2, 5), 10, np.float32), np.full((2, 5), 0.1, np.float32))
+    mean, std = norm.effective(small)
+    np.testing.assert_allclose(mean, 0.1, rtol=1e-5)  # w = 100 / 10000
+    norm.save(tmp_path)
+    back = F.FeatureNorm.load(tmp_path)
+    assert back.mode == "speaker" and back.min_frames == 10_000
+    np.testing.assert_array_equal(back.global_stats.std, g.std)
+    assert F.FeatureNorm.load(tmp_path / "nothing").mode == "none"
+    np.testing.assert_allclose(back.effective(small)[0], mean)
+    with pytest.raises(ValueError):
+        F.FeatureNorm("per-call")
+
+
+def test_norm_on_torch_tensors_equals_numpy():
+    """The labeling stage normalises encoder frames where they are (torch, possibly on a GPU): same statistics and
+    outputs as the numpy path, tensors stay tensors."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    items = _items(rng, n=4)
+    as_torch = [dict(it, frames=torch.from_numpy(it["frames"])) for it in items]
+    for mode in ("speaker", "utterance"):
+        norm = F.FeatureNorm(mode, min_frames=20, global_stats=F.GroupStats(
+            1000, np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32)))
+        ref, got = norm.apply(items), norm.apply(as_torch)
+        for r, g in zip(ref, got):
+            assert torch.is_tensor(g["frames"]) and g["frames"].dtype == torch.float32
+            np.testing.assert_allclose(g["frames"].numpy(), r["frames"], rtol=1e-6, atol=1e-6)
+
+
+def test_cache_reader(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = []
+    for it in _items(rng):
+        data, (l, t, d) = F.encode_frames(it["frames"])
+        rows.append(dict(utt_id=it["utt_id"], path="/x.wav", label="happy", transcript=None, speaker=it["speaker"],
+                         split="train" if it["speaker"] == "a" else "test", error=None, num_samples=16000,
+                         duration_s=1.0, n_layers=l, n_frames=t, dim=d, frames=data))
+    rows.append(dict(utt_id="bad", path="/bad.wav", label="happy", transcript=None, speaker="a", split="train",
+                     error="decode: nope", num_samples=None, duration_s=None, n_layers=None, n_frames=None, dim=None,
+                     frames=None))
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:4], schema=F.feature_schema()), tmp_path / "shards" / "0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[4:], schema=F.feature_schema()), tmp_path / "shards" / "1.parquet")
+    with pytest.raises(FileNotFoundError):
+        F.FeatureCache(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"format": F.FORMAT, "dtype": "float16", "n_layers": 2, "dim": 5,
+                                                    "encoder": {"layer": "weighted"}}))
+    cache = F.FeatureCache(str(tmp_path))
+    assert cache.stacked and len(cache.index()) == 7
+    assert [r["utt_id"] for r in cache.load(split="test")] == ["b0", "b1", "b2"]
+    assert len(cache.load()) == 6 and len(cache.load(with_errors=True)) == 7
+    one = cache.load(utt_ids=["a1"])[0]
+    assert one["frames"].shape[0] == 2 and one["frames"].dtype == np.float16
+    stats = cache.speaker_stats()  # computed (no stats file)
+    F.write_stats(stats, str(tmp_path / F.SPEAKER_STATS_FILE))
+    back = F.FeatureCache(tmp_path).speaker_stats()
+    assert set(back) == {"a", "b"}
+    np.testing.assert_allclose(back["a"].mean, stats["a"].mean)
+
+
+# ---------------------------------------------------------------------- deployment-faithful normalisation groups
+
+def _index(n_speakers=3, per_label=12, labels=("neutral", "happy", "angry", "sad")):
+    rows = [dict(utt_id=f"s{s}_{lab}_{i}", speaker=f"s{s}", label=lab, split="test")
+            for s in range(n_speakers) for lab in labels for i in range(per_label)]
+    return pd.DataFrame(rows)
+
+
+def test_simulated_channels_partition_each_speaker_into_skewed_groups():
+    idx = _index()
+    g = F.simulated_channels(idx, seed=0)
+    assert set(g) == set(idx["utt_id"])  # every utterance in exactly one group (a dict: at most one)
+    d = idx.assign(group=idx["utt_id"].map(g))
+    assert (d.groupby("group")["speaker"].nunique() == 1).all()  # never across speakers
+    sizes = d.groupby("group").size()
+    assert sizes.max() <= 12 and sizes.sum() == len(idx)
+    dominant = d.groupby("group")["label"].agg(lambda s: s.value_counts().iloc[0] / len(s))
+    full = sizes[sizes == 12].index
+    assert dominant[full].mean() > 0.5  # balanced would be 0.25-0.33: channels are label-skewed
+    assert g == F.simulated_channels(idx, seed=0) and g != F.simulated_channels(idx, seed=1)
+
+
+def test_norm_groups_protocols(tmp_path):
+    idx = _index(2)
+
+    class Cache:  # only the meta is consulted
+        meta = {"groups": "speakers"}
+
+    sim = F.norm_groups(Cache(), idx, "channels", seed=0)
+    assert len(set(sim.values())) > 2 and set(sim) == set(idx["utt_id"])
+    assert F.norm_groups(Cache(), idx, "speaker") == dict(zip(idx["utt_id"], idx["speaker"]))
+    Cache.meta = {"groups": "channels"}  # a call archive: speakers already are channels, used as they are
+    assert F.norm_groups(Cache(), idx, "channels") == dict(zip(idx["utt_id"], idx["speaker"]))
+    with pytest.raises(ValueError, match="norm groups"):
+        F.norm_groups(Cache(), idx, "utterance")
+
+
+# ---------------------------------------------------------------------- training from a labelled call archive
+
+def test_call_archive_manifest_and_segment_cut(tmp_path):
+    import soundfile as sf
+
+    from pipeline.recipes import call_archive_manifest
+    from pipeline.training.extract import decode_batch
+
+    rate = 8000
+    x = np.zeros((2, 4 * rate), np.float32)
+    x[0, rate: 2 * rate] = 0.1 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
+    x[1, 2 * rate: 3 * rate + rate // 2] = 0.2 * np.sin(2 * np.pi * 300 * np.arange(rate + rate // 2) / rate)
+    wav = tmp_path / "call.wav"
+    sf.write(wav, x.T, rate, subtype="PCM_16")
+    truth = pd.DataFrame([
+        dict(recording_id="c1", path=str(wav), channel=0, channel_name="agent", segment=0, start_s=1.0, end_s=2.0,
+             label="neutral", transcript="hello"),
+        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=1, start_s=2.0,
+             end_s=3.5, label="angry", transcript=None),
+        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=2, start_s=3.9,
+             end_s=6.0, label="angry", transcript=None),  # past the end of the file: an error row
+    ])
+    m = call_archive_manifest(truth, splits={"c1": "train"})
+    assert m["utt_id"].tolist() == ["c1/agent/0", "c1/customer/1", "c1/customer/2"]
+    assert m["speaker"].tolist() == ["c1/agent", "c1/customer", "c1/customer"]  # the group labeling sees
+    assert (m["split"] == "train").all()
+    out = decode_batch(m, sample_rate=16000, max_duration_s=60.0)
+    a = np.frombuffer(out["audio"][0], "<f4")
+    b = np.frombuffer(out["audio"][1], "<f4")
+    assert out["num_samples"][:2].tolist() == [16000, 24000] and out["duration_s"][1] == pytest.approx(1.5)
+    assert np.abs(a).max() == pytest.approx(0.1, rel=0.05) and np.abs(b).max() == pytest.approx(0.2, rel=0.05)
+    assert "outside the recording" in out["error"][2]
+    with pytest.raises(ValueError, match="lacks columns"):
+        call_archive_manifest(truth.drop(columns=["label"]))
