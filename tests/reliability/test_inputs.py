@@ -5,7 +5,6 @@ this matrix end to end through the real Ray + vLLM pipeline).
 """
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -22,196 +21,11 @@ from pipeline import audio
 from pipeline.labeling.prepare import PrepareConfig, prepare_batch, prepare_recording
 from pipeline.labeling.sources import ManifestError, discover
 
+from tests.reliability.hostile_inputs import (  # noqa: F401
+    MATRIX, SR, build_matrix, make_good, make_hours_sparse, make_six_channels, make_truncated_data, row, speechlike, voiced, wav_header,
+)
+
 REPO = Path(__file__).resolve().parents[2]
-SR = 8000
-
-
-def voiced(sec: float, sr: int = SR, f0: float = 180.0) -> np.ndarray:
-    t = np.arange(int(sec * sr)) / sr
-    return (0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
-def speechlike(sec: float, sr: int = SR) -> np.ndarray:
-    """Two voiced bursts with quiet around them (VAD finds two segments)."""
-    q = lambda s: (0.001 * np.random.default_rng(0).standard_normal(int(s * sr))).astype(np.float32)  # noqa: E731
-    return np.concatenate([q(0.5), voiced(1.2, sr), q(0.6), voiced(1.0, sr, 140), q(max(0.2, sec - 3.3))])
-
-
-def wav_header(frames: int, sr: int = SR, channels: int = 1, bits: int = 16, data_size: int | None = None) -> bytes:
-    block = channels * bits // 8
-    size = frames * block if data_size is None else data_size
-    return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVE" + b"fmt " +
-            struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * block, block, bits) + b"data" + struct.pack("<I", size))
-
-
-def row(path, **kw) -> dict:
-    return {"recording_id": "r", "path": str(path), "raw_path": None, "transcript": None, "channel_names": None,
-            "given_segments": None, "error": None, **kw}
-
-
-# --------------------------------------------------------------------------------------- the matrix
-# name -> (builder(dir) -> path, expected error substring, or None for "decodes and has speech")
-
-
-def _good(d):
-    p = d / "good.wav"
-    sf.write(p, speechlike(4), SR, subtype="PCM_16")
-    return p
-
-
-def _truncated_header(d):
-    p = d / "trunc_header.wav"
-    p.write_bytes(_good(d).read_bytes()[:20])
-    return p
-
-
-def _truncated_data(d):
-    p = d / "trunc_data.wav"
-    p.write_bytes(_good(d).read_bytes()[: 44 + SR])  # header says 4 s, the file holds 0.5 s
-    return p
-
-
-def _text(d):
-    p = d / "notes.wav"
-    p.write_text("call notes: customer was happy\n" * 20)
-    return p
-
-
-def _flac_named_wav(d):
-    p = d / "really_flac.wav"
-    sf.write(p, speechlike(4), SR, format="FLAC")
-    return p
-
-
-def _zero_samples(d):
-    p = d / "zero_samples.wav"
-    p.write_bytes(wav_header(0))
-    return p
-
-
-def _nan(d):
-    p = d / "nan.wav"
-    x = speechlike(3)
-    x[1000:1010] = np.nan
-    sf.write(p, x, SR, subtype="FLOAT")
-    return p
-
-
-def _inf(d):
-    p = d / "inf.wav"
-    x = speechlike(3)
-    x[5] = np.inf
-    sf.write(p, x, SR, subtype="DOUBLE")
-    return p
-
-
-def _silence(d):
-    p = d / "silence.wav"
-    sf.write(p, np.zeros(SR * 3, np.float32), SR)
-    return p
-
-
-def _six_channels(d):
-    p = d / "six.wav"
-    sf.write(p, np.tile(speechlike(2)[:, None], (1, 6)), SR)
-    return p
-
-
-def _rate_192k(d):
-    p = d / "hires.wav"
-    sf.write(p, speechlike(4, 192000), 192000, subtype="PCM_24")
-    return p
-
-
-def _rate_4k(d):
-    p = d / "narrow.wav"
-    sf.write(p, speechlike(4, 4000), 4000, subtype="PCM_16")
-    return p
-
-
-def _rate_2k(d):
-    p = d / "toolow.wav"
-    sf.write(p, speechlike(4, 2000), 2000, subtype="PCM_16")
-    return p
-
-
-def _hours_sparse(d):
-    """A real 5 h WAV (576 MB of zeros, sparse on disk: costs nothing to make)."""
-    p = d / "five_hours.wav"
-    frames = 5 * 3600 * 16000
-    with open(p, "wb") as f:
-        f.write(wav_header(frames, 16000))
-        f.truncate(44 + 2 * frames)
-    return p
-
-
-def _hours_claimed(d):
-    """A 1 s WAV whose header claims 5 hours."""
-    p = d / "liar.wav"
-    p.write_bytes(wav_header(5 * 3600 * SR) + (voiced(1) * 32767).astype("<i2").tobytes())
-    return p
-
-
-def _directory(d):
-    p = d / "folder.wav"
-    p.mkdir()
-    return p
-
-
-def _dangling(d):
-    p = d / "dangling.wav"
-    p.symlink_to(d / "nowhere.wav")
-    return p
-
-
-def _fifo(d):
-    p = d / "pipe.wav"
-    os.mkfifo(p)
-    return p
-
-
-def _empty(d):
-    p = d / "empty.wav"
-    p.write_bytes(b"")
-    return p
-
-
-def _missing(d):
-    return d / "never_existed.wav"
-
-
-MATRIX = {
-    "good": (_good, None),
-    "zero_bytes": (_empty, "empty file (0 bytes)"),
-    "truncated_header": (_truncated_header, "not a readable audio file"),
-    "truncated_data": (_truncated_data, "truncated audio data: the header declares 4.00 s, the file holds 0.50 s"),
-    "text_named_wav": (_text, "not a readable audio file"),
-    "flac_named_wav": (_flac_named_wav, None),
-    "zero_samples": (_zero_samples, "recording has 0 samples"),
-    "nan_samples": (_nan, "NaN or Inf"),
-    "inf_samples": (_inf, "NaN or Inf"),
-    "all_silence": (_silence, "no speech detected"),
-    "six_channels": (_six_channels, "6 channels, more than the limit of 4"),
-    "rate_192k": (_rate_192k, None),
-    "rate_4k": (_rate_4k, None),
-    "rate_2k": (_rate_2k, "sample rate 2000 Hz outside [4000, 384000]"),
-    "five_hours_sparse": (_hours_sparse, "recording is 18000 s, over the limit of 14400 s"),
-    "header_claims_hours": (_hours_claimed, "truncated audio data: the header declares 18000.00 s"),
-    "directory": (_directory, "not a regular file (a directory)"),
-    "dangling_symlink": (_dangling, "broken symbolic link"),
-    "fifo": (_fifo, "not a regular file (a pipe, device or socket)"),
-    "missing": (_missing, "file not found"),
-}
-
-
-def build_matrix(d: Path) -> dict[str, tuple[Path, str | None]]:
-    """The bad-input matrix as files under ``d`` (also used by the end-to-end test)."""
-    out = {}
-    for name, (make, expect) in MATRIX.items():
-        sub = d / name
-        sub.mkdir(parents=True, exist_ok=True)
-        out[name] = (make(sub), expect)
-    return out
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -250,7 +64,7 @@ def test_good_files_decode_the_same_whatever_the_container(tmp_path):
 
 def test_multi_hour_file_is_refused_from_the_header(tmp_path):
     """A 5 h file (576 MB) is refused without being read: peak memory of a fresh process stays near its baseline."""
-    path = _hours_sparse(tmp_path)
+    path = make_hours_sparse(tmp_path)
     code = (
         "import resource, sys; sys.path.insert(0, sys.argv[2])\n"
         "from pipeline.labeling.prepare import PrepareConfig, prepare_recording\n"
@@ -279,17 +93,17 @@ def test_stream_decode_stops_at_the_limit(tmp_path):
         with pytest.raises(audio.AudioError, match="longer than the limit of 3 s"):
             audio.decode_file(f, max_duration_s=3, target_rate=16000, header=small)
     # the decoded-size cap: channels x duration at the encoder rate
-    out = prepare_recording(row(_six_channels(tmp_path)), PrepareConfig(max_channels=8, max_decoded_mb=0.1))
+    out = prepare_recording(row(make_six_channels(tmp_path)), PrepareConfig(max_channels=8, max_decoded_mb=0.1))
     assert "would decode to" in out["error"] and "over the limit of 0 MB" in out["error"]
 
 
 def test_truncated_data_can_be_labelled_when_allowed(tmp_path):
-    out = prepare_recording(row(_truncated_data(tmp_path)), PrepareConfig(allow_truncated=True))
+    out = prepare_recording(row(make_truncated_data(tmp_path)), PrepareConfig(allow_truncated=True))
     assert out["error"] in (None, "no speech detected") and abs(out["duration_s"] - 0.5) < 1e-6
 
 
 def test_file_vanishing_after_discovery(tmp_path):
-    p = _good(tmp_path)
+    p = make_good(tmp_path)
     rec = discover([str(tmp_path)])[0]
     p.unlink()
     out = prepare_recording(rec.to_row(), PrepareConfig())
@@ -299,7 +113,7 @@ def test_file_vanishing_after_discovery(tmp_path):
 def test_non_utf8_file_names_are_labelled(tmp_path):
     """A name with bytes that are not UTF-8 (Linux allows them) is found, opened by its exact bytes and shown
     escaped; it flows through Ray's Arrow batches (which need valid UTF-8) without error."""
-    good = _good(tmp_path)
+    good = make_good(tmp_path)
     raw = os.fsencode(str(tmp_path)) + b"/caf\xe9-\xff.wav"
     with open(raw, "wb") as f:
         f.write(good.read_bytes())
@@ -322,7 +136,7 @@ def test_non_utf8_file_names_are_labelled(tmp_path):
 
 
 def test_duplicates(tmp_path):
-    p = _good(tmp_path)
+    p = make_good(tmp_path)
     man = tmp_path / "m.csv"
     man.write_text(f"path,recording_id\n{p},a\n{p},a\n{p},b\n{p},a\ngood.wav,a#dup1\n")
     recs = discover([str(man), str(p)])
@@ -339,7 +153,7 @@ def test_duplicates(tmp_path):
 
 
 def test_manifest_types_and_bad_rows(tmp_path):
-    p = _good(tmp_path)
+    p = make_good(tmp_path)
     # CSV: every cell is text (no type inference), short rows are padded, long rows are errors
     csv = tmp_path / "m.csv"
     csv.write_bytes(("\ufeffpath,recording_id,channels,transcript\n"
@@ -419,7 +233,7 @@ def test_sink_retried_writes_replace_and_damage_is_set_aside(tmp_path):
     (its recordings are redone); temporary files of an interrupted run are removed."""
     from pipeline.labeling.sink import clean_temporary, recording_counts, segments_dir, write_parts
 
-    wav = _good(tmp_path)
+    wav = make_good(tmp_path)
     recs = []
     for rid in ("a", "b", "c"):
         r = prepare_recording(row(wav, recording_id=rid), PrepareConfig())
