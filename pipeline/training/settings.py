@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from emoq_model.errors import ConfigError
+
 STATE_FILE = "train_state.json"
 CURRENT_FILE = "current.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -23,42 +25,42 @@ class TrainSettings:
     features: str  # feature cache directory (jobs/extract_features.py)
     storage_path: str  # Ray Train storage (shared storage / URI on multi-node clusters)
     name: str  # run name: reuse it (same storage_path) to resume an interrupted run
-    stages: tuple[int, ...] = (1, 2)
+    stages: tuple[int, ...] = (1, 2)  # 1,2 | 1 | 2 (stage 2 alone: from init_bundle's Former or a fresh one)
     bundle_out: str | None = None  # copy the exported bundle here (default <storage>/<name>/bundle)
     merge_llm: bool = True  # also export the LoRA-merged LLM (vLLM serves it ~6x faster than base + LoRA on CPU)
-    num_workers: int = 2
-    use_gpu: bool = False
+    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per worker (or gpus_per_worker)
     cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang silently on 2-core machines (measured)
     gpus_per_worker: float = 1.0  # with use_gpu
     resources_per_worker: dict[str, float] | None = None  # overrides the two above when given
     threads_per_worker: int | None = None  # torch threads (default: node CPUs / local workers)
-    max_failures: int = 2
+    max_failures: int = 2  # worker-failure retries, each from the latest checkpoint
     num_to_keep: int = 2  # checkpoints kept (the latest is always kept)
     feature_norm: str = "speaker"  # none | speaker | utterance
     norm_groups: str = "channels"  # population of per-speaker statistics (emoq_model.features.NORM_GROUPS)
-    norm_min_frames: int = 500
-    train_split: str = "train"
-    val_split: str = "val"
-    eval_batch_size: int = 64
-    warmup_frac: float = 0.05
-    grad_clip: float = 1.0
+    norm_min_frames: int = 500  # a group with fewer frames uses the global statistics
+    train_split: str = "train"  # cache split trained on
+    val_split: str = "val"  # cache split that picks the best epoch and fits the calibration
+    eval_batch_size: int = 64  # validation batch per worker
+    warmup_frac: float = 0.05  # linear warm-up share of each stage's steps (then cosine decay)
+    grad_clip: float = 1.0  # gradient-norm clip (0: off)
     init_bundle: str | None = None  # start from this bundle's Former (e.g. stage 2 alone after a stage-1 run)
     limit_train: int | None = None  # use only N training rows (smoke tests)
     fail_once: dict[str, Any] | None = None  # failure injection (tests)
-    verbose: bool = True
+    verbose: bool = True  # per-epoch lines from rank 0
 
     def __post_init__(self):
         self.stages = tuple(int(s) for s in self.stages)
         if not self.stages or any(s not in (1, 2) for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
-            raise ValueError(f"stages must be (1,), (2,) or (1, 2), got {self.stages}")
+            raise ConfigError(f"stages must be (1,), (2,) or (1, 2), got {self.stages}")
         if self.num_workers < 1:
-            raise ValueError("num_workers must be >= 1")
+            raise ConfigError("num_workers must be >= 1")
         if self.feature_norm not in ("none", "speaker", "utterance"):
-            raise ValueError(f"feature_norm must be none, speaker or utterance, got {self.feature_norm!r}")
+            raise ConfigError(f"feature_norm must be none, speaker or utterance, got {self.feature_norm!r}")
         from emoq_model.features import NORM_GROUPS
 
         if self.norm_groups not in NORM_GROUPS:
-            raise ValueError(f"norm_groups must be one of {NORM_GROUPS}, got {self.norm_groups!r}")
+            raise ConfigError(f"norm_groups must be one of {NORM_GROUPS}, got {self.norm_groups!r}")
 
     def scaling_config(self):
         from ray.train import ScalingConfig
@@ -84,6 +86,6 @@ def fail_once_from_env(value: str | None = None) -> dict | None:
         return None
     parts = value.split(":")
     if len(parts) < 4:
-        raise ValueError("EMOQ_FAIL_ONCE must be stage:epoch:rank:marker[:exit|raise]")
+        raise ConfigError("EMOQ_FAIL_ONCE must be stage:epoch:rank:marker[:exit|raise]")
     return {"stage": int(parts[0]), "epoch": int(parts[1]), "rank": int(parts[2]), "marker": parts[3],
             "how": parts[4] if len(parts) > 4 else "exit"}

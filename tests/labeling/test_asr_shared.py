@@ -32,6 +32,7 @@ def prompts():
     return names, [load_mono(str(root / f"{n}.wav"), 16000) for n in names], [refs[n] for n in names]
 
 
+@pytest.mark.slow
 def test_shared_encoder_asr_matches_the_separate_stage(prompts):
     names, waves, refs = prompts
     whisper = str(build_whisper_tiny_en())
@@ -75,6 +76,7 @@ def text_bundle(tmp_path_factory):
     return str(save_bundle(EmoQModel(cfg), tmp_path_factory.mktemp("tb") / "bundle"))
 
 
+@pytest.mark.slow
 def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text_bundle, prompts, tmp_path):
     from pipeline.labeling.job import LabelJobConfig, StageResources, run
     from pipeline.labeling.sink import segments_dir

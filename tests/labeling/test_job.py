@@ -14,6 +14,8 @@ from pipeline.labeling.segment import overlap_scores
 from pipeline.labeling.sink import segments_dir
 
 
+pytestmark = pytest.mark.slow  # real Ray + vLLM end to end: `pytest -m 'not slow'` skips it
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """An untrained bundle (tiny random encoder + tiny Qwen2 LLM + fresh LoRA): labels are arbitrary but real."""

@@ -203,6 +203,7 @@ def vllm_run(llm_dir, tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_vllm_prompt_embeds_match_token_ids(vllm_run):
     by_ids, by_text, by_embeds = vllm_run["by_ids"], vllm_run["by_text"], vllm_run["by_embeds"]
     assert len(by_ids) == len(by_text) == len(by_embeds) >= 8

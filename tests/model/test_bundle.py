@@ -93,6 +93,7 @@ def test_copy_base_bundle_is_self_contained(trained, tmp_path):
         assert torch.equal(front.prompt_embeds(test).embeds[0], model.prompt_embeds(test).embeds[0])
 
 
+@pytest.mark.slow
 def test_vllm_parity(trained, tmp_path):
     """Same bundle through HF predict_proba and through a real vLLM engine (CPU, LoRA, prompt embeddings)."""
     pytest.importorskip("vllm")

@@ -22,6 +22,8 @@ import pytest
 
 from pipeline.labeling.sink import recording_counts, segments_dir
 
+pytestmark = pytest.mark.slow  # real Ray + vLLM end to end: `pytest -m 'not slow'` skips it
+
 REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")

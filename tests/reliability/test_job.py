@@ -29,6 +29,8 @@ from pipeline.labeling.job import LabelJobConfig, StageResources, run
 from pipeline.labeling.sink import recording_counts, segments_dir
 from tests.reliability.hostile_inputs import MATRIX, build_matrix
 
+pytestmark = pytest.mark.slow  # real Ray + vLLM end to end: `pytest -m 'not slow'` skips it
+
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64}
 NON_UTF8 = b"caf\xe9-\xff"

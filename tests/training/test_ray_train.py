@@ -13,7 +13,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 # Ray Data's own DataContext() trips its deprecation warnings (ray/data/context.py); not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
 
 from emoq_model import features as F  # noqa: E402
 from emoq_model.config import demo_config_path, load_config  # noqa: E402
