@@ -27,7 +27,7 @@ import ray
 from pipeline.labeling import job as label_job
 from pipeline.labeling.job import LabelJobConfig, StageResources, run
 from pipeline.labeling.sink import recording_counts, segments_dir
-from test_reliability_inputs import MATRIX, build_matrix
+from tests.reliability.test_inputs import MATRIX, build_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64}
