@@ -1,12 +1,13 @@
 """Score a labelled archive against per-turn ground truth (per segment, time-weighted, coverage, per channel role).
 
     python jobs/evaluate_archive.py LABELS_DIR TRUTH [--out DIR] [--name NAME] [--min-overlap 0.5]
-        [--labels neutral,happy,angry,sad] [--calm-label neutral]
+        [--labels neutral,happy,angry,sad] [--calm-label neutral] [--timelines 3]
 
 ``LABELS_DIR``: the output of ``jobs/label_corpus.py`` (``segments/part-*.parquet``). ``TRUTH``: CSV or Parquet,
 one row per turn (recording_id, channel, start_s, end_s, label[, channel_name]), e.g. the ``segments.csv`` of
-``pipeline/demo/calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png`` and ``<NAME>_segments.parquet``
-(default ``DIR``: ``LABELS_DIR/eval``). Semantics: ``pipeline/evaluation/archive.py``.
+``pipeline/demo/calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png``, ``<NAME>_segments.parquet``
+and ``timelines/<id>.png`` (predicted and truth lanes of the first N evaluated recordings) (default ``DIR``:
+``LABELS_DIR/eval``). Semantics: ``pipeline/evaluation/archive.py``.
 """
 from __future__ import annotations
 
@@ -36,10 +37,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a segment overlapping truth speech for less than this share of its duration is a false alarm")
     ap.add_argument("--labels", default=None, help="comma-separated label order (default: the model's)")
     ap.add_argument("--calm-label", default="neutral")
+    ap.add_argument("--timelines", type=int, default=3, metavar="N",
+                    help="timeline pictures (predicted vs truth lanes) of the first N evaluated recordings; 0: none")
     a = ap.parse_args(argv)
+    if a.timelines < 0:
+        ap.error(f"--timelines must be >= 0, got {a.timelines}")
     out = a.out or os.path.join(a.labels_dir, "eval")
     report = evaluate_archive(a.labels_dir, a.truth, out_dir=out, name=a.name, min_overlap=a.min_overlap,
-                              label_names=a.labels.split(",") if a.labels else None, calm_label=a.calm_label)
+                              label_names=a.labels.split(",") if a.labels else None, calm_label=a.calm_label,
+                              timelines=a.timelines)
     print(format_archive_report(report))
     print(json.dumps(report["files"]))
     return report

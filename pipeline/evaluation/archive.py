@@ -139,12 +139,15 @@ def _majority(y_true: list[str], labels: list[str]) -> dict:
 
 def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None = None,
                      label_names: list[str] | None = None, name: str = "archive", min_overlap: float = 0.5,
-                     calm_label: str = "neutral") -> dict:
+                     calm_label: str = "neutral", timelines: int = 3) -> dict:
     """Score the labels directory ``labels`` against ``truth`` (see the module docstring); with ``out_dir``, write
     ``<name>.json``, ``<name>_confusion.png`` and ``<name>_segments.parquet`` (every predicted segment with
-    ``true_label``, ``overlap_s``, ``false_alarm``, ``scored``, ``role``) and add their paths as ``files``."""
+    ``true_label``, ``overlap_s``, ``false_alarm``, ``scored``, ``role``), timeline pictures with truth lanes of
+    the first ``timelines`` evaluated recordings (``timelines/<id>.png``) and add their paths as ``files``."""
     if not 0.0 <= min_overlap <= 1.0:
         raise ValueError(f"min_overlap must be in [0, 1], got {min_overlap}")
+    if timelines < 0:
+        raise ValueError(f"timelines must be >= 0, got {timelines}")
     table = read_segments(labels)
     rid_all = table.column("recording_id").to_pandas().astype(str)
     err = table.column("error").is_valid().to_numpy(zero_copy_only=False)
@@ -154,6 +157,7 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
     truth_df = read_truth(truth)
     truth_df["recording_id"] = truth_df["recording_id"].astype(str)
     truth_df["label"] = truth_df["label"].astype(str)
+    truth_in = truth_df  # every turn, for the timelines (below, truth_df is narrowed to the evaluated recordings)
 
     # channel keys: one string per (recording, channel) on both sides
     if "channel_name" in truth_df.columns:
@@ -273,15 +277,18 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
         "channel_dominant_accuracy": _ratio(sum(dom), len(dom)),
     }
     if out_dir is not None:
+        ids = sorted(evaluated)[:timelines]
         report["files"] = _write(report, seg_table, labs, true_idx, overlap, false_alarm, scored, in_eval, role,
-                                 out_dir, name)
+                                 out_dir, name, timelines=(labels, truth_in[truth_in["recording_id"].isin(ids)], ids))
     return report
 
 
 def _write(report: dict, seg_table: pa.Table, labs: list[str], true_idx: np.ndarray, overlap: np.ndarray,
            false_alarm: np.ndarray, scored: np.ndarray, in_eval: np.ndarray, role: np.ndarray, out_dir: str,
-           name: str) -> dict[str, str]:
-    """The report JSON (written last, atomically), the confusion PNG and the per-segment Parquet."""
+           name: str, timelines: tuple[str, pd.DataFrame, list[str]]) -> dict:
+    """The report JSON (written last, atomically), the confusion PNG, the per-segment Parquet and the timelines
+    (``timelines``: labels directory, truth, recording ids)."""
+    from pipeline.evaluation.timeline import write_timelines
 
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(os.path.abspath(out_dir), safe_name(name))
@@ -294,6 +301,9 @@ def _write(report: dict, seg_table: pa.Table, labs: list[str], true_idx: np.ndar
            .append_column("scored", pa.array(scored))
            .append_column("role", pa.array(role.tolist(), pa.string())))
     write_parquet(out, files["segments"])
+    labels_dir, truth, ids = timelines
+    files["timelines"] = write_timelines(labels_dir, len(ids), truth=truth, recording_ids=ids,
+                                         out_dir=os.path.join(os.path.abspath(out_dir), "timelines"))
     write_json(files["json"], {**report, "files": files})
     return files
 

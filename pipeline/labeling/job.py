@@ -79,6 +79,7 @@ class LabelJobConfig:
     max_attempts: int = 3  # tries per batch (worker crash, OOM kill, error) before its recordings are set aside
     isolate_failures: bool = True  # retry the recordings of failed batches one by one, to find the poison ones
     max_failed_batches: int = 16  # more failed batches than this (per pass) abort the job: something systemic
+    timeline_calls: int = 3  # timeline PNGs of the first N recordings (by id) under <output>/timelines/; 0: none
 
     def __post_init__(self):
         """Checked like :class:`emoq_model.config.EmoQConfig`: a wrong value fails here, with its name, not deep in
@@ -96,8 +97,8 @@ class LabelJobConfig:
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise ConfigError(f"must be > 0: {bad}")
-        if self.prepare_num_cpus < 0 or self.max_failed_batches < 0:
-            raise ConfigError("prepare_num_cpus and max_failed_batches must be >= 0")
+        if self.prepare_num_cpus < 0 or self.max_failed_batches < 0 or self.timeline_calls < 0:
+            raise ConfigError("prepare_num_cpus, max_failed_batches and timeline_calls must be >= 0")
         if self.batch_overhead_s is not None and self.batch_overhead_s < 0:
             raise ConfigError(f"batch_overhead_s must be >= 0, got {self.batch_overhead_s}")
         if self.vllm_mode not in ("tokens", "choice"):
@@ -285,10 +286,22 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
     report.update(wall_s=wall, audio_hours=report["audio_s"] / 3600,
                   audio_s_per_s=report["audio_s"] / wall if wall else 0.0,
                   segments_dir=segments_dir(out), summary=f"{out}/summary.parquet",
-                  recordings_in_output=summary.num_rows)
+                  recordings_in_output=len(set(summary.column("recording_id").to_pylist())))  # rows: per channel
+    report["timelines"] = _timelines(out, cfg.timeline_calls, log)
     if cfg.output and "://" not in out:
         Path(out, "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _timelines(out: str, n: int, log) -> list[str]:
+    """Timeline pictures of the first ``n`` recordings; a picture that fails costs a log line, not the labels."""
+    from pipeline.evaluation.timeline import write_timelines
+
+    try:
+        return write_timelines(out, n)
+    except Exception as e:  # noqa: BLE001 - the labels are written; the pictures are a convenience
+        log(f"[label] timeline pictures not written: {type(e).__name__}: {e}")
+        return []
 
 
 def config_dict(cfg: LabelJobConfig) -> dict:

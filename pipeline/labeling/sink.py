@@ -1,9 +1,10 @@
-"""Parquet output: atomic part files of complete recordings, resume bookkeeping and per-recording summaries.
+"""Parquet output: atomic part files of complete recordings, resume bookkeeping and per-channel summaries.
 
 Layout under the output directory::
 
     segments/part-<hash>.parquet   one row per segment, and one row per recording without segments (error set)
-    summary.parquet                per recording (rebuilt from all segment files at the end of each run)
+    summary.parquet                per recording and channel (rebuilt from all segment files at the end of each run)
+    timelines/<id>.png             timeline pictures of the first few recordings (pipeline.evaluation.timeline)
 
 Each part file holds whole recordings only, either all labelled or all failed (error rows), and appears complete
 or not at all (written to a temporary name in
@@ -141,38 +142,55 @@ def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
     return rows
 
 
+SUMMARY_SCHEMA = pa.schema([
+    ("recording_id", pa.string()), ("path", pa.string()), ("channel", pa.string()), ("duration_s", pa.float64()),
+    ("num_segments", pa.int32()), ("speech_s", pa.float64()), ("dominant_label", pa.string()),
+    ("label_shares", pa.string()), ("mean_confidence", pa.float32()), ("error_count", pa.int32()),
+    ("error", pa.string()),
+])
+
+
+def _first(s):
+    s = s.dropna()
+    return s.iloc[0] if len(s) else None
+
+
+def _summary_rows(df) -> list[dict]:
+    """One row per (recording, channel) with segments, in channel order, and one row with channel null per
+    recording with error rows (its error count and first error)."""
+    ok = df[df["error"].isna()].assign(dur=lambda d: d["end_s"] - d["start_s"])
+    rows = []
+    for (rid, _, ch), g in ok.groupby(["recording_id", "channel_index", "channel"], sort=True):
+        d = g["dur"].groupby(g["label"]).sum()  # speech time per label (sorted: ties go to the first label)
+        rows.append({"recording_id": rid, "path": g["path"].iloc[0], "channel": ch,
+                     "duration_s": _first(g["recording_duration_s"]), "num_segments": len(g),
+                     "speech_s": float(d.sum()), "dominant_label": d.idxmax() if len(d) else None,
+                     "label_shares": json.dumps({k: round(float(v / d.sum()), 4) for k, v in d.items()}),
+                     "mean_confidence": float(g["confidence"].mean()), "error_count": 0, "error": None})
+    for rid, g in df[df["error"].notna()].groupby("recording_id", sort=True):
+        rows.append({"recording_id": rid, "path": g["path"].iloc[0], "channel": None,
+                     "duration_s": _first(g["recording_duration_s"]), "num_segments": 0, "speech_s": 0.0,
+                     "dominant_label": None, "label_shares": "{}", "mean_confidence": None,
+                     "error_count": len(g), "error": g["error"].iloc[0]})
+    return sorted(rows, key=lambda r: r["recording_id"])  # stable: channel rows keep their order, error row last
+
+
 def summarize(out_uri: str) -> pa.Table:
-    """Per-recording summary from all part files; written to ``summary.parquet`` atomically and returned."""
+    """Per-recording, per-channel summary from all part files (agent and customer usually differ: pooling them
+    would hide an angry customer behind a calm agent); written to ``summary.parquet`` atomically and returned.
+
+    One row per (recording, channel) with segments: its num_segments, speech_s, dominant_label (by speech time),
+    label_shares (JSON: share of the channel's speech time per label) and mean_confidence; ``duration_s`` is the
+    recording's. A recording with error rows (failed, no segments) gets one row with ``channel`` null, its
+    ``error_count`` and first ``error``.
+    """
     fs, root = resolve(segments_dir(out_uri))
     infos = part_files(fs, root)
-    cols = ["recording_id", "path", "channel", "start_s", "end_s", "label", "confidence", "recording_duration_s", "error"]
+    cols = ["recording_id", "path", "channel", "channel_index", "start_s", "end_s", "label", "confidence",
+            "recording_duration_s", "error"]
     tables = [pq.read_table(i.path, columns=cols, filesystem=fs) for i in infos]
-    schema = pa.schema([("recording_id", pa.string()), ("path", pa.string()), ("duration_s", pa.float64()),
-                        ("num_segments", pa.int32()), ("speech_s", pa.float64()), ("dominant_label", pa.string()),
-                        ("label_shares", pa.string()), ("mean_confidence", pa.float32()), ("error_count", pa.int32()),
-                        ("error", pa.string())])
-    if not tables:
-        summary = schema.empty_table()
-    else:
-        df = pa.concat_tables(tables).to_pandas()
-        out = []
-        for rid, g in df.groupby("recording_id", sort=True):
-            ok = g[g["error"].isna()]
-            dur = (ok["end_s"] - ok["start_s"]) if len(ok) else None
-            shares: dict[str, dict[str, float]] = {}
-            for ch, gc in ok.groupby("channel"):
-                d = (gc["end_s"] - gc["start_s"]).groupby(gc["label"]).sum()
-                shares[str(ch)] = {k: round(float(v / d.sum()), 4) for k, v in d.items()}
-            dominant = (dur.groupby(ok["label"]).sum().idxmax() if len(ok) else None)
-            errs = g["error"].dropna()
-            out.append({
-                "recording_id": rid, "path": g["path"].iloc[0], "duration_s": g["recording_duration_s"].iloc[0],
-                "num_segments": int(len(ok)), "speech_s": float(dur.sum()) if len(ok) else 0.0,
-                "dominant_label": dominant, "label_shares": json.dumps(shares),
-                "mean_confidence": float(ok["confidence"].mean()) if len(ok) else None,
-                "error_count": int(len(errs)), "error": errs.iloc[0] if len(errs) else None,
-            })
-        summary = pa.Table.from_pylist(out, schema=schema)
+    rows = _summary_rows(pa.concat_tables(tables).to_pandas()) if tables else []
+    summary = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
     write_parquet(summary, join(out_uri, "summary.parquet"))
     return summary
 

@@ -184,8 +184,10 @@ def test_cli_writes_json_png_parquet(tmp_path, capsys):
     out = os.path.join(labels, "eval")
     assert rep["files"] == {"json": os.path.join(out, "demo_eval.json"),
                             "png": os.path.join(out, "demo_eval_confusion.png"),
-                            "segments": os.path.join(out, "demo_eval_segments.parquet")}
-    assert all(os.path.getsize(p) > 0 for p in rep["files"].values())
+                            "segments": os.path.join(out, "demo_eval_segments.parquet"),
+                            "timelines": [os.path.join(out, "timelines", "r1.png")]}  # r2 failed: not evaluated
+    files = [rep["files"][k] for k in ("json", "png", "segments")] + rep["files"]["timelines"]
+    assert all(os.path.getsize(p) > 0 for p in files)
     saved = json.load(open(rep["files"]["json"]))
     assert saved["segment"]["ua"] == pytest.approx(rep["segment"]["ua"]) and saved["n_false_alarms"] == 1
     assert saved["n_error_recordings"] == 1 and saved["files"] == rep["files"]
@@ -196,3 +198,7 @@ def test_cli_writes_json_png_parquet(tmp_path, capsys):
     assert df["true_label"].tolist()[:8] == [x[3] for x in MIX_TRUTH] and df["overlap_s"].iloc[8] == 0.0
     assert t.column("true_label")[8].as_py() is None and t.column("scored").to_pylist() == [True] * 8 + [False]
     assert capsys.readouterr().out.startswith("segment UA 0.583, accuracy 0.625")
+    assert main([labels, str(tmp_path / "t.csv"), "--out", str(tmp_path / "e0"), "--timelines", "0"])["files"][
+        "timelines"] == []
+    with pytest.raises(SystemExit):
+        main([labels, str(tmp_path / "t.csv"), "--timelines", "-1"])

@@ -112,8 +112,16 @@ def test_label_resume_and_errors(labelled, corpus, bundle):
         f1s.append(overlap_scores(list(zip(pred.start_s, pred.end_s)), list(zip(g.start_s, g.end_s)))["f1"])
     print(f"VAD time-overlap F1 per call channel: {np.round(f1s, 3).tolist()}")
     assert min(f1s) > 0.8
+    # summary: one row per recording and channel (the error-only recordings: one row, channel null)
     summary = pq.read_table(out / "summary.parquet").to_pandas()
-    assert len(summary) == corpus["n"]
+    assert summary.recording_id.nunique() == corpus["n"]
+    assert len(summary) == ok.groupby("recording_id").channel.nunique().sum() + len(errors)
+    per_channel = summary.dropna(subset=["channel"]).set_index(["recording_id", "channel"]).num_segments
+    assert per_channel.to_dict() == ok.groupby(["recording_id", "channel"]).size().to_dict()
+    assert summary[summary.channel.isna()].recording_id.tolist() == sorted(errors.index)
+    # timeline pictures of the first recordings (by id)
+    assert [Path(p).name for p in rep["timelines"]] == [f"{r}.png" for r in sorted(set(df.recording_id))[:3]]
+    assert all(Path(p).parent == out / "timelines" and Path(p).stat().st_size > 0 for p in rep["timelines"])
 
     # rerun: nothing to do, nothing duplicated
     rep2 = run(job(corpus, bundle, out))

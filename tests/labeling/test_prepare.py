@@ -133,6 +133,14 @@ def test_sink_atomic_resume_and_summary(tmp_path, call_file):
     t = pq.read_table(segments_dir(out))
     assert t.num_rows == n + 1
     s = summarize(out).to_pylist()
+    # one summary row per channel of "r" (in channel order), each with that channel's own dominant label
+    per_ch = {}
+    for row in rows[:n]:
+        d = per_ch.setdefault(row["channel"], {})
+        d[row["label"]] = d.get(row["label"], 0.0) + row["end_s"] - row["start_s"]
+    r_rows = [x for x in s if x["recording_id"] == "r"]
+    assert [x["channel"] for x in r_rows] == [c for c in ("agent", "customer") if c in per_ch]
+    assert sum(x["num_segments"] for x in r_rows) == n
+    assert {x["channel"]: x["dominant_label"] for x in r_rows} == {c: max(d, key=d.get) for c, d in per_ch.items()}
     by = {r["recording_id"]: r for r in s}
-    assert by["r"]["num_segments"] == n and by["r"]["dominant_label"] == "angry"
-    assert by["bad"]["error_count"] == 1 and "not found" in by["bad"]["error"]
+    assert by["bad"]["channel"] is None and by["bad"]["error_count"] == 1 and "not found" in by["bad"]["error"]

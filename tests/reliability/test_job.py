@@ -224,7 +224,9 @@ def test_hostile_matrix_with_actor_kills(alone, corpus, bundle, faults_dir, tmp_
     assert "missing or non-text 'path'" in errors["no_path"]
     assert "manifest names 3 channels, recording has 2" in errors["bad_channels"]
     summary = pq.read_table(out / "summary.parquet").to_pandas().set_index("recording_id")
-    assert len(summary) == n and (summary.loc[errors.index].error_count == 1).all()
+    # one row per recording and channel; a failed recording has one row (channel null) with its error
+    assert summary.index.nunique() == n and (summary.loc[errors.index].error_count == 1).all()
+    assert summary.loc[errors.index].channel.isna().all() and len(summary.loc[errors.index]) == len(errors)
 
     # good files: labelled as when alone (same segments, labels and probabilities)
     alone_df = segments(alone[0])

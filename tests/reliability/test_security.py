@@ -133,6 +133,12 @@ def test_recording_ids_cannot_steer_output_paths(tmp_path):
     from pipeline.labeling.sink import part_name
 
     assert part_name(["a\nb"]) != part_name(["a", "b"]) and part_name(["b", "a"]) == part_name(["a", "b"])
+    # timeline pictures of the same ids: one file each, all in <out>/timelines (names made safe, never paths)
+    from pipeline.evaluation.timeline import write_timelines
+
+    paths = write_timelines(str(out), len(evil))
+    assert len(set(paths)) == len(evil) and all(Path(p).parent == out / "timelines" for p in paths)
+    assert sorted(p.name for p in (out / "timelines").iterdir()) == sorted(Path(p).name for p in paths)
 
 
 def test_manifest_values_are_data_not_options(tmp_path, monkeypatch):
