@@ -33,6 +33,9 @@ class EncoderConfig:
     path: str = "${assets}/whisper-tiny.en"
     layer: Union[str, int] = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
     weighted_layers: Union[list[int], None] = None  # hidden-state indices the weighted sum uses (None: all)
+    # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA) | int8 (CPU: dynamic int8 quantisation of the Linear
+    # layers, torch.ao). A frozen encoder's precision is a deployment choice: set it at labeling time
+    # (label_corpus --set encoder.dtype=bfloat16); BENCHMARKS.md has the speed and label agreement of each
     dtype: str = "float32"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     whisper_real_length: bool = True  # Whisper: run on the batch's real length instead of 30 s windows
@@ -65,6 +68,9 @@ class FormerConfig:
     # (cross-attention stays new); needs hidden / num_heads / intermediate equal to the text encoder's
     init_from_text_encoder: bool = False
     use_speech: bool = True  # false: a text-only ablation (the queries see no speech frames)
+    # float32 | bfloat16: the Former's compute at inference (autocast; weights and training stay float32, as BLIP-2
+    # trains its Q-Former)
+    dtype: str = "float32"
 
 
 @dataclass
@@ -363,8 +369,11 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
         (cfg.encoder.weighted_layers is None or len(cfg.encoder.weighted_layers) >= 1,
          "encoder.weighted_layers must not be empty"),
     ]
-    for dt, key in ((cfg.encoder.dtype, "encoder.dtype"), (cfg.llm.dtype, "llm.dtype")):
-        checks.append((dt in DTYPES, f"{key} must be one of {DTYPES}, got {dt!r}"))
+    checks.append((cfg.encoder.dtype in DTYPES + ("int8",),
+                   f"encoder.dtype must be one of {DTYPES + ('int8',)}, got {cfg.encoder.dtype!r}"))
+    checks.append((cfg.llm.dtype in DTYPES, f"llm.dtype must be one of {DTYPES}, got {cfg.llm.dtype!r}"))
+    checks.append((cfg.former.dtype in ("float32", "bfloat16"),
+                   f"former.dtype must be float32 or bfloat16, got {cfg.former.dtype!r}"))
     for dev, key in ((cfg.encoder.device, "encoder.device"), (cfg.llm.device, "llm.device")):
         checks.append((dev == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", dev) is not None,
                        f"{key} must be auto, cpu, cuda or cuda:N, got {dev!r}"))
@@ -475,9 +484,12 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """Config dtype string -> torch dtype; ``auto`` = bfloat16 on cuda, float32 elsewhere."""
+    """Config dtype string -> torch dtype; ``auto`` = bfloat16 on cuda, float32 elsewhere; ``int8`` (dynamic
+    quantisation) computes around float32 weights."""
     import torch
 
+    if dtype == "int8":
+        return torch.float32
     if dtype == "auto":
         return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32
     return getattr(torch, dtype)

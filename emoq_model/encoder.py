@@ -65,6 +65,22 @@ def whisper_frames(num_samples: int | torch.Tensor, hop: int = 160) -> int | tor
     return (math.ceil(num_samples / hop) + 1) // 2
 
 
+def quantize_int8(model: nn.Module, device: torch.device) -> nn.Module:
+    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8 per tensor, activations quantised per batch at
+    run time): the attention and feed-forward matmuls that are most of a transformer encoder's cost. CPU only
+    (fbgemm / oneDNN kernels); convolutions and norms stay float32."""
+    import warnings
+
+    if device.type != "cpu":
+        from emoq_model.errors import ConfigError
+
+        raise ConfigError(f"encoder.dtype=int8 (dynamic quantisation) runs on CPU only, not {device}: "
+                          "use bfloat16 on GPUs")
+    with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it moves to torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 class SpeechEncoder(nn.Module):
     """Frozen speech encoder in inference mode. Call with a list of 1-D float32 arrays at :attr:`sample_rate`."""
 
@@ -84,7 +100,10 @@ class SpeechEncoder(nn.Module):
                                           use_safetensors=None if cfg.allow_pickle_weights else True)
         if self.family == "whisper":
             model = model.get_encoder()  # the decoder is dropped
-        self.model = model.to(device).eval().requires_grad_(False)
+        model = model.to(device).eval().requires_grad_(False)
+        if cfg.dtype == "int8":
+            model = quantize_int8(model, device)
+        self.model = model
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.hidden_size = int(hf_cfg.d_model if self.family == "whisper" else hf_cfg.hidden_size)
         n_layers = hf_cfg.encoder_layers if self.family == "whisper" else hf_cfg.num_hidden_layers

@@ -188,7 +188,12 @@ class EmoQFrontEnd(nn.Module):
 
     def run_former(self, batch: EmoQBatch, text=None) -> FormerOutput:
         _, emb, mask = text if text is not None else self._text(batch)
-        return self.former(batch.frames, batch.mask, emb, mask)
+        dev = batch.frames.device.type
+        # former.dtype=bfloat16: inference in bf16 autocast; training keeps float32 (the bf16 path is for labeling)
+        low = self.cfg.former.dtype == "bfloat16" and not self.former.training
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=low):
+            out = self.former(batch.frames, batch.mask, emb, mask)
+        return FormerOutput(out.queries.float(), out.pooled.float(), out.logits.float()) if low else out
 
     def prompt_embeds(self, batch: EmoQBatch, targets: Sequence[int] | torch.Tensor | None = None,
                       former_out: FormerOutput | None = None) -> PromptBatch:

@@ -84,14 +84,16 @@ class EncodePrompts:
 
     def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
                  max_batch_seconds: float = 240.0, batch_overhead_s: float | None = None,
-                 max_held_seconds: float = 600.0, num_threads: int | None = None, asr_model: str | None = None):
+                 max_held_seconds: float = 600.0, num_threads: int | None = None, asr_model: str | None = None,
+                 overrides: list[str] | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
 
         from emoq_model.features import FeatureNorm
 
-        self.front = load_bundle(bundle_dir, device=device, load_llm=False, with_encoder=True)
+        # overrides: deployment precision (encoder.dtype, former.dtype), validated by LabelJobConfig
+        self.front = load_bundle(bundle_dir, device=device, load_llm=False, with_encoder=True, overrides=overrides)
         self.norm = FeatureNorm.load(bundle_dir)  # what the bundle was trained with (per speaker = per channel here)
         self.sample_rate = self.front.encoder.sample_rate
         self.max_items = max_batch_segments

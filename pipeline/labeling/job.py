@@ -25,6 +25,9 @@ from pipeline.labeling.sources import discover
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
 
 
+PRECISION_KEYS = ("encoder.dtype", "former.dtype")  # what labeling may change about a trained bundle
+
+
 @dataclass
 class StageResources:
     """Actor pool of one model stage: ``actors`` instances, each with ``num_cpus`` / ``num_gpus`` and optional
@@ -57,6 +60,9 @@ class LabelJobConfig:
     encode: StageResources = field(default_factory=StageResources)
     label: StageResources = field(default_factory=StageResources)
     device: str | None = None  # None: the bundle's config ("auto" = cuda when the actor has a GPU)
+    # deployment-time precision of the bundle's models, e.g. ["encoder.dtype=bfloat16", "former.dtype=bfloat16"]
+    # (only encoder.dtype and former.dtype; the LLM's is the engine's: engine={"dtype": "bfloat16"})
+    model_overrides: list[str] = field(default_factory=list)
     max_batch_segments: int = 32  # encoder batch (segments); padded samples bounded by max_batch_seconds
     max_batch_seconds: float = 240.0
     batch_overhead_s: float | None = None  # encoder batching: one call costs this much audio, s (None: by device)
@@ -105,14 +111,19 @@ class LabelJobConfig:
             raise ConfigError(f"vllm_mode must be 'tokens' or 'choice', got {self.vllm_mode!r}")
         if self.object_store_limit_mb is not None and self.object_store_limit_mb <= 0:
             raise ConfigError(f"object_store_limit_mb must be > 0 or None, got {self.object_store_limit_mb}")
+        bad = [o for o in self.model_overrides if o.split("=", 1)[0].strip() not in PRECISION_KEYS or "=" not in o]
+        if bad:
+            raise ConfigError(f"model_overrides may only set {PRECISION_KEYS} (key=value), got {bad}")
         if self.device not in (None, "auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
-def model_id(bundle: str) -> str:
+def model_id(bundle: str, overrides: list[str] | None = None) -> str:
+    """``<bundle name>@<digest>``; a deployment-precision override is part of the id (``+encoder.dtype=bfloat16``):
+    its labels may differ slightly from the float32 ones."""
     meta = Path(bundle) / "bundle.json"
     digest = hashlib.sha1(meta.read_bytes() + (Path(bundle) / "former.safetensors").read_bytes()[:1 << 20]).hexdigest()
-    return f"{Path(bundle).resolve().name}@{digest[:10]}"
+    return f"{Path(bundle).resolve().name}@{digest[:10]}" + "".join(f"+{o}" for o in sorted(overrides or []))
 
 
 def encoder_sample_rate(bundle: str) -> int:
@@ -185,7 +196,8 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
             num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
     encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
                      "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s,
-                     "max_held_seconds": cfg.max_held_seconds, "asr_model": cfg.asr_model if shared else None}
+                     "max_held_seconds": cfg.max_held_seconds, "asr_model": cfg.asr_model if shared else None,
+                     "overrides": list(cfg.model_overrides)}
     label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
                     "engine_overrides": cfg.engine, "in_process": in_process}
     if not cfg.fuse_model_stages:
@@ -241,7 +253,7 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
     bundle = str(Path(cfg.bundle).expanduser().resolve())
     meta = read_meta(bundle)
-    labels, mid = list(meta["labels"]), model_id(bundle)
+    labels, mid = list(meta["labels"]), model_id(bundle, cfg.model_overrides)
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
 
     records = discover(cfg.inputs)
