@@ -46,6 +46,17 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """A terminal with a size: tqdm draws nothing on a pty of 0 x 0 (some container shells), lines work there."""
+    try:
+        if not stream.isatty():
+            return False
+        size = os.get_terminal_size(stream.fileno())
+        return size.columns > 0 and size.lines > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class Progress:
     """Progress of one job phase over ``total`` files (recordings): a tqdm bar on an interactive terminal, else a
     line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
@@ -62,13 +73,13 @@ class Progress:
         self.start = self._last = clock()
         self.closed = False
         if interactive is None:
-            interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+            interactive = _is_terminal(self.stream)
         self._bar = None
         if interactive:
             from tqdm import tqdm
 
             # disable=False explicitly: quiet_logs sets TQDM_DISABLE for the libraries' bars, not for this one
-            self._bar = tqdm(total=self.total, desc=f"[{phase}]", unit=" rec", file=self.stream, disable=False,
+            self._bar = tqdm(total=self.total, desc=f"[{phase}]", unit="rec", file=self.stream, disable=False,
                              dynamic_ncols=True, leave=True)
 
     def update(self, files: int = 1, segments: int = 0, audio_s: float = 0.0, failed: int = 0) -> None:
