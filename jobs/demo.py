@@ -11,9 +11,11 @@
 6. score the labels against the archive's per-turn truth (``jobs/evaluate_archive.py``) and print it.
 
 Every step is cached or resumable: a second run reuses the calls, features and bundle and skips labelled
-recordings. ``--fresh`` retrains. Outputs go under ``--workdir`` (default ``runs/demo``).
+recordings. ``--fresh`` retrains. Outputs go under ``--workdir`` (default ``runs/demo``). Ray's, vLLM's and the
+workers' logs go to ``<workdir>/logs/demo.log`` (labeling: ``<workdir>/labels/logs/label.log``); ``--verbose``
+prints them on the console instead.
 
-    python jobs/demo.py [--workdir runs/demo] [--fresh]
+    python jobs/demo.py [--workdir runs/demo] [--fresh] [--verbose]
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="train on the archives' reference transcripts instead of ASR transcripts of the training "
                          "audio (labeling always gets ASR transcripts)")
     ap.add_argument("--fresh", action="store_true", help="retrain and relabel from scratch")
+    ap.add_argument("--verbose", action="store_true",
+                    help="Ray's, Ray Data's, Ray Train's, vLLM's and the workers' logs on the console (default: "
+                         "<workdir>/logs/demo.log)")
     return ap.parse_args(argv)
 
 
@@ -117,19 +122,28 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    import pandas as pd
+    from pipeline.console import line_buffered, quiet_logs
 
-    from emoq_model.assets.text_encoders import build_minilm
-    from emoq_model.assets.tiny_llm import build_tiny_llm
-    from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
-    from pipeline.recipes import call_archive_manifest, write_manifest
-    from pipeline.ray_env import init_ray
-
+    line_buffered()
     t0 = time.perf_counter()
     work = Path(a.workdir).resolve()
     if a.fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    with quiet_logs(work / "logs" / "demo.log", a.verbose) as log_path:
+        return _demo(a, work, t0, log_path)
+
+
+def _demo(a: argparse.Namespace, work: Path, t0: float, log_path: Path | None) -> dict:
+    import pandas as pd
+
+    from emoq_model.assets.text_encoders import build_minilm
+    from emoq_model.assets.tiny_llm import build_tiny_llm
+    from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
+    from pipeline.console import final_table, follow_train_metrics, note_ray_session
+    from pipeline.evaluation.archive import format_archive_report
+    from pipeline.recipes import call_archive_manifest, write_manifest
+    from pipeline.ray_env import init_ray
 
     step("1/6 offline assets")
     print("encoder:", build_whisper_tiny_en())
@@ -146,7 +160,8 @@ def main(argv=None) -> dict:
     for k, v in arch.items():
         print(f"{k:8s}", v)
 
-    init_ray()
+    init_ray(log_to_driver=a.verbose)  # quiet: the workers' output (Ray Train's too) stays in Ray's session logs
+    note_ray_session()
     from jobs import evaluate_archive, extract_features, label_corpus, train
 
     features, bundle = work / "features", work / "bundle"
@@ -172,8 +187,11 @@ def main(argv=None) -> dict:
         import json
 
         run = "demo-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:10]  # an interrupted run resumes
-        train.main([str(features), "--out", str(bundle), "--name", run, "--storage-path", str(work / "ray_train"),
-                    "--workers", str(a.workers), *[x for o in overrides for x in ("--set", o)]])
+        # the workers print each epoch; when they are off the console, the driver prints the metrics file's lines
+        with follow_train_metrics(work / "ray_train" / run / "metrics.jsonl", enabled=not a.verbose):
+            train.main([str(features), "--out", str(bundle), "--name", run, "--storage-path",
+                        str(work / "ray_train"), "--workers", str(a.workers),
+                        *[x for o in overrides for x in ("--set", o)]])
         (work / "bundle.json").write_text(json.dumps(stamp))
     else:
         print("cached:", bundle)
@@ -181,12 +199,19 @@ def main(argv=None) -> dict:
     step("5/6 labeling the evaluation archive (Ray Data + vLLM)")
     asr = ["--asr-model", str(build_whisper_tiny_en())] if a.modality != "speech" else []  # transcripts from ASR
     label_report = label_corpus.main([str(arch["archive"]), "--bundle", str(bundle), "--output", str(work / "labels"),
-                                      "--encode-cpus", "0.5", "--label-cpus", "0.5", *asr])
+                                      "--encode-cpus", "0.5", "--label-cpus", "0.5", *asr,
+                                      *(["--verbose"] if a.verbose else [])])
 
     step("6/6 archive evaluation against the per-turn truth")
     report = evaluate_archive.main([str(work / "labels"), str(arch["archive"].parent / "segments.csv"),
                                     "--out", str(work / "eval")])
     seg = report["segment"]
+    step("summary")
+    label_log = None if a.verbose else work / "labels" / "logs" / "label.log"
+    print(final_table(label_report, log_path=label_log))
+    print(f"Archive evaluation: {format_archive_report(report).splitlines()[0]}")
+    if log_path is not None:
+        print(f"Demo log (Ray, Ray Train, extraction): {log_path}")
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Evaluation archive ({a.calls} calls, unseen speakers): "
           f"segment UA {seg['ua']:.3f}, accuracy {seg['accuracy']:.3f} (always '{report['majority']['label']}': "
           f"{report['majority']['accuracy']:.3f}). Labels: {work / 'labels'}, report: {report['files']['json']}")

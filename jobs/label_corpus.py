@@ -3,7 +3,9 @@
     ray job submit --working-dir . -- python jobs/label_corpus.py /data/calls --bundle /models/emoq --output /out
     python jobs/label_corpus.py calls.csv --bundle runs/demo/bundle --output out/   # embedded local Ray
 
-Reruns on the same ``--output`` resume: recordings already written are skipped.
+Reruns on the same ``--output`` resume: recordings already written are skipped. The console shows progress and a
+final table; Ray's, vLLM's and transformers' logs go to ``<output>/logs/label.log`` (``--verbose``: all on the
+console, as the libraries print them).
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="on resume, label again the recordings that got an error row in earlier runs")
     ap.add_argument("--max-attempts", type=int, default=3,
                     help="tries per batch before its recordings are retried one by one, then given an error row")
+    ap.add_argument("--verbose", action="store_true",
+                    help="print Ray's, Ray Data's, vLLM's and the workers' logs on the console (default: "
+                         "<output>/logs/label.log)")
     return ap.parse_args(argv)
 
 
@@ -103,17 +108,18 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
         max_attempts=a.max_attempts)
 
 
-def print_report(report: dict) -> None:
+def print_report(report: dict, log_path: str | Path | None = None) -> None:
+    """The final table, then the first recordings of the summary (dominant label, confidence, error)."""
     import pyarrow.parquet as pq
 
-    print(f"\nLabeled {report['labeled']} recordings ({report['segments']} segments, "
-          f"{report['audio_hours']:.3f} h of audio) in {report['wall_s']:.1f} s "
-          f"= {report['audio_s_per_s']:.1f} audio s/s; {report['failed']} failed, "
-          f"{report['already_done']} already done.")
-    print(f"Segments: {report['segments_dir']}\nSummary:  {report['summary']}")
+    from pipeline.console import final_table
+
+    print("\n" + final_table(report, log_path=log_path))
     summary = pq.read_table(report["summary"]).to_pandas()
     if len(summary):
         cols = ["recording_id", "duration_s", "num_segments", "dominant_label", "mean_confidence", "error"]
+        more = f" (first 20 of {len(summary)})" if len(summary) > 20 else ""
+        print(f"\nRecordings{more}:")
         with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 60):
             print(summary[cols].head(20).to_string(index=False))
 
@@ -123,11 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     a = parse_args(argv)
+    from pipeline.console import default_log_path, line_buffered, note_ray_session, quiet_logs
     from pipeline.ray_env import init_ray
 
-    init_ray(a.address)
-    report = run(config_from_args(a))  # an unusable input as a whole: exits_on_error prints one line, exit 2
-    print_report(report)
+    line_buffered()
+    cfg = config_from_args(a)  # a bad flag fails here, before Ray starts
+    with quiet_logs(default_log_path(a.output, "label"), a.verbose) as log_path:
+        init_ray(a.address, log_to_driver=a.verbose)
+        note_ray_session()
+        report = run(cfg, progress=not a.verbose)  # an unusable input as a whole: exits_on_error prints one line
+        print_report(report, log_path)
     return report
 
 

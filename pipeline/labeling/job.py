@@ -223,10 +223,12 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
     return ds
 
 
-def _consume(ds, report: dict) -> set[str]:
-    """Run the plan; add each written recording to ``report``; return the ids written."""
+def _consume(ds, report: dict, progress=None) -> set[str]:
+    """Run the plan; add each written recording to ``report`` (and each written batch to ``progress``, a
+    :class:`pipeline.console.Progress`); return the ids written."""
     seen: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        before = {k: report[k] for k in ("labeled", "failed", "segments", "audio_s")}
         for rid, err, nseg, dur, sp in zip(batch["recording_id"], batch["error"], batch["num_segments"],
                                            batch["duration_s"], batch["speech_s"]):
             seen.add(str(rid))
@@ -235,11 +237,26 @@ def _consume(ds, report: dict) -> set[str]:
             report["segments"] += int(nseg)
             report["audio_s"] += 0.0 if np.isnan(dur) else float(dur)
             report["speech_s"] += float(sp)
+        if progress is not None:
+            d = {k: report[k] - v for k, v in before.items()}
+            progress.update(d["labeled"] + d["failed"], segments=d["segments"], audio_s=d["audio_s"],
+                            failed=d["failed"])
     return seen
 
 
-def run(cfg: LabelJobConfig, log=print) -> dict:
-    """Label everything in ``cfg.inputs`` into ``cfg.output``; returns the run report.
+def _pass(ds, report: dict, total: int, phase: str, show: bool) -> set[str]:
+    """One pass over a plan, with a progress bar / periodic line for it when ``show``."""
+    if not show:
+        return _consume(ds, report)
+    from pipeline.console import Progress
+
+    with Progress(total, phase=phase) as progress:
+        return _consume(ds, report, progress)
+
+
+def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
+    """Label everything in ``cfg.inputs`` into ``cfg.output``; returns the run report. ``progress``: a bar (on a
+    terminal) or a line every 10 s on stderr while recordings are written.
 
     Every input recording ends up in the output exactly once: labelled, or as one error row. Recordings of a
     batch that failed ``cfg.max_attempts`` times (e.g. a file that crashes the decoder) are retried one per
@@ -273,7 +290,7 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
         ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out)
         # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
         report["object_store_limit_bytes"] = ds.context.execution_options.resource_limits.object_store_memory
-        seen = _consume(ds, report)
+        seen = _pass(ds, report, len(todo), "label", progress)
         missing = [r for r in todo if r.recording_id not in seen]
         if missing and cfg.isolate_failures:
             # a fresh pass (new actors), one recording per batch: finds the poison files, and gives batches
@@ -282,7 +299,7 @@ def run(cfg: LabelJobConfig, log=print) -> dict:
                 "retrying them one by one")
             report["isolated"] = len(missing)
             ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, isolate=True)
-            seen |= _consume(ds, report)
+            seen |= _pass(ds, report, len(missing), "label: one by one", progress)
             missing = [r for r in missing if r.recording_id not in seen]
         if missing:  # failed every attempt, alone: an error row each, never a silent drop
             msg = (f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
