@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import exits_on_error  # noqa: E402
 
+from pipeline.cli import add_dataclass_args, dataclass_kwargs  # noqa: E402
 from pipeline.labeling.job import LabelJobConfig, StageResources, run  # noqa: E402
 from pipeline.labeling.prepare import PrepareConfig  # noqa: E402
 from pipeline.labeling.segment import VADConfig  # noqa: E402
@@ -37,75 +38,57 @@ def _engine_kv(items: list[str]) -> dict:
     return out
 
 
+STAGES = ("encode", "label", "asr")  # actor pools: --<stage>-actors/-cpus/-gpus/-resources (StageResources)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags come from the config dataclasses (LabelJobConfig, PrepareConfig, VADConfig, StageResources): type,
+    default and help live there once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="folders, globs, audio files or manifests (.csv/.jsonl/.parquet)")
     ap.add_argument("--bundle", required=True, help="trained EmoQ bundle directory")
     ap.add_argument("--output", required=True, help="output directory (local path or pyarrow URI)")
     ap.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else embedded local Ray)")
-    ap.add_argument("--batch-recordings", type=int, default=8)
-    ap.add_argument("--encode-actors", type=int, default=1)
-    ap.add_argument("--encode-cpus", type=float, default=1.0)
-    ap.add_argument("--encode-gpus", type=float, default=0.0)
-    ap.add_argument("--label-actors", type=int, default=1)
-    ap.add_argument("--label-cpus", type=float, default=1.0)
-    ap.add_argument("--label-gpus", type=float, default=0.0)
-    ap.add_argument("--encode-resources", type=json.loads, default=None, metavar="JSON",
-                    help='custom Ray resources per encode actor, e.g. \'{"encoder_node": 1}\' (node placement)')
-    ap.add_argument("--label-resources", type=json.loads, default=None, metavar="JSON",
-                    help="custom Ray resources per label actor")
-    ap.add_argument("--fuse-model-stages", action="store_true",
-                    help="encoder and vLLM in one actor pool with the --label-* resources (one device holds both "
-                         "models: a single GPU, or a CPU-only machine)")
-    ap.add_argument("--batch-overhead-s", type=float, default=None,
-                    help="encoder batching: a call's fixed cost in seconds of audio (default 1 on CPU, 150 on GPU)")
-    ap.add_argument("--max-held-seconds", type=float, default=600.0,
-                    help="speech whose encoder states the encode stage holds at once for per-speaker "
-                         "normalisation; a longer recording is encoded in two passes")
-    ap.add_argument("--device", default=None, help="model device for the encode stage (default: bundle config)")
-    ap.add_argument("--max-duration", type=float, default=4 * 3600, help="refuse recordings longer than this (s)")
-    ap.add_argument("--max-channels", type=int, default=4)
-    ap.add_argument("--min-speech", type=float, default=0.3)
-    ap.add_argument("--max-segment", type=float, default=12.0)
-    ap.add_argument("--min-gap", type=float, default=0.35)
-    ap.add_argument("--vllm-mode", choices=("tokens", "choice"), default="tokens")
-    ap.add_argument("--asr-model", default=None,
-                    help="local Whisper checkpoint to transcribe segments for bundles trained with transcripts")
-    ap.add_argument("--asr-separate", action="store_true",
-                    help="run ASR as its own stage even when the bundle's encoder is the ASR model (default: decode "
-                         "from the emotion encoder's states, one encoder pass)")
-    ap.add_argument("--asr-cpus", type=float, default=1.0)
-    ap.add_argument("--asr-gpus", type=float, default=0.0)
+    job = add_dataclass_args(
+        ap, LabelJobConfig, skip=("inputs", "output", "bundle", "prepare", "encode", "label", "asr", "engine",
+                                  "use_merged", "model_overrides", "resume"),
+        flags={"asr_shared": "--asr-separate", "object_store_limit_mb": "--object-store-mb",
+               "timeline_calls": "--timelines", "isolate_failures": "--no-isolate-failures"})
+    prep = add_dataclass_args(ap, PrepareConfig, only=("max_duration_s", "max_channels", "allow_truncated"),
+                              flags={"max_duration_s": "--max-duration"}, dest_prefix="prepare_")
+    vad = add_dataclass_args(ap, VADConfig, only=("min_speech_s", "max_segment_s", "min_gap_s"), dest_prefix="vad_",
+                             flags={"min_speech_s": "--min-speech", "max_segment_s": "--max-segment",
+                                    "min_gap_s": "--min-gap"})
+    default = StageResources()
+    for st in STAGES:
+        ap.add_argument(f"--{st}-actors", type=int, default=default.actors, help=f"{st} actor pool size")
+        ap.add_argument(f"--{st}-cpus", type=float, default=default.num_cpus, help=f"CPUs per {st} actor")
+        ap.add_argument(f"--{st}-gpus", type=float, default=default.num_gpus, help=f"GPUs per {st} actor")
+        ap.add_argument(f"--{st}-resources", type=json.loads, default=None, metavar="JSON",
+                        help=f'custom Ray resources per {st} actor, e.g. \'{{"{st}_node": 1}}\' (node placement)')
     ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
     ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 gpu_memory_utilization=0.9")
-    ap.add_argument("--object-store-mb", type=int, default=1024)
+                    help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 dtype=bfloat16")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="model_overrides",
+                    help="deployment precision of the bundle's models: encoder.dtype=bfloat16|int8, "
+                         "former.dtype=bfloat16 (repeatable)")
     ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
-    ap.add_argument("--retry-failed", action="store_true",
-                    help="on resume, label again the recordings that got an error row in earlier runs")
-    ap.add_argument("--max-attempts", type=int, default=3,
-                    help="tries per batch before its recordings are retried one by one, then given an error row")
     ap.add_argument("--verbose", action="store_true",
                     help="print Ray's, Ray Data's, vLLM's and the workers' logs on the console (default: "
                          "<output>/logs/label.log)")
+    ap.set_defaults(dests={"job": job, "prepare": prep, "vad": vad})
     return ap.parse_args(argv)
 
 
 def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
-    vad = VADConfig(min_speech_s=a.min_speech, max_segment_s=a.max_segment, min_gap_s=a.min_gap)
-    engine = {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, **_engine_kv(a.engine)}
-    return LabelJobConfig(
-        inputs=list(a.inputs), output=a.output, bundle=a.bundle,
-        prepare=PrepareConfig(max_duration_s=a.max_duration, max_channels=a.max_channels, vad=vad),
-        batch_recordings=a.batch_recordings, fuse_model_stages=a.fuse_model_stages,
-        batch_overhead_s=a.batch_overhead_s, max_held_seconds=a.max_held_seconds,
-        encode=StageResources(a.encode_actors, a.encode_cpus, a.encode_gpus, a.encode_resources),
-        label=StageResources(a.label_actors, a.label_cpus, a.label_gpus, a.label_resources),
-        device=a.device, vllm_mode=a.vllm_mode, asr_model=a.asr_model, asr_shared=not a.asr_separate,
-        asr=StageResources(1, a.asr_cpus, a.asr_gpus),
-        use_merged=True if a.merged else None, engine=engine,
-        object_store_limit_mb=a.object_store_mb, resume=not a.no_resume, retry_failed=a.retry_failed,
-        max_attempts=a.max_attempts)
+    d = a.dests
+    engine = {**LabelJobConfig.__dataclass_fields__["engine"].default_factory(), **_engine_kv(a.engine)}
+    resources = {st: StageResources(getattr(a, f"{st}_actors"), getattr(a, f"{st}_cpus"), getattr(a, f"{st}_gpus"),
+                                    getattr(a, f"{st}_resources")) for st in STAGES}
+    prepare = PrepareConfig(**dataclass_kwargs(a, d["prepare"]), vad=VADConfig(**dataclass_kwargs(a, d["vad"])))
+    return LabelJobConfig(inputs=list(a.inputs), output=a.output, bundle=a.bundle, prepare=prepare, engine=engine,
+                          use_merged=True if a.merged else None, model_overrides=list(a.model_overrides),
+                          resume=not a.no_resume, **resources, **dataclass_kwargs(a, d["job"]))
 
 
 def print_report(report: dict, log_path: str | Path | None = None) -> None:

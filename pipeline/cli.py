@@ -67,16 +67,18 @@ def _parse_type(annotation: str) -> Callable[[str], Any]:
 
 
 def add_dataclass_args(ap: argparse.ArgumentParser, cls: type, flags: dict[str, str | None] | None = None,
-                       skip: tuple[str, ...] = (), **defaults: Any) -> dict[str, str]:
+                       skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None, dest_prefix: str = "",
+                       **defaults: Any) -> dict[str, str]:
     """Add one ``--flag`` per field of the dataclass ``cls``, with the field's type, default and inline comment as
     help, so each default lives in one place (the dataclass). ``flags`` renames (``{"num_workers": "--workers"}``;
     for a bool field that defaults to True, its ``--no-...`` switch); ``defaults`` overrides a default for the CLI
-    only (e.g. a required field's). Returns {field: argparse dest} for :func:`dataclass_kwargs`."""
+    only (e.g. a required field's); ``only`` / ``skip`` choose the fields, ``dest_prefix`` keeps two dataclasses'
+    fields apart in one namespace. Returns {field: argparse dest} for :func:`dataclass_kwargs`."""
     flags = flags or {}
     helps = field_comments(cls)
     dests: dict[str, str] = {}
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
@@ -87,12 +89,12 @@ def add_dataclass_args(ap: argparse.ArgumentParser, cls: type, flags: dict[str, 
                                          f"--{f.name.replace('_', '-')}")
             action = "store_false" if default else "store_true"
             help_ = f"turn off: {help_}" if default and help_ else help_
-            dest = ap.add_argument(flag, dest=f.name, action=action, default=default, help=help_).dest
+            dest = ap.add_argument(flag, dest=dest_prefix + f.name, action=action, default=default, help=help_).dest
         else:
             flag = flags.get(f.name) or f"--{f.name.replace('_', '-')}"
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_ = f"{help_ + ' ' if help_ else ''}(default: {shown})"
-            dest = ap.add_argument(flag, dest=f.name, type=_parse_type(ann), default=default,
+            dest = ap.add_argument(flag, dest=dest_prefix + f.name, type=_parse_type(ann), default=default,
                                    help=help_.replace("%", "%%")).dest
         dests[f.name] = dest
     return dests
