@@ -66,20 +66,28 @@ def _temp_name(fs: pafs.FileSystem, path: str) -> str:
     return _paths(fs).join(d, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{base}")
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
-    """Write ``data`` to ``uri`` through a temporary name in the same directory and a rename; returns the path."""
+def _via_temporary(uri: str | os.PathLike, write) -> str:
+    """``write(fs, tmp)`` fills a temporary sibling of ``uri``, which is then renamed to it (removed on failure)."""
     fs, path = resolve(uri)
     fs.create_dir(_paths(fs).dirname(path), recursive=True)
     tmp = _temp_name(fs, path)
     try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
+        write(fs, tmp)
         fs.move(tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.delete_file(tmp)
         raise
     return path
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``uri`` through a temporary name in the same directory and a rename; returns the path."""
+    def write(fs: pafs.FileSystem, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+
+    return _via_temporary(uri, write)
 
 
 def write_text(uri: str | os.PathLike, text: str) -> str:
@@ -92,17 +100,7 @@ def write_json(uri: str | os.PathLike, obj, indent: int | None = 2) -> str:
 
 
 def write_parquet(table: pa.Table, uri: str | os.PathLike) -> str:
-    fs, path = resolve(uri)
-    fs.create_dir(_paths(fs).dirname(path), recursive=True)
-    tmp = _temp_name(fs, path)
-    try:
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.delete_file(tmp)
-        raise
-    return path
+    return _via_temporary(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
 
 
 @contextlib.contextmanager

@@ -3,23 +3,7 @@
     python jobs/evaluate.py BUNDLE OUT_DIR (--features CACHE | --manifest MANIFEST) [--split test]
         [--backend hf|vllm] [--head llm|aux] [--batch-size 32] [--name NAME] [--device cpu]
 
-* ``--features``: a cache from ``jobs/extract_features.py`` (must match the bundle's encoder config).
-  ``--manifest``: the audio is first run through the same Ray Data extraction (into ``OUT_DIR/features``).
-* Feature normalisation: whatever the bundle was trained with (``feature_norm.json``). Per-speaker statistics come
-  from the evaluated audio itself, never its labels, over the population labeling has (``--norm-groups channels``,
-  the default and the headline protocol): one call channel each -- the cache's own groups when it was built from a
-  call archive, else each speaker's utterances split into label-skewed simulated channels
-  (:func:`emoq_model.features.simulated_channels`). ``--norm-groups speaker`` (all of a speaker's, usually
-  class-balanced, utterances) is optimistic: report it only beside the default, named as such.
-* ``--backend hf`` (default): ``EmoQModel.predict_proba`` (LLM label-token distribution). ``--backend vllm``: the
-  same prompt embeddings through vLLM (``emoq_model.serving``; label tokens only). ``--head aux``: the Former's
-  auxiliary classifier instead of the LLM (for stage-1-only bundles).
-* Probabilities are calibrated with the bundle's temperature (fitted on validation); the report gives the expected
-  calibration error before and after (``ece_uncalibrated``, ``ece``).
-* Output: ``OUT_DIR/<name>.json`` (``emoq_model.metrics.classification_report`` + run info),
-  ``OUT_DIR/<name>_confusion.png`` and ``OUT_DIR/<name>_predictions.parquet`` (utt_id, speaker, label,
-  prediction, confidence, one probability column per label). Rows that could not be decoded are counted
-  (``n_input_errors``) and left out of the metrics.
+What it does, step by step: :mod:`pipeline.evaluation.clips` (this file only parses the arguments).
 """
 from __future__ import annotations
 

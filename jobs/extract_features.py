@@ -4,18 +4,7 @@
         [--splits train,val,test] [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 1] [--batch-size 16]
         [--dtype float16] [--overwrite] [--address auto]
 
-manifest rows (utt_id, path, label, transcript, speaker, split; optionally ``channel``, ``segment_start_s``,
-``segment_end_s`` to cut one turn out of a longer recording, e.g. a labelled call archive:
-:func:`pipeline.recipes.call_archive_manifest`) -> read + decode + channel or mono mix + cut + resample (Ray tasks,
-per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
-fractional CPUs otherwise) -> Parquet shards under ``OUT_DIR/shards`` (layout in :mod:`emoq_model.features`:
-``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be
-read or encoded becomes a row with ``error`` set and no frames) -> ``meta.json`` and per-speaker frame statistics
-``speaker_stats.parquet`` (for per-speaker feature normalisation in training / evaluation).
-
-Works embedded (plain ``python``: starts a local Ray) and against a cluster (``RAY_ADDRESS`` / ``--address`` /
-``ray job submit --working-dir . -- python jobs/extract_features.py ...``); on a multi-node cluster ``OUT_DIR``
-must be shared storage (NFS or a pyarrow URI such as ``s3://bucket/features``).
+What it does, step by step: :mod:`pipeline.training.extract` (this file only parses the arguments).
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """Evaluate a bundle on a labelled manifest or a feature cache: WA, UA, weighted F1, per-class recall, confusion.
-
-    python jobs/evaluate.py BUNDLE OUT_DIR (--features CACHE | --manifest MANIFEST) [--split test]
-        [--backend hf|vllm] [--head llm|aux] [--batch-size 32] [--name NAME] [--device cpu]
+The CLI: ``jobs/evaluate.py``.
 
 * ``--features``: a cache from ``jobs/extract_features.py`` (must match the bundle's encoder config).
   ``--manifest``: the audio is first run through the same Ray Data extraction (into ``OUT_DIR/features``).

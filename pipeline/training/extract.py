@@ -1,8 +1,5 @@
 """Feature cache: a Ray Data job that runs the frozen speech encoder once over a labelled manifest.
-
-    python jobs/extract_features.py MANIFEST OUT_DIR [--config demo.yaml] [--set encoder.layer=weighted ...]
-        [--splits train,val,test] [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 1] [--batch-size 16]
-        [--dtype float16] [--overwrite] [--address auto]
+The CLI: ``jobs/extract_features.py``.
 
 manifest rows (utt_id, path, label, transcript, speaker, split; optionally ``channel``, ``segment_start_s``,
 ``segment_end_s`` to cut one turn out of a longer recording, e.g. a labelled call archive:
