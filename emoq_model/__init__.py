@@ -15,7 +15,7 @@ __all__ = ["EmoQConfig", "load_config", "EmoQModel", "EmoQBatch", "collate_featu
 
 _WHERE = {
     "EmoQConfig": "emoq_model.config", "load_config": "emoq_model.config",
-    "EmoQModel": "emoq_model.model", "EmoQBatch": "emoq_model.model", "collate_features": "emoq_model.model",
+    "EmoQModel": "emoq_model.model", "EmoQBatch": "emoq_model.batch", "collate_features": "emoq_model.batch",
     "load_bundle": "emoq_model.bundle", "save_bundle": "emoq_model.bundle", "read_meta": "emoq_model.bundle",
     "EmoQError": "emoq_model.errors", "ConfigError": "emoq_model.errors", "BundleError": "emoq_model.errors",
 }
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from emoq_model.bundle import load_bundle, read_meta, save_bundle
     from emoq_model.config import EmoQConfig, load_config
     from emoq_model.errors import BundleError, ConfigError, EmoQError
-    from emoq_model.model import EmoQBatch, EmoQModel, collate_features
+    from emoq_model.batch import EmoQBatch, collate_features
+    from emoq_model.model import EmoQModel
 
 
 def __getattr__(name: str):

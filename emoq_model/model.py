@@ -12,70 +12,19 @@ and not wrapped by DDP.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from emoq_model import steps
+from emoq_model.batch import EmoQBatch, collate_features  # noqa: F401  (part of this module's API)
 from emoq_model.config import EmoQConfig, num_encoder_hidden_states, resolve_device
 from emoq_model.encoder import EncoderOutput, SpeechEncoder
 from emoq_model.former import EmoQFormer, FormerOutput
 from emoq_model.losses import MALoss
 from emoq_model.prompt import PromptBatch, PromptBuilder, build_prompt_embeds, pad_prompts
-
-
-@dataclass
-class EmoQBatch:
-    """Encoder features of a batch: ``frames`` ``[B, T, D]`` or stacked ``[L, B, T, D]``, ``mask`` ``[B, T]``
-    (True = valid), ``labels`` ``[B]`` label indices (None at inference), ``transcripts`` (None or per item)."""
-
-    frames: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor | None = None
-    transcripts: list[str | None] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.mask.shape[0])
-
-    def to(self, device) -> "EmoQBatch":
-        return EmoQBatch(self.frames.to(device), self.mask.to(device),
-                         None if self.labels is None else self.labels.to(device), self.transcripts, self.meta)
-
-
-def collate_features(items: Sequence[Mapping[str, Any]], label_names: Sequence[str] | None = None) -> EmoQBatch:
-    """Batch precomputed features. Each item: ``frames`` (``[T, D]`` or ``[L, T, D]`` array/tensor of valid frames),
-    optional ``label`` (index, or name when ``label_names`` is given; None for unlabeled), optional
-    ``transcript``."""
-    if not items:
-        raise ValueError("empty batch")
-    frames = [torch.as_tensor(np.asarray(it["frames"]) if not torch.is_tensor(it["frames"]) else it["frames"])
-              for it in items]
-    stacked = frames[0].dim() == 3
-    if any(f.dim() != frames[0].dim() or f.shape[-1] != frames[0].shape[-1] for f in frames):
-        raise ValueError("all items need frames of the same rank and width")
-    t = max(f.shape[-2] for f in frames)
-    lead = tuple(frames[0].shape[:-2])
-    x = frames[0].new_zeros(*lead, len(frames), t, frames[0].shape[-1])
-    mask = torch.zeros(len(frames), t, dtype=torch.bool)
-    for i, f in enumerate(frames):
-        if stacked:
-            x[:, i, : f.shape[-2]] = f
-        else:
-            x[i, : f.shape[-2]] = f
-        mask[i, : f.shape[-2]] = True
-    labels = None
-    raw = [it.get("label") for it in items]
-    if all(r is not None for r in raw):
-        if label_names is not None:
-            index = {n: i for i, n in enumerate(label_names)}
-            raw = [index[r] if isinstance(r, str) else int(r) for r in raw]
-        labels = torch.tensor([int(r) for r in raw], dtype=torch.long)
-    transcripts = [it.get("transcript") for it in items]
-    return EmoQBatch(x, mask, labels, transcripts if any(transcripts) else None)
 
 
 def prosody_dims(cfg: EmoQConfig) -> int:
@@ -221,9 +170,7 @@ class EmoQModel(EmoQFrontEnd):
         self.llm = llm
         self.mal = MALoss(cfg.loss, len(self.label_names)).to(self.device)
         self.stage: int | None = None
-        from emoq_model.steps import set_stage
-
-        set_stage(self, 1)
+        steps.set_stage(self, 1)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -234,23 +181,17 @@ class EmoQModel(EmoQFrontEnd):
     def set_stage(self, stage: int) -> None:
         """Freeze everything but what ``stage`` trains and set train/eval modes. Call before building the
         optimizer and before wrapping in DDP."""
-        from emoq_model.steps import set_stage
-
-        set_stage(self, stage)
+        steps.set_stage(self, stage)
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
-        from emoq_model.steps import trainable_named_parameters
-
-        return [p for _, p in trainable_named_parameters(self, stage)]
+        return [p for _, p in steps.trainable_named_parameters(self, stage)]
 
     def stage_step(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
         """Loss dict of one training step (``loss`` for backward + detached metrics)."""
-        from emoq_model.steps import stage1_step, stage2_step
-
         if self.stage != stage:
             self.set_stage(stage)
         batch = batch.to(self.device)
-        return stage1_step(self, batch) if stage == 1 else stage2_step(self, batch)
+        return steps.stage1_step(self, batch) if stage == 1 else steps.stage2_step(self, batch)
 
     def forward(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
         return self.stage_step(batch, stage)
@@ -258,9 +199,7 @@ class EmoQModel(EmoQFrontEnd):
     def train(self, mode: bool = True) -> "EmoQModel":
         super().train(mode)
         if mode and getattr(self, "stage", None) is not None:
-            from emoq_model.steps import apply_modes
-
-            apply_modes(self, self.stage)
+                steps.apply_modes(self, self.stage)
         return self
 
     # ------------------------------------------------------------------------------------------ prediction

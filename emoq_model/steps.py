@@ -12,16 +12,15 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from emoq_model.prompt import IGNORE_INDEX, pad_prompts
 
-if TYPE_CHECKING:
-    from emoq_model.model import EmoQBatch, EmoQModel
+from emoq_model.batch import EmoQBatch
+
+# ``model`` below is an emoq_model.model.EmoQModel (typed as nn.Module: this module is imported by that one)
 
 STAGES = (1, 2)
 
@@ -31,7 +30,7 @@ def _check(stage: int) -> None:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
 
 
-def trainable_named_parameters(model: "EmoQModel", stage: int) -> list[tuple[str, nn.Parameter]]:
+def trainable_named_parameters(model: nn.Module, stage: int) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) pairs that ``stage`` trains; everything else stays frozen."""
     _check(stage)
     s2 = model.cfg.train.stage2
@@ -53,7 +52,7 @@ def trainable_named_parameters(model: "EmoQModel", stage: int) -> list[tuple[str
     return out
 
 
-def apply_modes(model: "EmoQModel", stage: int) -> None:
+def apply_modes(model: nn.Module, stage: int) -> None:
     """Train/eval modes of the parts (dropout): trained parts in train mode, frozen parts in eval."""
     s2 = model.cfg.train.stage2
     nn.Module.train(model, True)
@@ -61,7 +60,7 @@ def apply_modes(model: "EmoQModel", stage: int) -> None:
     model.llm.train(stage == 2)
 
 
-def set_stage(model: "EmoQModel", stage: int) -> None:
+def set_stage(model: nn.Module, stage: int) -> None:
     """Freeze all but the stage's parameters and set modes. Build the optimizer / DDP wrapper afterwards."""
     _check(stage)
     model.requires_grad_(False)
@@ -73,7 +72,7 @@ def set_stage(model: "EmoQModel", stage: int) -> None:
     apply_modes(model, stage)
 
 
-def stage1_step(model: "EmoQModel", batch: "EmoQBatch") -> dict[str, torch.Tensor]:
+def stage1_step(model: nn.Module, batch: EmoQBatch) -> dict[str, torch.Tensor]:
     """MAL on the Former output."""
     if batch.labels is None:
         raise ValueError("stage 1 needs labels")
@@ -83,7 +82,7 @@ def stage1_step(model: "EmoQModel", batch: "EmoQBatch") -> dict[str, torch.Tenso
     return out
 
 
-def stage2_step(model: "EmoQModel", batch: "EmoQBatch") -> dict[str, torch.Tensor]:
+def stage2_step(model: nn.Module, batch: EmoQBatch) -> dict[str, torch.Tensor]:
     """LM loss on the answer tokens + ``label_ce_weight`` x label-restricted CE (+ ``mal_weight`` x MAL when the
     Former trains)."""
     from emoq_model.llm import answer_logits
@@ -125,7 +124,7 @@ def stage2_step(model: "EmoQModel", batch: "EmoQBatch") -> dict[str, torch.Tenso
     return out
 
 
-def make_optimizer(model: "EmoQModel", stage: int) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, stage: int) -> torch.optim.Optimizer:
     """AdamW over the stage's parameters with the configured lr / weight decay (no decay on norms, biases,
     queries and layer weights)."""
     sc = model.cfg.train.stage1 if stage == 1 else model.cfg.train.stage2
