@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, stats  # noqa: E402
 
+from pipeline.labeling import columns as C  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------------ corpus
 
@@ -83,6 +85,7 @@ class _Timed:
 
 
 class TimedEncode(_Timed):
+    columns = C.ENCODE
     threads = 0  # > 0: torch threads of the encode actor (EncodePrompts(num_threads=...)); 0 = library default
 
     def __init__(self, **kw):
@@ -106,6 +109,7 @@ class TimedEncode(_Timed):
 
 
 class TimedLabel(_Timed):
+    columns = C.LABEL
     env: dict = {}  # environment for the vLLM engine of the label actor (e.g. VLLM_ENABLE_V1_MULTIPROCESSING=0)
 
     def __init__(self, **kw):
@@ -132,6 +136,8 @@ class TimedLabel(_Timed):
 class TimedFused(_Timed):
     """``EncodeAndLabel`` built from the timed parts (the same composition: encode, then label, in one actor)."""
 
+    columns = C.ENCODE_AND_LABEL
+
     def __init__(self, encode_kwargs, label_kwargs):
         self.enc = TimedEncode(**encode_kwargs)
         self.lab = TimedLabel(**label_kwargs)
@@ -154,6 +160,11 @@ def _timed_fn(name, target, log_path):
             f.write(_j.dumps({"stage": name, "t0": t0, "t1": _t.time(), "n": len(batch["recording_id"]),
                               "pid": _o.getpid()}) + "\n")
         return out
+
+    import importlib
+
+    mod, attr = target.rsplit(".", 1)
+    fn.columns = getattr(importlib.import_module(mod), attr).columns  # the wrapped stage's column contract
     return fn
 
 

@@ -158,7 +158,7 @@ def compare(base_dir: str, other_dir: str) -> dict:
     key = ["recording_id", "channel", "segment_index"]
     b = pq.read_table(Path(base_dir) / "segments").to_pandas().dropna(subset=["label"]).set_index(key).sort_index()
     o = pq.read_table(Path(other_dir) / "segments").to_pandas().dropna(subset=["label"]).set_index(key).sort_index()
-    joined = b.join(o, lsuffix="_b", rsuffix="_o", how="inner")
+    joined = b.join(o.add_suffix("_o"), how="inner").rename(columns=lambda c: c if c.endswith("_o") else c + "_b")
     pb = np.array([[p for _, p in row] for row in joined["probabilities_b"]])
     po = np.array([[p for _, p in row] for row in joined["probabilities_o"]])
     return {"segments": len(joined), "same_segments": len(joined) == len(b) == len(o),
