@@ -6,6 +6,7 @@ start (actors, vLLM engine), which is the same for every mode; the steady-state 
 
     python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,separate] [--out bench/results/asr_labeling.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,24 @@ def main(argv=None) -> dict:
     for mode in a.modes.split(","):
         out = WORK / f"asr_labeling_{mode}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = LabelJobConfig(inputs=[a.calls_csv], output=str(out), bundle=a.bundle,
-                             asr_model=None if mode == "off" else whisper, asr_shared=mode == "shared",
-                             encode=StageResources(1, 0.5), label=StageResources(1, 0.5), asr=StageResources(1, 0.5))
+        cfg = LabelJobConfig(
+            inputs=[a.calls_csv],
+            output=str(out),
+            bundle=a.bundle,
+            asr_model=None if mode == "off" else whisper,
+            asr_shared=mode == "shared",
+            encode=StageResources(1, 0.5),
+            label=StageResources(1, 0.5),
+            asr=StageResources(1, 0.5),
+        )
         rep = run(cfg, log=lambda *x: None)
-        report["runs"][mode] = {"asr": rep["asr"], "wall_s": round(rep["wall_s"], 1), "audio_s": rep["audio_s"],
-                                "audio_s_per_s": round(rep["audio_s_per_s"], 2), "segments": rep["segments"]}
+        report["runs"][mode] = {
+            "asr": rep["asr"],
+            "wall_s": round(rep["wall_s"], 1),
+            "audio_s": rep["audio_s"],
+            "audio_s_per_s": round(rep["audio_s_per_s"], 2),
+            "segments": rep["segments"],
+        }
         print(mode, report["runs"][mode], flush=True)
     base = report["runs"].get("off", {}).get("audio_s_per_s")
     for r in report["runs"].values():

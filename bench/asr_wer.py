@@ -4,16 +4,19 @@ On a call archive's ground-truth turns (``segments.csv``: cut from each channel 
 cuts them; 8 kHz telephone speech), one run measures, with the same threads:
 
 * ``encoder``  -- the emotion encoder alone (what speech-only labeling pays per segment),
-* ``separate`` -- :class:`pipeline.labeling.asr.Transcribe` (HF ``generate`` on 30 s padded windows: a second encoder pass),
-* ``shared``   -- the emotion encoder (real length, ``--tail`` s of silence) + :class:`pipeline.labeling.asr.WhisperDecoder`
-  on its states (one encoder pass), for each ``--tail``.
+* ``separate`` -- :class:`pipeline.labeling.asr.Transcribe` (HF ``generate`` on 30 s padded windows: a second
+  encoder pass),
+* ``shared``   -- the emotion encoder (real length, ``--tail`` s of silence) +
+  :class:`pipeline.labeling.asr.WhisperDecoder` on its states (one encoder pass), for each ``--tail``.
 
 WER (jiwer; lower-cased, punctuation stripped) against the archive's transcripts; speed in audio-s/s.
 
-    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--limit 200] [--threads 2] [--out bench/results/asr_wer.json]
+    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--limit 200] [--threads 2]
+        [--out bench/results/asr_wer.json]
 
 Without SEGMENTS_CSV the demo's evaluation archive is used (built and cached like ``jobs/demo.py`` builds it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +73,14 @@ def main(argv=None) -> dict:
     waves, refs = segments(Path(a.segments_csv), 16000, a.limit)
     audio_s = sum(len(w) for w in waves) / 16000
     batches = length_batches([len(w) for w in waves], a.batch, 10**12)
-    report = {"segments_csv": a.segments_csv, "segments": len(waves), "audio_s": round(audio_s, 1),
-              "threads": a.threads, "asr_model": "whisper-tiny.en", "runs": {}}
+    report = {
+        "segments_csv": a.segments_csv,
+        "segments": len(waves),
+        "audio_s": round(audio_s, 1),
+        "threads": a.threads,
+        "asr_model": "whisper-tiny.en",
+        "runs": {},
+    }
 
     def timed(fn):
         t = time.perf_counter()
@@ -93,9 +102,12 @@ def main(argv=None) -> dict:
 
     sep = Transcribe(whisper, sample_rate=16000, batch_size=a.batch)
     hyps, t = timed(lambda: sep.transcribe(waves))
-    report["runs"]["separate"] = {"wer": round(wer(refs, hyps), 4), "wall_s": round(t, 2),
-                                  "audio_s_per_s": round(audio_s / t, 1), "with_encoder_audio_s_per_s":
-                                  round(audio_s / (t + t_enc), 1)}
+    report["runs"]["separate"] = {
+        "wer": round(wer(refs, hyps), 4),
+        "wall_s": round(t, 2),
+        "audio_s_per_s": round(audio_s / t, 1),
+        "with_encoder_audio_s_per_s": round(audio_s / (t + t_enc), 1),
+    }
     dec = WhisperDecoder(whisper, batch_size=a.batch)
     for tail in [float(x) for x in a.tails.split(",")]:
         enc = SpeechEncoder(EncoderConfig(path=whisper, layer="weighted", whisper_tail_s=tail))
@@ -105,21 +117,28 @@ def main(argv=None) -> dict:
             out = [None] * len(waves)
             for idx in batches:
                 n = max(states[i][1] for i in idx)
-                x = torch.stack([torch.nn.functional.pad(states[i][0][:n], (0, 0, 0, n - states[i][0][:n].shape[0]))
-                                 for i in idx])
+                x = torch.stack(
+                    [torch.nn.functional.pad(states[i][0][:n], (0, 0, 0, n - states[i][0][:n].shape[0])) for i in idx]
+                )
                 for i, text in zip(idx, dec.transcribe_states(x, [states[i][1] for i in idx])):
                     out[i] = text
             return out
 
         hyps, t_d = timed(decode)
         report["runs"][f"shared_tail{tail:g}"] = {
-            "wer": round(wer(refs, hyps), 4), "encoder_wall_s": round(t_e, 2), "decoder_wall_s": round(t_d, 2),
+            "wer": round(wer(refs, hyps), 4),
+            "encoder_wall_s": round(t_e, 2),
+            "decoder_wall_s": round(t_d, 2),
             "audio_s_per_s": round(audio_s / (t_e + t_d), 1),
-            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]}
+            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]],
+        }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in report["runs"].items()},
-                     indent=1))
+    print(
+        json.dumps(
+            {k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in report["runs"].items()}, indent=1
+        )
+    )
     return report
 
 

@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: the work directory, the demo bundle, the corpus, stats, subprocess phases."""
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,14 @@ def asterisk_clips(lo: float = 2.0, hi: float = 4.0) -> list[tuple[str, float]]:
 
 def stats(xs: list[float]) -> dict:
     xs = [float(x) for x in xs]
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs),
-            "spread_pct": 100 * (max(xs) - min(xs)) / statistics.median(xs) if statistics.median(xs) else 0.0,
-            "values": [round(x, 3) for x in xs]}
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+        "spread_pct": 100 * (max(xs) - min(xs)) / statistics.median(xs) if statistics.median(xs) else 0.0,
+        "values": [round(x, 3) for x in xs],
+    }
 
 
 def run_phase(script: str, phase: str, out: Path, *args: str, timeout: float = 900) -> dict:
@@ -83,9 +89,13 @@ def machine() -> dict:
 
     import psutil
 
-    return {"cpus": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def save_results(json_path: str | Path, payload: dict, md_lines: list[str]) -> None:

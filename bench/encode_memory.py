@@ -7,6 +7,7 @@ The recording: real speech clips (asterisk prompts) back to back on one channel,
 VAD would, all one speaker (one normalisation group). Peak = the process's RSS high-water mark after the stage is
 built and warmed up, subtracted from its value after encoding (``resource.getrusage``), plus the wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ def phase(a) -> dict:
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     speech_s = sum(len(w) for w in waves) / stage.sample_rate
-    return {"segments": n, "speech_s": speech_s, "wall_s": wall, "peak_growth_mb": peak - base,
-            "checksum": float(sum(float(o.double().sum()) for o in out))}
+    return {
+        "segments": n,
+        "speech_s": speech_s,
+        "wall_s": wall,
+        "peak_growth_mb": peak - base,
+        "checksum": float(sum(float(o.double().sum()) for o in out)),
+    }
 
 
 def main() -> None:
@@ -56,13 +62,26 @@ def main() -> None:
     bundle = demo_bundle()
     res = {}
     for name, held in (("held", 1e9), ("two_pass", 0.0)):
-        res[name] = run_phase(str(Path(__file__).resolve()), "one", WORK / "encode_memory" / f"{name}.json",
-                              "--bundle", bundle, "--held", str(held), "--minutes", str(a.minutes))
+        res[name] = run_phase(
+            str(Path(__file__).resolve()),
+            "one",
+            WORK / "encode_memory" / f"{name}.json",
+            "--bundle",
+            bundle,
+            "--held",
+            str(held),
+            "--minutes",
+            str(a.minutes),
+        )
         print(name, res[name], flush=True)
     h, s = res["held"], res["two_pass"]
-    md = [f"One speaker, {h['speech_s'] / 60:.0f} min of speech in {h['segments']} segments, demo encoder "
-          "(Whisper tiny.en, 5 stacked layers x 384)", "",
-          "| path | peak RSS growth, MB | wall s | audio-s/s |", "|---|---:|---:|---:|"]
+    md = [
+        f"One speaker, {h['speech_s'] / 60:.0f} min of speech in {h['segments']} segments, demo encoder "
+        "(Whisper tiny.en, 5 stacked layers x 384)",
+        "",
+        "| path | peak RSS growth, MB | wall s | audio-s/s |",
+        "|---|---:|---:|---:|",
+    ]
     for name, r in res.items():
         md.append(f"| {name} | {r['peak_growth_mb']:.0f} | {r['wall_s']:.1f} | {r['speech_s'] / r['wall_s']:.0f} |")
     md.append(f"\nSame prompts: checksums {h['checksum']:.6g} / {s['checksum']:.6g}")

@@ -6,6 +6,7 @@ On the labeling benchmark's corpus, prepared once and cut into the pipeline's bl
 one process, interleaved repetitions: the encoder calls alone and the whole ``EncodePrompts`` stage (encoder,
 feature normalisation, Former, prompts) for each batching rule. Reports padded audio, calls and audio-s/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from pipeline.labeling.columns import rows_of
+    from pipeline.labeling.encode import EncodePrompts, length_batches
     from pipeline.labeling.job import encoder_sample_rate
     from pipeline.labeling.prepare import PrepareConfig, prepare_batch, split_segments
     from pipeline.labeling.sources import discover
-    from pipeline.labeling.columns import rows_of
-    from pipeline.labeling.encode import EncodePrompts, length_batches
 
     bundle = demo_bundle()
     corpus = make_corpus(a.clips, a.calls)
@@ -47,10 +48,14 @@ def main() -> None:
     rules = {"greedy": None, **{f"cost_{o}s": float(o) * rate for o in a.overheads.split(",")}}
     blocks = {}
     for nb in map(int, a.blocks.split(",")):
-        blocks[nb] = [prepare_batch({k: np.array([r[k] for r in rows[i:i + nb]], dtype=object) for k in rows[i]},
-                                    pc) for i in range(0, len(rows), nb)]
-    waves = {nb: [[w for row in rows_of(b) if row.get("seg_offsets") is not None for w in split_segments(row)]
-                  for b in bl] for nb, bl in blocks.items()}  # each block's segments, as the stage cuts them
+        blocks[nb] = [
+            prepare_batch({k: np.array([r[k] for r in rows[i : i + nb]], dtype=object) for k in rows[i]}, pc)
+            for i in range(0, len(rows), nb)
+        ]
+    waves = {
+        nb: [[w for row in rows_of(b) if row.get("seg_offsets") is not None for w in split_segments(row)] for b in bl]
+        for nb, bl in blocks.items()
+    }  # each block's segments, as the stage cuts them
     raw: dict[str, list] = {}
     info: dict[str, dict] = {}
     stage(blocks[min(blocks)][0])  # warm-up
@@ -77,22 +82,28 @@ def main() -> None:
                 real = sum(len(w) for ws in waves[nb] for w in ws)
                 info[key] = {"calls": calls, "padded_s": padded / rate, "speech_s": real / rate}
     summary = {k: stats(v) for k, v in raw.items()}
-    md = [f"Corpus: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s of audio; {a.reps} repetitions, "
-          "audio-s/s median [min–max]; ratio = median against greedy in the same block size", "",
-          "| blocks | rule | encoder calls | padded / speech | encoder alone | ratio | EncodePrompts stage | ratio |",
-          "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    md = [
+        f"Corpus: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s of audio; {a.reps} repetitions, "
+        "audio-s/s median [min–max]; ratio = median against greedy in the same block size",
+        "",
+        "| blocks | rule | encoder calls | padded / speech | encoder alone | ratio | EncodePrompts stage | ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for nb in blocks:
         g = f"blocks{nb}_greedy"
         for name in rules:
             k = f"blocks{nb}_{name}"
             e, s = summary[k + "_encoder"], summary[k + "_stage"]
-            md.append(f"| {nb} | {name} | {info[k]['calls']} | {info[k]['padded_s'] / info[k]['speech_s']:.2f} | "
-                      f"{e['median']:.0f} [{e['min']:.0f}–{e['max']:.0f}] | "
-                      f"{e['median'] / summary[g + '_encoder']['median']:.2f} | "
-                      f"{s['median']:.0f} [{s['min']:.0f}–{s['max']:.0f}] | "
-                      f"{s['median'] / summary[g + '_stage']['median']:.2f} |")
-    save_results(a.json, {"machine": machine(), "corpus": corpus, "audio_s": audio_s, "summary": summary,
-                          "batches": info}, md)
+            md.append(
+                f"| {nb} | {name} | {info[k]['calls']} | {info[k]['padded_s'] / info[k]['speech_s']:.2f} | "
+                f"{e['median']:.0f} [{e['min']:.0f}–{e['max']:.0f}] | "
+                f"{e['median'] / summary[g + '_encoder']['median']:.2f} | "
+                f"{s['median']:.0f} [{s['min']:.0f}–{s['max']:.0f}] | "
+                f"{s['median'] / summary[g + '_stage']['median']:.2f} |"
+            )
+    save_results(
+        a.json, {"machine": machine(), "corpus": corpus, "audio_s": audio_s, "summary": summary, "batches": info}, md
+    )
 
 
 if __name__ == "__main__":

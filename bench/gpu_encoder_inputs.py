@@ -7,6 +7,7 @@ Model: HuBERT-large-shaped random weights in bf16 (``gpu_throughput.build_encode
 hidden states stacked, as the paper's front end), loaded through ``SpeechEncoder``. Phases are interleaved per
 repetition; median [min-max] of ``--reps``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ def main() -> None:
     size = "small" if a.small else "full"
     root = Path(tempfile.mkdtemp())
     path = build_encoder(root / "enc", size, a.device)
-    enc = SpeechEncoder(EncoderConfig(path=str(path), device=a.device, layer="weighted",
-                                      dtype="bfloat16" if a.device == "cuda" else "float32"))
+    enc = SpeechEncoder(
+        EncoderConfig(
+            path=str(path), device=a.device, layer="weighted", dtype="bfloat16" if a.device == "cuda" else "float32"
+        )
+    )
     fast = enc._wav2vec2_inputs
 
     def slow(waves, lengths):  # the previous path: the feature extractor per clip on the host, then one copy
@@ -59,8 +63,9 @@ def main() -> None:
     cases = [(64, 4.0), (32, 1.0), (32, 8.0), (128, 2.0)]
     res = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "size": size, "cases": []}
     for batch, sec in cases:
-        waves = [(0.1 * rng.standard_normal(int(sec * SR * rng.uniform(0.8, 1.0)))).astype(np.float32)
-                 for _ in range(batch)]
+        waves = [
+            (0.1 * rng.standard_normal(int(sec * SR * rng.uniform(0.8, 1.0)))).astype(np.float32) for _ in range(batch)
+        ]
         audio_s = sum(len(w) for w in waves) / SR
         lengths = torch.tensor([len(w) for w in waves])
         x_dev, m_dev = fast(waves, lengths)
@@ -90,20 +95,27 @@ def main() -> None:
                 if r:  # the first round is warm-up
                     times[name].append(audio_s / (time.perf_counter() - t0))
         enc._wav2vec2_inputs = fast
-        row = {"batch": batch, "seconds": sec, "inputs_max_abs_diff": diff,
-               **{k: stats(v) for k, v in times.items()}}
+        row = {"batch": batch, "seconds": sec, "inputs_max_abs_diff": diff, **{k: stats(v) for k, v in times.items()}}
         row["after_over_before"] = stats([x / y for x, y in zip(times["after"], times["before"])])
         res["cases"].append(row)
         print(json.dumps({k: (v["median"] if isinstance(v, dict) else v) for k, v in row.items()}), flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
-    lines = [f"Device: {res['device']}; HuBERT-{size} bf16, all hidden states stacked; audio-s/s, median [min-max] of "
-             f"{a.reps}", "", "| batch x s | before (host extractor) | after (device) | after/before | forward only |"
-             " inputs max abs diff |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Device: {res['device']}; HuBERT-{size} bf16, all hidden states stacked; audio-s/s, median [min-max] of "
+        f"{a.reps}",
+        "",
+        "| batch x s | before (host extractor) | after (device) | after/before | forward only | inputs max abs diff |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for c in res["cases"]:
+
         def f(s):
             return f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}]"
-        lines.append(f"| {c['batch']} × {c['seconds']:g} | {f(c['before'])} | {f(c['after'])} | "
-                     f"{c['after_over_before']['median']:.2f} | {f(c['forward_only'])} | {c['inputs_max_abs_diff']:.1e} |")
+
+        lines.append(
+            f"| {c['batch']} × {c['seconds']:g} | {f(c['before'])} | {f(c['after'])} | "
+            f"{c['after_over_before']['median']:.2f} | {f(c['forward_only'])} | {c['inputs_max_abs_diff']:.1e} |"
+        )
     Path(a.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

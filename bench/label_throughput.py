@@ -17,6 +17,7 @@ of them alike:
   throughput = extra audio / extra wall; fixed cost = the corpus run's wall minus its audio at that rate. Stage
   wrappers (composition, no library change) log every call's start/end to a JSONL file for the breakdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ from common import WORK, asterisk_clips, demo_bundle, machine, run_phase, stats 
 
 from pipeline.labeling import columns as C  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------ corpus
+
 
 def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
     import pandas as pd
@@ -51,16 +52,22 @@ def make_corpus(n_clips: int, n_calls: int, repeat: int = 4) -> dict:
             from pipeline.demo.calls import make_call_archive
 
             calls = pd.read_csv(make_call_archive(root / "calls", n_calls=n_calls, minutes=0.5, seed=3, workers=1))
-            rows += [{"recording_id": r.recording_id, "path": r.path, "channels": r.channels}
-                     for r in calls.itertuples()]
+            rows += [
+                {"recording_id": r.recording_id, "path": r.path, "channels": r.channels} for r in calls.itertuples()
+            ]
         pd.DataFrame(rows).to_csv(man, index=False)
     big = root / f"manifest_x{repeat}.csv"
     if not big.exists():
         # the corpus ``repeat`` times under distinct ids; a distinct (ignored: the demo config does not read
         # transcripts) transcript per copy keeps the job from refusing the copies as duplicate inputs
         rows = pd.read_csv(man).to_dict("records")
-        pd.DataFrame([{**r, "recording_id": f"{r['recording_id']}_x{k}", "transcript": f"copy {k}"}
-                      for k in range(repeat) for r in rows]).to_csv(big, index=False)
+        pd.DataFrame(
+            [
+                {**r, "recording_id": f"{r['recording_id']}_x{k}", "transcript": f"copy {k}"}
+                for k in range(repeat)
+                for r in rows
+            ]
+        ).to_csv(big, index=False)
     return {"manifest": str(man), "manifest_big": str(big), "repeat": repeat}
 
 
@@ -72,6 +79,7 @@ def file_seconds(manifest: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------ timed stages
+
 
 class _Timed:
     log_path = ""  # set in the driver before the dataset is built (pickled by value with the class)
@@ -103,8 +111,13 @@ class TimedEncode(_Timed):
 
         t0 = _t.time()
         out = self.inner(batch)
-        self._log("encode", t0, _t.time(), len(batch["recording_id"]),
-                  segments=int(sum(len(o) - 1 for o in out["prompt_offsets"])))
+        self._log(
+            "encode",
+            t0,
+            _t.time(),
+            len(batch["recording_id"]),
+            segments=int(sum(len(o) - 1 for o in out["prompt_offsets"])),
+        )
         return out
 
 
@@ -128,8 +141,7 @@ class TimedLabel(_Timed):
 
         t0 = _t.time()
         out = self.inner(batch)
-        self._log("label", t0, _t.time(), len(batch["recording_id"]),
-                  segments=int(sum(len(x) for x in out["labels"])))
+        self._log("label", t0, _t.time(), len(batch["recording_id"]), segments=int(sum(len(x) for x in out["labels"])))
         return out
 
 
@@ -157,8 +169,12 @@ def _timed_fn(name, target, log_path):
         t0 = _t.time()
         out = getattr(importlib.import_module(mod), attr)(batch, **kw)
         with open(log_path, "a") as f:
-            f.write(_j.dumps({"stage": name, "t0": t0, "t1": _t.time(), "n": len(batch["recording_id"]),
-                              "pid": _o.getpid()}) + "\n")
+            f.write(
+                _j.dumps(
+                    {"stage": name, "t0": t0, "t1": _t.time(), "n": len(batch["recording_id"]), "pid": _o.getpid()}
+                )
+                + "\n"
+            )
         return out
 
     import importlib
@@ -176,10 +192,14 @@ def breakdown(log_path: str, t_start: float, t_end: float) -> dict:
         if not rs:
             continue
         busy = sum(r["t1"] - r["t0"] for r in rs)
-        out[st] = {"calls": len(rs), "busy_s": round(busy, 3), "busy_frac_of_wall": round(busy / out["wall_s"], 3),
-                   "first_start_s": round(min(r["t0"] for r in rs) - t_start, 2),
-                   "last_end_s": round(max(r["t1"] for r in rs) - t_start, 2),
-                   "mean_call_s": round(busy / len(rs), 4)}
+        out[st] = {
+            "calls": len(rs),
+            "busy_s": round(busy, 3),
+            "busy_frac_of_wall": round(busy / out["wall_s"], 3),
+            "first_start_s": round(min(r["t0"] for r in rs) - t_start, 2),
+            "last_end_s": round(max(r["t1"] for r in rs) - t_start, 2),
+            "mean_call_s": round(busy / len(rs), 4),
+        }
         if "segments" in rs[0]:
             out[st]["segments"] = sum(r["segments"] for r in rs)
     return out
@@ -187,10 +207,11 @@ def breakdown(log_path: str, t_start: float, t_end: float) -> dict:
 
 # ------------------------------------------------------------------------------------------ phases
 
+
 def phase_pipeline(a) -> dict:
+    import pipeline.labeling.encode
     import pipeline.labeling.job as lj
     import pipeline.labeling.label
-    import pipeline.labeling.encode
     from pipeline.labeling.job import LabelJobConfig, StageResources
     from pipeline.ray_env import init_ray
 
@@ -220,15 +241,26 @@ def phase_pipeline(a) -> dict:
         import shutil
 
         shutil.rmtree(outdir, ignore_errors=True)
-        cfg = LabelJobConfig(inputs=[man], output=str(outdir), bundle=a.bundle, engine=dict(engine),
-                             encode=StageResources(enc_actors, enc_cpus),
-                             label=StageResources(1, label_cpus), **{k: v for k, v in extra.items()})
+        cfg = LabelJobConfig(
+            inputs=[man],
+            output=str(outdir),
+            bundle=a.bundle,
+            engine=dict(engine),
+            encode=StageResources(enc_actors, enc_cpus),
+            label=StageResources(1, label_cpus),
+            **{k: v for k, v in extra.items()},
+        )
         open(log_path, "w").close()
         t0 = time.time()
         rep = lj.run(cfg, log=lambda *x: None)
         t1 = time.time()
-        res[tag] = {"wall_s": t1 - t0, "audio_s": rep["audio_s"], "segments": rep["segments"],
-                    "labeled": rep["labeled"], "failed": rep["failed"]}
+        res[tag] = {
+            "wall_s": t1 - t0,
+            "audio_s": rep["audio_s"],
+            "segments": rep["segments"],
+            "labeled": rep["labeled"],
+            "failed": rep["failed"],
+        }
         # this run's lines only (they start after t0)
         lines = [x for x in Path(log_path).read_text().splitlines() if x.strip() and json.loads(x)["t0"] >= t0]
         Path(log_path).write_text("\n".join(lines) + "\n")
@@ -271,7 +303,7 @@ def phase_floor(a) -> dict:
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
 
     def batches(bs):
-        return [order[i:i + bs] for i in range(0, len(order), bs)]
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
 
     with torch.inference_mode():
         front.encoder([waves[order[0]]])  # warm-up
@@ -311,7 +343,7 @@ def phase_floor(a) -> dict:
     for chunk in (64, len(embeds)):
         t0 = time.perf_counter()
         for i in range(0, len(embeds), chunk):
-            classify(llm, embeds[i:i + chunk], meta["label_token_ids"], meta["labels"], lora)
+            classify(llm, embeds[i : i + chunk], meta["label_token_ids"], meta["labels"], lora)
         llm_t[chunk] = time.perf_counter() - t0
     res["llm_s_by_chunk"] = llm_t
     res["prompt_tokens"] = int(np.mean([e.shape[0] for e in embeds]))
@@ -336,7 +368,7 @@ def phase_plain(a) -> dict:
     sr = model.encoder.sample_rate
     paths = list(pd.read_csv(a.manifest)["path"])
     if a.limit:
-        paths = paths[:a.limit]
+        paths = paths[: a.limit]
     audio_s, n_items = 0.0, 0
     predict = model.predict_proba
     if a.variant.endswith("generate"):  # HF generate on the prompt embeddings, the answer text mapped to a label
@@ -346,10 +378,16 @@ def phase_plain(a) -> dict:
 
         def predict(batch):
             x, mask, _ = pad_prompts(model.prompt_embeds(batch.to(model.device)))
-            ids = model.llm.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                                     pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            ids = model.llm.generate(
+                inputs_embeds=x,
+                attention_mask=mask,
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
             text = tok.decode(ids[0], skip_special_tokens=True).strip().lower()
             return next((n for n in model.label_names if text.startswith(n.lower())), None)
+
     with torch.inference_mode():
         w = np.zeros(sr * 3, np.float32)
         predict(model.batch_from_audio([w]))  # warm-up
@@ -360,13 +398,14 @@ def phase_plain(a) -> dict:
             for c in range(x.shape[1]):
                 y = soxr.resample(x[:, c], rate, sr) if rate != sr else x[:, c]
                 for s in range(0, len(y), 30 * sr):  # Whisper takes at most 30 s
-                    predict(model.batch_from_audio([y[s:s + 30 * sr]]))
+                    predict(model.batch_from_audio([y[s : s + 30 * sr]]))
                     n_items += 1
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "audio_s": audio_s, "items": n_items, "audio_s_per_s": audio_s / wall}
 
 
 # ------------------------------------------------------------------------------------------ driver
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -398,8 +437,10 @@ def main() -> None:
     bundle = demo_bundle()
     corpus = make_corpus(a.clips, a.calls, a.repeat)
     audio_s = file_seconds(corpus["manifest"])
-    print(f"bundle {bundle}; corpus {corpus['manifest']}: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s audio",
-          flush=True)
+    print(
+        f"bundle {bundle}; corpus {corpus['manifest']}: {a.clips} clips + {a.calls} calls, {audio_s:.0f} s audio",
+        flush=True,
+    )
     script = str(Path(__file__).resolve())
     variants = dict(v.split("=", 1) for v in a.variants.split(";") if v) if a.variants else {}
     raw: dict[str, list] = {}
@@ -411,8 +452,13 @@ def main() -> None:
                 common += ["--manifest-big", corpus["manifest_big"]]
             todo = [(ph, [])]
             if ph.startswith("plain_"):
-                todo = [(ph, ["--variant", ph.split("_", 1)[1]]
-                         + (["--limit", str(a.hf30_limit)] if ph.startswith("plain_hf30") else []))]
+                todo = [
+                    (
+                        ph,
+                        ["--variant", ph.split("_", 1)[1]]
+                        + (["--limit", str(a.hf30_limit)] if ph.startswith("plain_hf30") else []),
+                    )
+                ]
             if ph == "pipeline":
                 todo += [(f"pipeline_{k}", ["--job", v]) for k, v in variants.items()]
             for name, extra in todo:
@@ -424,12 +470,19 @@ def main() -> None:
                 else:
                     r = run_phase(script, phase, f, *common, *extra)
                 raw.setdefault(name, []).append(r)
-                print(f"rep {rep} {name}: {time.perf_counter() - t0:.0f} s  "
-                      f"{json.dumps({k: v for k, v in r.items() if k != 'breakdown'}, default=float)[:400]}",
-                      flush=True)
+                print(
+                    f"rep {rep} {name}: {time.perf_counter() - t0:.0f} s  "
+                    f"{json.dumps({k: v for k, v in r.items() if k != 'breakdown'}, default=float)[:400]}",
+                    flush=True,
+                )
     summary = summarize(raw, audio_s)
-    out = {"machine": machine(), "corpus": {**corpus, "clips": a.clips, "calls": a.calls, "audio_s": audio_s},
-           "bundle": bundle, "summary": summary, "raw": raw}
+    out = {
+        "machine": machine(),
+        "corpus": {**corpus, "clips": a.clips, "calls": a.calls, "audio_s": audio_s},
+        "bundle": bundle,
+        "summary": summary,
+        "raw": raw,
+    }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1, default=float))
     print(markdown(summary))
@@ -465,21 +518,27 @@ def summarize(raw: dict, audio_s: float) -> dict:
             for name in (n for n in pr[0] if n.startswith("breakdown")):
                 bd = [r[name] for r in pr]
                 s[f"{k}_{name}"] = {
-                    st: {m: stats([b[st][m] for b in bd if st in b])
-                         for m in ("busy_s", "busy_frac_of_wall", "first_start_s", "last_end_s")}
+                    st: {
+                        m: stats([b[st][m] for b in bd if st in b])
+                        for m in ("busy_s", "busy_frac_of_wall", "first_start_s", "last_end_s")
+                    }
                     for st in ("prepare", "encode_init", "encode", "label_init", "label", "write")
-                    if any(st in b for b in bd)}
+                    if any(st in b for b in bd)
+                }
             # per-repetition ratios (side by side in the same repetition); the plain loops exclude their model load
             n = len(pr)
             for p in (p for p in raw if p.startswith("plain")):
-                s[f"{k}_incl_startup_vs_{p}"] = stats([pr[i]["full"]["audio_s"] / pr[i]["full"]["wall_s"]
-                                                       / raw[p][i]["audio_s_per_s"] for i in range(n)])
+                s[f"{k}_incl_startup_vs_{p}"] = stats(
+                    [pr[i]["full"]["audio_s"] / pr[i]["full"]["wall_s"] / raw[p][i]["audio_s_per_s"] for i in range(n)]
+                )
                 if steady:
-                    s[f"{k}_marginal_vs_{p}"] = stats([pr[i]["marginal_audio_s_per_s"] / raw[p][i]["audio_s_per_s"]
-                                                       for i in range(n)])
+                    s[f"{k}_marginal_vs_{p}"] = stats(
+                        [pr[i]["marginal_audio_s_per_s"] / raw[p][i]["audio_s_per_s"] for i in range(n)]
+                    )
             if "floor" in raw and steady:
-                s[k + "_floor_over_marginal"] = stats([raw["floor"][i]["floor_audio_s_per_s"]
-                                                       / pr[i]["marginal_audio_s_per_s"] for i in range(n)])
+                s[k + "_floor_over_marginal"] = stats(
+                    [raw["floor"][i]["floor_audio_s_per_s"] / pr[i]["marginal_audio_s_per_s"] for i in range(n)]
+                )
     return s
 
 
@@ -487,15 +546,23 @@ def markdown(s: dict) -> str:
     lines = ["| measure | median | min | max | spread % | n |", "|---|---:|---:|---:|---:|---:|"]
     for k, v in s.items():
         if isinstance(v, dict) and "median" in v:
-            lines.append(f"| {k} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} | {v['spread_pct']:.0f} | "
-                         f"{v['n']} |")
+            lines.append(
+                f"| {k} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} | {v['spread_pct']:.0f} | {v['n']} |"
+            )
     for k, v in s.items():
         if "_breakdown" in k:
-            lines += ["", f"**{k}** (seconds from run start; busy = summed call time)", "",
-                      "| stage | busy s | busy/wall | first start s | last end s |", "|---|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"**{k}** (seconds from run start; busy = summed call time)",
+                "",
+                "| stage | busy s | busy/wall | first start s | last end s |",
+                "|---|---:|---:|---:|---:|",
+            ]
             for st, d in v.items():
-                lines.append(f"| {st} | {d['busy_s']['median']:.1f} | {d['busy_frac_of_wall']['median']:.2f} | "
-                             f"{d['first_start_s']['median']:.1f} | {d['last_end_s']['median']:.1f} |")
+                lines.append(
+                    f"| {st} | {d['busy_s']['median']:.1f} | {d['busy_frac_of_wall']['median']:.2f} | "
+                    f"{d['first_start_s']['median']:.1f} | {d['last_end_s']['median']:.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ use every 0.25 s (``memory_summary``, the same numbers ``ray memory`` prints) an
 ``object_store_limit_bytes``. Expectation: the peak stays near the budget (Ray Data still lets one task per
 operator run when a single block is bigger than the budget), while wall time and results stay the same.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,17 +62,29 @@ def phase_run(a) -> None:
     th.start()
     out = WORK / "budget_out" / f"b{a.budget}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = LabelJobConfig(inputs=[a.manifest], output=str(out), bundle=a.bundle, batch_recordings=a.batch,
-                         object_store_limit_mb=a.budget)
+    cfg = LabelJobConfig(
+        inputs=[a.manifest], output=str(out), bundle=a.bundle, batch_recordings=a.batch, object_store_limit_mb=a.budget
+    )
     rep = run(cfg, log=lambda *x: None)
     stop.set()
     th.join()
     ray.shutdown()
-    Path(a.out).write_text(json.dumps({
-        "budget_mb": a.budget, "limit_bytes_reported": rep["object_store_limit_bytes"],
-        "wall_s": rep["wall_s"], "audio_s": rep["audio_s"], "labeled": rep["labeled"], "failed": rep["failed"],
-        "segments": rep["segments"], "peak_plasma_mb": max((s for _, s in samples), default=None),
-        "samples": len(samples), "trace": samples[::4]}))
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "budget_mb": a.budget,
+                "limit_bytes_reported": rep["object_store_limit_bytes"],
+                "wall_s": rep["wall_s"],
+                "audio_s": rep["audio_s"],
+                "labeled": rep["labeled"],
+                "failed": rep["failed"],
+                "segments": rep["segments"],
+                "peak_plasma_mb": max((s for _, s in samples), default=None),
+                "samples": len(samples),
+                "trace": samples[::4],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -93,17 +106,36 @@ def main() -> None:
     man, bundle = corpus(a.calls, a.minutes), demo_bundle()
     results = []
     for b in [int(x) for x in a.budgets.split(",")]:
-        r = run_phase(str(Path(__file__).resolve()), "run", WORK / "budget" / f"res_{b}.json", "--manifest", man,
-                      "--bundle", bundle, "--budget", str(b), "--batch", str(a.batch), timeout=1200)
+        r = run_phase(
+            str(Path(__file__).resolve()),
+            "run",
+            WORK / "budget" / f"res_{b}.json",
+            "--manifest",
+            man,
+            "--bundle",
+            bundle,
+            "--budget",
+            str(b),
+            "--batch",
+            str(a.batch),
+            timeout=1200,
+        )
         results.append(r)
         print({k: v for k, v in r.items() if k != "trace"}, flush=True)
-    lines = ["| budget MB | limit the executor ran under MB | peak plasma MB | wall s | labelled | segments |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| budget MB | limit the executor ran under MB | peak plasma MB | wall s | labelled | segments |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['budget_mb']} | {r['limit_bytes_reported'] / 2**20:.0f} | {r['peak_plasma_mb']} | "
-                     f"{r['wall_s']:.1f} | {r['labeled']} | {r['segments']} |")
-    save_results(a.json, {"machine": machine(), "calls": a.calls, "minutes": a.minutes, "batch_recordings": a.batch,
-                          "results": results}, lines)
+        lines.append(
+            f"| {r['budget_mb']} | {r['limit_bytes_reported'] / 2**20:.0f} | {r['peak_plasma_mb']} | "
+            f"{r['wall_s']:.1f} | {r['labeled']} | {r['segments']} |"
+        )
+    save_results(
+        a.json,
+        {"machine": machine(), "calls": a.calls, "minutes": a.minutes, "batch_recordings": a.batch, "results": results},
+        lines,
+    )
 
 
 if __name__ == "__main__":

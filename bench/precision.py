@@ -12,6 +12,7 @@
   wall time, then per segment argmax agreement and the largest probability difference against the float32 run,
   and the archive evaluation's segment UA (truth: the archive's ``segments.csv``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,8 @@ def corpus(n: int) -> Path:
         clips = clips[:: max(1, len(clips) // n)][:n]
         WORK.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([{"recording_id": f"clip_{i:04d}", "path": p} for i, (p, _) in enumerate(clips)]).to_csv(
-            man, index=False)
+            man, index=False
+        )
     return man
 
 
@@ -63,8 +65,10 @@ def phase_stages(a) -> dict:
         rec = prepare_recording({"recording_id": r["recording_id"], "path": r["path"]}, PrepareConfig())
         segs += split_segments(rec) if rec.get("seg_offsets") is not None else []
     audio_s = sum(len(s) for s in segs) / 16000
-    fronts = {o: load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=[f"encoder.dtype={o}"])
-              for o in ENCODER_OPTIONS}
+    fronts = {
+        o: load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=[f"encoder.dtype={o}"])
+        for o in ENCODER_OPTIONS
+    }
     batches = length_batches([len(s) for s in segs], 32, 240 * 16000, 16000.0)
 
     def encode(front):
@@ -81,7 +85,7 @@ def phase_stages(a) -> dict:
         out = []
         with torch.inference_mode():
             for i in range(0, len(states), 64):
-                batch = collate_features([{"frames": s, "transcript": None} for s in states[i: i + 64]])
+                batch = collate_features([{"frames": s, "transcript": None} for s in states[i : i + 64]])
                 out += [p.float() for p in front.prompt_embeds(batch.to(front.device)).embeds]
         return out
 
@@ -109,9 +113,14 @@ def phase_stages(a) -> dict:
 
     agreement = {f"encoder_{o}": agree(prompts(base_front, states[o], "float32")) for o in ENCODER_OPTIONS}
     agreement["former_bfloat16"] = agree(prompts(base_front, states["float32"], "bfloat16"))
-    return {"segments": len(segs), "audio_s": audio_s, "times": {k: stats(v) for k, v in times.items()},
-            "audio_s_per_s": {k: audio_s / min(v) for k, v in times.items()}, "agreement": agreement,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "segments": len(segs),
+        "audio_s": audio_s,
+        "times": {k: stats(v) for k, v in times.items()},
+        "audio_s_per_s": {k: audio_s / min(v) for k, v in times.items()},
+        "agreement": agreement,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def phase_label(a) -> dict:
@@ -133,15 +142,25 @@ def phase_label(a) -> dict:
         from pipeline.labeling.asr import bundle_uses_text
 
         asr = str(build_whisper_tiny_en()) if bundle_uses_text(a.bundle) else None  # text bundles: shared ASR
-        cfg = LabelJobConfig(inputs=[inputs], output=str(dest), bundle=a.bundle, model_overrides=overrides,
-                             asr_model=asr,
-                             encode=_res(), label=_res(),
-                             engine={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256,
-                                     "dtype": vdtype}, timeline_calls=0)
+        cfg = LabelJobConfig(
+            inputs=[inputs],
+            output=str(dest),
+            bundle=a.bundle,
+            model_overrides=overrides,
+            asr_model=asr,
+            encode=_res(),
+            label=_res(),
+            engine={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, "dtype": vdtype},
+            timeline_calls=0,
+        )
         t0 = time.perf_counter()
         rep = run(cfg, log=lambda *_: None)
-        out[name] = {"wall_s": time.perf_counter() - t0, "audio_s": rep["audio_s"], "segments": rep["segments"],
-                     "output": str(dest)}
+        out[name] = {
+            "wall_s": time.perf_counter() - t0,
+            "audio_s": rep["audio_s"],
+            "segments": rep["segments"],
+            "output": str(dest),
+        }
     return out
 
 
@@ -161,9 +180,13 @@ def compare(base_dir: str, other_dir: str) -> dict:
     joined = b.join(o.add_suffix("_o"), how="inner").rename(columns=lambda c: c if c.endswith("_o") else c + "_b")
     pb = np.array([[p for _, p in row] for row in joined["probabilities_b"]])
     po = np.array([[p for _, p in row] for row in joined["probabilities_o"]])
-    return {"segments": len(joined), "same_segments": len(joined) == len(b) == len(o),
-            "argmax_agreement": float((joined["label_b"] == joined["label_o"]).mean()),
-            "max_prob_diff": float(np.abs(pb - po).max()), "mean_prob_diff": float(np.abs(pb - po).mean())}
+    return {
+        "segments": len(joined),
+        "same_segments": len(joined) == len(b) == len(o),
+        "argmax_agreement": float((joined["label_b"] == joined["label_o"]).mean()),
+        "max_prob_diff": float(np.abs(pb - po).max()),
+        "mean_prob_diff": float(np.abs(pb - po).mean()),
+    }
 
 
 def driver(a) -> None:
@@ -175,8 +198,9 @@ def driver(a) -> None:
     res["stages"] = run_phase(__file__, "stages", WORK / "precision_stages.json", *args, timeout=3000)
     res["label"] = {}
     for v in VARIANTS:
-        res["label"][v] = run_phase(__file__, "label", WORK / f"precision_label_{v}.json", *args, "--variant", v,
-                                    timeout=3000)
+        res["label"][v] = run_phase(
+            __file__, "label", WORK / f"precision_label_{v}.json", *args, "--variant", v, timeout=3000
+        )
     truth = str(Path(a.archive).parent / "segments.csv")
     for v, r in res["label"].items():
         r["archive_eval"] = evaluate_archive(r["archive"]["output"], truth)["segment"]
@@ -184,23 +208,33 @@ def driver(a) -> None:
             for name in ("archive", "corpus"):
                 r[name]["vs_float32"] = compare(res["label"]["float32"][name]["output"], r[name]["output"])
     st = res["stages"]
-    md = ["| stage option | audio-s/s (best of reps) | × float32 | prompt rel. error | least cosine |",
-          "| --- | ---: | ---: | ---: | ---: |"]
+    md = [
+        "| stage option | audio-s/s (best of reps) | × float32 | prompt rel. error | least cosine |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for kind, opts in (("encoder", ENCODER_OPTIONS), ("former", FORMER_OPTIONS)):
         for o in opts:
             k = f"{kind}_{o}"
             ag = st["agreement"].get(k, {"rel_error": 0.0, "min_cosine": 1.0})
-            md.append(f"| {kind} {o} | {st['audio_s_per_s'][k]:.0f} | "
-                      f"{st['audio_s_per_s'][k] / st['audio_s_per_s'][f'{kind}_float32']:.2f} | "
-                      f"{ag['rel_error']:.4f} | {ag['min_cosine']:.5f} |")
-    md += ["", "| variant | archive job wall s | corpus job wall s | archive argmax agree | corpus argmax agree | "
-           "max prob diff | archive segment UA |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            md.append(
+                f"| {kind} {o} | {st['audio_s_per_s'][k]:.0f} | "
+                f"{st['audio_s_per_s'][k] / st['audio_s_per_s'][f'{kind}_float32']:.2f} | "
+                f"{ag['rel_error']:.4f} | {ag['min_cosine']:.5f} |"
+            )
+    md += [
+        "",
+        "| variant | archive job wall s | corpus job wall s | archive argmax agree | corpus argmax agree | "
+        "max prob diff | archive segment UA |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for v, r in res["label"].items():
         va, vc = r["archive"].get("vs_float32"), r["corpus"].get("vs_float32")
-        md.append(f"| {v} | {r['archive']['wall_s']:.1f} | {r['corpus']['wall_s']:.1f} | "
-                  f"{va['argmax_agreement'] if va else 1.0:.4f} | {vc['argmax_agreement'] if vc else 1.0:.4f} | "
-                  f"{max(va['max_prob_diff'], vc['max_prob_diff']) if va else 0.0:.4f} | "
-                  f"{r['archive_eval']['ua']:.4f} |")
+        md.append(
+            f"| {v} | {r['archive']['wall_s']:.1f} | {r['corpus']['wall_s']:.1f} | "
+            f"{va['argmax_agreement'] if va else 1.0:.4f} | {vc['argmax_agreement'] if vc else 1.0:.4f} | "
+            f"{max(va['max_prob_diff'], vc['max_prob_diff']) if va else 0.0:.4f} | "
+            f"{r['archive_eval']['ua']:.4f} |"
+        )
     save_results(a.json, res, md)
 
 
@@ -209,8 +243,11 @@ def main() -> None:
     ap.add_argument("--phase", default="driver")
     ap.add_argument("--out", default=None)
     ap.add_argument("--bundle", default="runs/demo/bundle")
-    ap.add_argument("--archive", default=None, help="calls.csv of a call archive with segments.csv beside it "
-                                                    "(default: the demo's evaluation archive)")
+    ap.add_argument(
+        "--archive",
+        default=None,
+        help="calls.csv of a call archive with segments.csv beside it (default: the demo's evaluation archive)",
+    )
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--variant", default="float32")
     ap.add_argument("--clips", type=int, default=120)

@@ -5,6 +5,7 @@
 The demo evaluation archive's VAD segments are encoded by the Whisper tiny.en encoder with and without the prosody
 tracks (same batches, alternating per repetition); prints audio-seconds per second of each and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def main(argv=None) -> dict:
     calls = pd.read_csv(cached_call_archive("bench_prosody_calls", n_calls=4, minutes=1.0, seed=5, workers=1))
     waves = []
     for c in calls.itertuples():
-        r = prepare_recording({"recording_id": c.recording_id, "path": c.path, "channel_names": c.channels},
-                              PrepareConfig())
+        r = prepare_recording(
+            {"recording_id": c.recording_id, "path": c.path, "channel_names": c.channels}, PrepareConfig()
+        )
         waves += [np.array(w) for w in split_segments(r)]
     waves = sorted(waves[: a.segments], key=len)
     audio_s = sum(len(w) for w in waves) / 16000
@@ -48,11 +50,14 @@ def main(argv=None) -> dict:
         for p in (False, True):
             t0 = time.perf_counter()
             for i in range(0, len(waves), a.batch):
-                enc[p](waves[i: i + a.batch])
+                enc[p](waves[i : i + a.batch])
             times[p].append(time.perf_counter() - t0)
-    res = {"segments": len(waves), "audio_s": round(audio_s, 1),
-           "encoder_audio_s_per_s": round(audio_s / float(np.median(times[False])), 1),
-           "encoder_prosody_audio_s_per_s": round(audio_s / float(np.median(times[True])), 1)}
+    res = {
+        "segments": len(waves),
+        "audio_s": round(audio_s, 1),
+        "encoder_audio_s_per_s": round(audio_s / float(np.median(times[False])), 1),
+        "encoder_prosody_audio_s_per_s": round(audio_s / float(np.median(times[True])), 1),
+    }
     res["prosody_cost"] = round(float(np.median(times[True])) / float(np.median(times[False])) - 1, 3)
     print(json.dumps(res))
     return res

@@ -9,6 +9,7 @@ A sampler thread records every second: RSS summed over the driver and all its de
 workers, vLLM engine processes), the largest single process, and the plasma object-store use reported by Ray.
 A size that runs past ``--cap-s`` is stopped; its memory trace and the rows written so far are still reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def manifest(n: int) -> str:
         clips = asterisk_clips(0.5, 1.2)
         # the job refuses a second row with the same file and options ("duplicate input"): a distinct transcript per
         # row makes each a distinct input; the demo config ignores transcripts (prompt.include_transcript=false)
-        rows = [{"recording_id": f"r{i:06d}", "path": clips[i % len(clips)][0], "transcript": f"copy {i}"}
-                for i in range(n)]
+        rows = [
+            {"recording_id": f"r{i:06d}", "path": clips[i % len(clips)][0], "transcript": f"copy {i}"} for i in range(n)
+        ]
         pd.DataFrame(rows).to_csv(p, index=False)
     return str(p)
 
@@ -69,8 +71,15 @@ class Sampler(threading.Thread):
                     plasma = int(m.group(1)) if m else None
             except Exception:
                 pass
-            self.samples.append({"t": round(time.time() - self.t0, 1), "rss_mb": total / 2**20,
-                                 "max_proc_mb": biggest / 2**20, "procs": n, "plasma_mb": plasma})
+            self.samples.append(
+                {
+                    "t": round(time.time() - self.t0, 1),
+                    "rss_mb": total / 2**20,
+                    "max_proc_mb": biggest / 2**20,
+                    "procs": n,
+                    "plasma_mb": plasma,
+                }
+            )
             time.sleep(self.period)
 
 
@@ -95,9 +104,13 @@ def phase_run(a) -> None:
 
     def dump(final: bool):
         s = samp.samples
-        res.update(final=final, samples=s,
-                   peak_rss_mb=max(x["rss_mb"] for x in s), peak_max_proc_mb=max(x["max_proc_mb"] for x in s),
-                   peak_plasma_mb=max((x["plasma_mb"] or 0) for x in s))
+        res.update(
+            final=final,
+            samples=s,
+            peak_rss_mb=max(x["rss_mb"] for x in s),
+            peak_max_proc_mb=max(x["max_proc_mb"] for x in s),
+            peak_plasma_mb=max((x["plasma_mb"] or 0) for x in s),
+        )
         # steady phase: the second half of the run (after start-up)
         half = [x for x in s if x["t"] >= s[-1]["t"] / 2]
         res["rss_mb_second_half_mean"] = sum(x["rss_mb"] for x in half) / len(half)
@@ -110,8 +123,13 @@ def phase_run(a) -> None:
 
         try:
             d = Path(segments_dir(str(outdir)))
-            return len({r for f in d.glob("part-*.parquet")
-                        for r in pq.read_table(f, columns=["recording_id"]).column(0).to_pylist()})
+            return len(
+                {
+                    r
+                    for f in d.glob("part-*.parquet")
+                    for r in pq.read_table(f, columns=["recording_id"]).column(0).to_pylist()
+                }
+            )
         except Exception:
             return None
 
@@ -144,9 +162,15 @@ def phase_run(a) -> None:
         ray.shutdown()
         os._exit(0)
     rep = box["rep"]
-    res.update(wall_s=time.time() - t0, audio_s=rep["audio_s"], labeled=rep["labeled"], failed=rep["failed"],
-               segments=rep["segments"], files_per_s=(rep["labeled"] + rep["failed"]) / (time.time() - t0),
-               audio_s_per_s=rep["audio_s"] / (time.time() - t0))
+    res.update(
+        wall_s=time.time() - t0,
+        audio_s=rep["audio_s"],
+        labeled=rep["labeled"],
+        failed=rep["failed"],
+        segments=rep["segments"],
+        files_per_s=(rep["labeled"] + rep["failed"]) / (time.time() - t0),
+        audio_s_per_s=rep["audio_s"] / (time.time() - t0),
+    )
     time.sleep(1.5)
     samp.stop_flag = True
     finished.set()
@@ -174,21 +198,40 @@ def main() -> None:
         out = WORK / "scaling" / f"res_{n}.json"
         t0 = time.perf_counter()
         try:
-            r = run_phase(str(Path(__file__).resolve()), "run", out, "--n", str(n), "--manifest", manifest(n),
-                          "--bundle", bundle, "--cap-s", str(a.cap_s), "--job", a.job, timeout=a.cap_s + 180)
+            r = run_phase(
+                str(Path(__file__).resolve()),
+                "run",
+                out,
+                "--n",
+                str(n),
+                "--manifest",
+                manifest(n),
+                "--bundle",
+                bundle,
+                "--cap-s",
+                str(a.cap_s),
+                "--job",
+                a.job,
+                timeout=a.cap_s + 180,
+            )
         except Exception as e:  # timeout: the partial trace the run kept writing
             r = json.loads(out.read_text()) if out.exists() else {"n": n}
             r["stopped"] = f"{type(e).__name__} after {time.perf_counter() - t0:.0f} s"
         results.append(r)
         print({k: v for k, v in r.items() if k != "samples"}, flush=True)
-    lines = ["| files | wall s | files/s | audio s/s | peak RSS all procs MB | RSS 2nd half mean MB | "
-             "largest proc MB | peak plasma MB | done |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| files | wall s | files/s | audio s/s | peak RSS all procs MB | RSS 2nd half mean MB | "
+        "largest proc MB | peak plasma MB | done |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['n']} | {r.get('wall_s', r.get('elapsed_s', float('nan'))):.0f} | "
-                     f"{r.get('files_per_s', float('nan')):.1f} | {r.get('audio_s_per_s', float('nan')):.1f} | "
-                     f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('rss_mb_second_half_mean', float('nan')):.0f} | "
-                     f"{r.get('peak_max_proc_mb', float('nan')):.0f} | {r.get('peak_plasma_mb', float('nan')):.0f} | "
-                     f"{'yes' if r.get('wall_s') else 'stopped at cap, ' + str(r.get('recordings_done_so_far')) + ' done'} |")
+        lines.append(
+            f"| {r['n']} | {r.get('wall_s', r.get('elapsed_s', float('nan'))):.0f} | "
+            f"{r.get('files_per_s', float('nan')):.1f} | {r.get('audio_s_per_s', float('nan')):.1f} | "
+            f"{r.get('peak_rss_mb', float('nan')):.0f} | {r.get('rss_mb_second_half_mean', float('nan')):.0f} | "
+            f"{r.get('peak_max_proc_mb', float('nan')):.0f} | {r.get('peak_plasma_mb', float('nan')):.0f} | "
+            f"{'yes' if r.get('wall_s') else 'stopped at cap, ' + str(r.get('recordings_done_so_far')) + ' done'} |"
+        )
     save_results(a.json, {"machine": machine(), "results": results}, lines)
 
 

@@ -11,6 +11,7 @@ prompts, 1-5 s) with random labels / speakers (throughput only; labels do not ma
   includes the small validation pass, as in a real run).
 * ``plain``: the same model, data (``WorkerData``), optimizer and step in one process, no Ray, no DDP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,23 @@ def feature_cache() -> str:
     import numpy as np
     import pandas as pd
 
-    from pipeline.training.extract import extract_features
     from pipeline.ray_env import init_ray
+    from pipeline.training.extract import extract_features
 
     clips = asterisk_clips(1.0, 5.0)
     g = np.random.default_rng(0)
     labels = ["neutral", "happy", "angry", "sad"]
-    rows = [{"utt_id": f"u{i:04d}", "path": p, "label": labels[i % 4], "transcript": None,
-             "speaker": f"s{g.integers(8)}", "split": "val" if i % 16 == 0 else "train"} for i, (p, _) in enumerate(clips)]
+    rows = [
+        {
+            "utt_id": f"u{i:04d}",
+            "path": p,
+            "label": labels[i % 4],
+            "transcript": None,
+            "speaker": f"s{g.integers(8)}",
+            "split": "val" if i % 16 == 0 else "train",
+        }
+        for i, (p, _) in enumerate(clips)
+    ]
     man = WORK / "train_manifest.csv"
     pd.DataFrame(rows).to_csv(man, index=False)
     init_ray(num_cpus=4)
@@ -61,9 +71,18 @@ def feature_cache() -> str:
 def settings(a, name):
     from pipeline.training import TrainSettings
 
-    return TrainSettings(features=a.features, storage_path=str(WORK / "train_runs"), name=name, stages=(1, 2),
-                         num_workers=a.workers, cpus_per_worker=0.5, threads_per_worker=a.threads,
-                         limit_train=a.n_train, verbose=False, max_failures=0)
+    return TrainSettings(
+        features=a.features,
+        storage_path=str(WORK / "train_runs"),
+        name=name,
+        stages=(1, 2),
+        num_workers=a.workers,
+        cpus_per_worker=0.5,
+        threads_per_worker=a.threads,
+        limit_train=a.n_train,
+        verbose=False,
+        max_failures=0,
+    )
 
 
 def phase_ray(a) -> dict:
@@ -139,34 +158,64 @@ def main() -> None:
     for rep in range(a.reps):
         for c in a.configs.split(","):
             kind, w, t = c.split(":")
-            r = run_phase(str(Path(__file__).resolve()), kind, WORK / "train_phases" / f"{c.replace(':', '_')}_{rep}.json",
-                          "--features", feats, "--workers", w, "--threads", t, "--n-train", str(a.n_train))
+            r = run_phase(
+                str(Path(__file__).resolve()),
+                kind,
+                WORK / "train_phases" / f"{c.replace(':', '_')}_{rep}.json",
+                "--features",
+                feats,
+                "--workers",
+                w,
+                "--threads",
+                t,
+                "--n-train",
+                str(a.n_train),
+            )
             raw.setdefault(c, []).append(r)
-            print(f"rep {rep} {c}: s1 {r['stage1_samples_per_s']:.1f}/s s2 {r['stage2_samples_per_s']:.1f}/s "
-                  f"({r['process_wall_s']:.0f} s)", flush=True)
-    summ = {c: {f"stage{s}": stats([r[f"stage{s}_samples_per_s"] for r in rs]) for s in (1, 2)} for c, rs in raw.items()}
+            print(
+                f"rep {rep} {c}: s1 {r['stage1_samples_per_s']:.1f}/s s2 {r['stage2_samples_per_s']:.1f}/s "
+                f"({r['process_wall_s']:.0f} s)",
+                flush=True,
+            )
+    summ = {
+        c: {f"stage{s}": stats([r[f"stage{s}_samples_per_s"] for r in rs]) for s in (1, 2)} for c, rs in raw.items()
+    }
     ratios = {}
     n = a.reps
     for s in (1, 2):
         k = f"stage{s}_samples_per_s"
         if "ray:2:1" in raw and "ray:1:2" in raw:
-            ratios[f"stage{s}_2workers_vs_1worker_same_cores"] = stats([raw["ray:2:1"][i][k] / raw["ray:1:2"][i][k] for i in range(n)])
+            ratios[f"stage{s}_2workers_vs_1worker_same_cores"] = stats(
+                [raw["ray:2:1"][i][k] / raw["ray:1:2"][i][k] for i in range(n)]
+            )
         if "ray:2:1" in raw and "ray:1:1" in raw:
-            ratios[f"stage{s}_2workers_vs_1worker_1thread"] = stats([raw["ray:2:1"][i][k] / raw["ray:1:1"][i][k] for i in range(n)])
+            ratios[f"stage{s}_2workers_vs_1worker_1thread"] = stats(
+                [raw["ray:2:1"][i][k] / raw["ray:1:1"][i][k] for i in range(n)]
+            )
         if "plain:1:2" in raw and "plain:1:1" in raw:
-            ratios[f"stage{s}_plain_2threads_vs_1thread"] = stats([raw["plain:1:2"][i][k] / raw["plain:1:1"][i][k] for i in range(n)])
+            ratios[f"stage{s}_plain_2threads_vs_1thread"] = stats(
+                [raw["plain:1:2"][i][k] / raw["plain:1:1"][i][k] for i in range(n)]
+            )
         if "ray:1:2" in raw and "plain:1:2" in raw:
-            ratios[f"stage{s}_ray1worker_vs_plain_2threads"] = stats([raw["ray:1:2"][i][k] / raw["plain:1:2"][i][k] for i in range(n)])
+            ratios[f"stage{s}_ray1worker_vs_plain_2threads"] = stats(
+                [raw["ray:1:2"][i][k] / raw["plain:1:2"][i][k] for i in range(n)]
+            )
         if "ray:2:1" in raw and "plain:1:2" in raw:
-            ratios[f"stage{s}_ray2workers_vs_plain_2threads"] = stats([raw["ray:2:1"][i][k] / raw["plain:1:2"][i][k] for i in range(n)])
+            ratios[f"stage{s}_ray2workers_vs_plain_2threads"] = stats(
+                [raw["ray:2:1"][i][k] / raw["plain:1:2"][i][k] for i in range(n)]
+            )
     out = {"machine": machine(), "n_train": a.n_train, "overrides": OVR, "summary": summ, "ratios": ratios, "raw": raw}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1, default=float))
-    lines = ["| config (kind:workers:threads) | stage 1 samples/s median [min-max] | stage 2 samples/s median [min-max] |",
-             "|---|---:|---:|"]
+    lines = [
+        "| config (kind:workers:threads) | stage 1 samples/s median [min-max] | stage 2 samples/s median [min-max] |",
+        "|---|---:|---:|",
+    ]
     for c, d in summ.items():
-        lines.append(f"| {c} | {d['stage1']['median']:.1f} [{d['stage1']['min']:.1f}-{d['stage1']['max']:.1f}] | "
-                     f"{d['stage2']['median']:.1f} [{d['stage2']['min']:.1f}-{d['stage2']['max']:.1f}] |")
+        lines.append(
+            f"| {c} | {d['stage1']['median']:.1f} [{d['stage1']['min']:.1f}-{d['stage1']['max']:.1f}] | "
+            f"{d['stage2']['median']:.1f} [{d['stage2']['min']:.1f}-{d['stage2']['max']:.1f}] |"
+        )
     lines += ["", "| ratio | median | min | max |", "|---|---:|---:|---:|"]
     for k, v in ratios.items():
         lines.append(f"| {k} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} |")

@@ -6,6 +6,7 @@ Prompts: real soft prompts of the demo bundle (Former on Whisper features of rea
 Options compared, each in a fresh process: base LLM + LoRA adapter (what an unmerged bundle serves) vs the merged
 LLM (``save_bundle(..., merge_llm=True)``), ``max_num_seqs`` 64 / 256, mode tokens / choice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ def phase(a) -> dict:
     emb = torch.load(a.prompts, weights_only=True)  # our own tensors, no pickled objects
     meta = read_meta(a.bundle)
     t0 = time.perf_counter()
-    kw = engine_kwargs(a.bundle, use_merged=a.merged, enforce_eager=True, max_model_len=1024,
-                       max_num_seqs=a.max_num_seqs)
+    kw = engine_kwargs(
+        a.bundle, use_merged=a.merged, enforce_eager=True, max_model_len=1024, max_num_seqs=a.max_num_seqs
+    )
     llm = LLM(**kw)
     start = time.perf_counter() - t0
     lora = lora_request(a.bundle) if kw.get("enable_lora") else None
@@ -100,24 +102,38 @@ def main() -> None:
         return
     b, bm = demo_bundle(), merged_bundle()
     pr = prompts(b, a.n)
-    variants = {"lora_seqs256": [b], "merged_seqs256": [bm, "--merged"],
-                "merged_seqs64": [bm, "--merged", "--max-num-seqs", "64"],
-                "merged_choice": [bm, "--merged", "--mode", "choice"],
-                "merged_inprocess": [bm, "--merged", "--env", "VLLM_ENABLE_V1_MULTIPROCESSING=0"],
-                "lora_inprocess": [b, "--env", "VLLM_ENABLE_V1_MULTIPROCESSING=0"]}
+    variants = {
+        "lora_seqs256": [b],
+        "merged_seqs256": [bm, "--merged"],
+        "merged_seqs64": [bm, "--merged", "--max-num-seqs", "64"],
+        "merged_choice": [bm, "--merged", "--mode", "choice"],
+        "merged_inprocess": [bm, "--merged", "--env", "VLLM_ENABLE_V1_MULTIPROCESSING=0"],
+        "lora_inprocess": [b, "--env", "VLLM_ENABLE_V1_MULTIPROCESSING=0"],
+    }
     if a.variants:
         variants = {k: v for k, v in variants.items() if k in a.variants.split(",")}
     raw: dict[str, list] = {}
     for rep in range(a.reps):
         for name, args in variants.items():
-            r = run_phase(str(Path(__file__).resolve()), "run", WORK / "vllm_phases" / f"{name}_{rep}.json",
-                          "--bundle", args[0], "--prompts", pr, *args[1:])
+            r = run_phase(
+                str(Path(__file__).resolve()),
+                "run",
+                WORK / "vllm_phases" / f"{name}_{rep}.json",
+                "--bundle",
+                args[0],
+                "--prompts",
+                pr,
+                *args[1:],
+            )
             raw.setdefault(name, []).append(r)
-            print(f"rep {rep} {name}: {r['req_per_s']:.0f} req/s (engine start {r['engine_start_s']:.0f} s)", flush=True)
+            print(
+                f"rep {rep} {name}: {r['req_per_s']:.0f} req/s (engine start {r['engine_start_s']:.0f} s)", flush=True
+            )
     summ = {k: stats([r["req_per_s"] for r in v]) for k, v in raw.items()}
     if "merged_seqs256" in raw and "lora_seqs256" in raw:
-        summ["merged_over_lora"] = stats([raw["merged_seqs256"][i]["req_per_s"] / raw["lora_seqs256"][i]["req_per_s"]
-                                          for i in range(a.reps)])
+        summ["merged_over_lora"] = stats(
+            [raw["merged_seqs256"][i]["req_per_s"] / raw["lora_seqs256"][i]["req_per_s"] for i in range(a.reps)]
+        )
     for k, v in raw.items():
         summ[k + "_engine_start_s"] = stats([r["engine_start_s"] for r in v])
     out = {"machine": machine(), "n_prompts": a.n, "summary": summ, "raw": raw}

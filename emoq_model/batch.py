@@ -1,4 +1,5 @@
 """A batch of encoder features for the Former: what training, evaluation and labeling hand to the model."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -25,9 +26,14 @@ class EmoQBatch:
     def __len__(self) -> int:
         return int(self.mask.shape[0])
 
-    def to(self, device) -> "EmoQBatch":
-        return EmoQBatch(self.frames.to(device), self.mask.to(device),
-                         None if self.labels is None else self.labels.to(device), self.transcripts, self.meta)
+    def to(self, device) -> EmoQBatch:
+        return EmoQBatch(
+            self.frames.to(device),
+            self.mask.to(device),
+            None if self.labels is None else self.labels.to(device),
+            self.transcripts,
+            self.meta,
+        )
 
 
 def collate_features(items: Sequence[Mapping[str, Any]], label_names: Sequence[str] | None = None) -> EmoQBatch:
@@ -36,8 +42,9 @@ def collate_features(items: Sequence[Mapping[str, Any]], label_names: Sequence[s
     ``transcript``."""
     if not items:
         raise ValueError("empty batch")
-    frames = [torch.as_tensor(np.asarray(it["frames"]) if not torch.is_tensor(it["frames"]) else it["frames"])
-              for it in items]
+    frames = [
+        torch.as_tensor(np.asarray(it["frames"]) if not torch.is_tensor(it["frames"]) else it["frames"]) for it in items
+    ]
     stacked = frames[0].dim() == 3
     if any(f.dim() != frames[0].dim() or f.shape[-1] != frames[0].shape[-1] for f in frames):
         raise ValueError("all items need frames of the same rank and width")

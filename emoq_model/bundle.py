@@ -12,6 +12,7 @@ Layout::
 Only safetensors / JSON / YAML are written and read (no pickles). The directory is written to a temporary sibling
 and renamed into place, so a reader never sees a half-written bundle.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,9 @@ ADAPTER_DIR = "adapter"
 MERGED_DIR = "llm_merged"
 
 
-def save_bundle(model, out_dir: str | os.PathLike, merge_llm: bool = False, copy_base: bool = False,
-                overwrite: bool = True) -> Path:
+def save_bundle(
+    model, out_dir: str | os.PathLike, merge_llm: bool = False, copy_base: bool = False, overwrite: bool = True
+) -> Path:
     """Write ``model`` (an :class:`~emoq_model.model.EmoQModel`) as a bundle directory and return its path."""
     from safetensors.torch import save_file
 
@@ -123,8 +125,12 @@ def read_meta(bundle_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def bundle_config(bundle_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-                  overrides: list[str] | None = None):
+def bundle_config(
+    bundle_dir: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | None = None,
+    overrides: list[str] | None = None,
+):
     """The bundle's config with placeholders resolved and optional device / LLM dtype overrides."""
     root = Path(bundle_dir).expanduser().resolve()
     ov = list(overrides or [])
@@ -135,8 +141,14 @@ def bundle_config(bundle_dir: str | os.PathLike, device: str | None = None, dtyp
     return load_config(root / CONFIG_FILE, ov, variables={"bundle": str(root)})
 
 
-def load_bundle(bundle_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-                with_encoder: bool = False, load_llm: bool = True, overrides: list[str] | None = None):
+def load_bundle(
+    bundle_dir: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | None = None,
+    with_encoder: bool = False,
+    load_llm: bool = True,
+    overrides: list[str] | None = None,
+):
     """Load a bundle: an :class:`EmoQModel` (LLM + adapter; ``load_llm=True``) or, for serving next to vLLM, an
     :class:`EmoQFrontEnd` with only the LLM's embedding table. ``device`` / ``dtype`` override the config
     (``dtype`` applies to the LLM; the Former stays float32)."""

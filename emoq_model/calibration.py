@@ -7,6 +7,7 @@ argmax (the label) never changes, only how sure the output says it is. ``T`` is 
 validation split (speakers disjoint from training, normalised as at labeling time), never on test data.
 Expected calibration error (ECE, equal-width confidence bins) is reported before and after.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,12 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
     if len(y) == 0:
         return 1.0
-    res = minimize_scalar(lambda lt: nll(apply_temperature(probs, float(np.exp(lt))), y),
-                          bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda lt: nll(apply_temperature(probs, float(np.exp(lt))), y),
+        bounds=tuple(np.log(T_BOUNDS)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(res.x))
 
 
@@ -63,8 +68,14 @@ def calibration_report(probs: np.ndarray, y: np.ndarray) -> dict:
     """Fit ``T`` on (``probs``, ``y``) and report NLL and ECE before / after."""
     t = fit_temperature(probs, y)
     cal = apply_temperature(probs, t)
-    return {"temperature": t, "n": int(len(y)), "nll_before": nll(probs, y), "nll_after": nll(cal, y),
-            "ece_before": expected_calibration_error(probs, y), "ece_after": expected_calibration_error(cal, y)}
+    return {
+        "temperature": t,
+        "n": int(len(y)),
+        "nll_before": nll(probs, y),
+        "nll_after": nll(cal, y),
+        "ece_before": expected_calibration_error(probs, y),
+        "ece_after": expected_calibration_error(cal, y),
+    }
 
 
 def save_calibration(bundle_dir: str | os.PathLike, report: dict) -> None:

@@ -6,6 +6,7 @@ validates. Placeholders in string values: ``${assets}`` (the offline asset cache
 :func:`emoq_model.assets.cache_dir`), ``${config_dir}`` (directory of the YAML file), ``${env:NAME}``.
 Errors are :class:`ConfigError` (a ``ValueError``) naming the offending key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,15 +25,13 @@ from emoq_model.errors import ConfigError  # noqa: F401  (raised here; part of t
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-
-
 @dataclass
 class EncoderConfig:
     """Frozen speech encoder (any local HF HuBERT / wav2vec2 / WavLM / Whisper directory)."""
 
     path: str = "${assets}/whisper-tiny.en"
-    layer: Union[str, int] = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
-    weighted_layers: Union[list[int], None] = None  # hidden-state indices the weighted sum uses (None: all)
+    layer: str | int = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
+    weighted_layers: list[int] | None = None  # hidden-state indices the weighted sum uses (None: all)
     # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA) | int8 (CPU: dynamic int8 quantisation of the Linear
     # layers, torch.ao). A frozen encoder's precision is a deployment choice: set it at labeling time
     # (label_corpus --set encoder.dtype=bfloat16); BENCHMARKS.md has the speed and label agreement of each
@@ -63,7 +62,7 @@ class FormerConfig:
     # local BERT-family directory (e.g. ${assets}/all-minilm-l6-v2): with text_fusion=concat, transcripts are embedded
     # by this frozen encoder (contextual token states) instead of by the LLM's input embedding table (None); it is
     # also the source of init_from_text_encoder (with any text_fusion)
-    text_encoder: Union[str, None] = None
+    text_encoder: str | None = None
     # BLIP-2 initialisation: self-attention and feed-forward layers from the text encoder's first num_layers layers
     # (cross-attention stays new); needs hidden / num_heads / intermediate equal to the text encoder's
     init_from_text_encoder: bool = False
@@ -81,17 +80,16 @@ class LLMConfig:
     dtype: str = "float32"
     device: str = "auto"
     trust_remote_code: bool = False
-    attn_implementation: Union[str, None] = None  # None: the transformers default (sdpa)
+    attn_implementation: str | None = None  # None: the transformers default (sdpa)
 
 
 @dataclass
 class PromptConfig:
     """Soft prompt: ``[chat prefix + instruction] [queries] [transcript] [chat suffix + answer prefix] -> label``."""
 
-    system: Union[str, None] = "You are an expert in recognising emotions in speech."
-    instruction: str = (
-        "Listen to the speech and answer with one word, the speaker's emotion: {labels}."
-    )  # "{labels}" expands to the comma-separated label names
+    system: str | None = "You are an expert in recognising emotions in speech."
+    # "{labels}" expands to the comma-separated label names
+    instruction: str = "Listen to the speech and answer with one word, the speaker's emotion: {labels}."
     speech_intro: str = "\nSpeech: "
     transcript_intro: str = "\nTranscript: "
     answer_prefix: str = ""
@@ -115,7 +113,7 @@ class LossConfig:
     temperature: float = 0.1
     focal_weight: float = 1.0
     gamma: float = 2.0
-    alpha: Union[str, list[float]] = "auto"  # "auto" (from class counts) | "none" | one weight per label
+    alpha: str | list[float] = "auto"  # "auto" (from class counts) | "none" | one weight per label
 
 
 @dataclass
@@ -258,8 +256,10 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i])} is not a section")
         hints = typing.get_type_hints(cls)
         if p not in hints:
-            raise ConfigError(f"override {dotted!r}: unknown key {p!r} in "
-                              f"{'.'.join(parts[:i]) or 'top level'}; known: {sorted(hints)}")
+            raise ConfigError(
+                f"override {dotted!r}: unknown key {p!r} in "
+                f"{'.'.join(parts[:i]) or 'top level'}; known: {sorted(hints)}"
+            )
         cls = hints[p]
         if i == len(parts) - 1:
             node[p] = value
@@ -313,8 +313,9 @@ def resolve_paths(cfg: EmoQConfig, variables: dict[str, str] | None = None) -> E
     for section in (cfg.encoder, cfg.llm):
         section.path = str(Path(expand_placeholders(section.path, variables)).expanduser().resolve())
     if cfg.former.text_encoder:
-        cfg.former.text_encoder = str(Path(expand_placeholders(cfg.former.text_encoder, variables)).expanduser()
-                                      .resolve())
+        cfg.former.text_encoder = str(
+            Path(expand_placeholders(cfg.former.text_encoder, variables)).expanduser().resolve()
+        )
     return cfg
 
 
@@ -328,16 +329,24 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
     checks = [
         (f.num_queries >= 1, "former.num_queries must be >= 1"),
         (f.num_layers >= 1, "former.num_layers must be >= 1"),
-        (f.num_heads >= 1 and f.hidden % f.num_heads == 0,
-         f"former.hidden ({f.hidden}) must be a multiple of former.num_heads ({f.num_heads})"),
+        (
+            f.num_heads >= 1 and f.hidden % f.num_heads == 0,
+            f"former.hidden ({f.hidden}) must be a multiple of former.num_heads ({f.num_heads})",
+        ),
         (f.intermediate >= 1, "former.intermediate must be >= 1"),
-        (1 <= f.cross_attention_frequency <= f.num_layers,
-         "former.cross_attention_frequency must be in [1, former.num_layers]"),
+        (
+            1 <= f.cross_attention_frequency <= f.num_layers,
+            "former.cross_attention_frequency must be in [1, former.num_layers]",
+        ),
         (0.0 <= f.dropout < 1.0, "former.dropout must be in [0, 1)"),
-        (not f.init_from_text_encoder or bool(f.text_encoder),
-         "former.init_from_text_encoder needs former.text_encoder"),
-        (f.use_speech or f.text_fusion == "concat",
-         "former.use_speech=false (text-only) needs former.text_fusion=concat"),
+        (
+            not f.init_from_text_encoder or bool(f.text_encoder),
+            "former.init_from_text_encoder needs former.text_encoder",
+        ),
+        (
+            f.use_speech or f.text_fusion == "concat",
+            "former.use_speech=false (text-only) needs former.text_fusion=concat",
+        ),
         (cfg.prompt.max_transcript_tokens >= 0, "prompt.max_transcript_tokens must be >= 0"),
         (0.0 <= cfg.encoder.whisper_tail_s <= 5.0, "encoder.whisper_tail_s must be in [0, 5]"),
         (len(lab.names) >= 2, "labels.names needs at least 2 labels"),
@@ -346,37 +355,66 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
         (lo.gamma >= 0, "loss.gamma must be >= 0"),
         (lo.supcon_weight >= 0 and lo.focal_weight >= 0, "loss weights must be >= 0"),
         (lo.supcon_weight + lo.focal_weight > 0, "loss.supcon_weight + loss.focal_weight must be > 0"),
-        (not isinstance(lo.alpha, str) or lo.alpha in ("auto", "none"),
-         f"loss.alpha must be 'auto', 'none' or a list of floats, got {lo.alpha!r}"),
-        (isinstance(lo.alpha, str) or len(lo.alpha) == len(lab.names),
-         f"loss.alpha has {0 if isinstance(lo.alpha, str) else len(lo.alpha)} weights for {len(lab.names)} labels"),
+        (
+            not isinstance(lo.alpha, str) or lo.alpha in ("auto", "none"),
+            f"loss.alpha must be 'auto', 'none' or a list of floats, got {lo.alpha!r}",
+        ),
+        (
+            isinstance(lo.alpha, str) or len(lo.alpha) == len(lab.names),
+            f"loss.alpha has {0 if isinstance(lo.alpha, str) else len(lo.alpha)} weights for {len(lab.names)} labels",
+        ),
         (cfg.lora.r >= 1 and cfg.lora.alpha > 0, "lora.r and lora.alpha must be positive"),
         (len(cfg.lora.target_modules) > 0, "lora.target_modules must not be empty"),
         (0.0 <= cfg.lora.dropout < 1.0, "lora.dropout must be in [0, 1)"),
         (st.stage2.mal_weight >= 0, "train.stage2.mal_weight must be >= 0"),
-        (all(0.0 <= x.text_dropout < 1.0 for x in (st.stage1, st.stage2)), "train.stage*.text_dropout must be in [0, 1)"),
+        (
+            all(0.0 <= x.text_dropout < 1.0 for x in (st.stage1, st.stage2)),
+            "train.stage*.text_dropout must be in [0, 1)",
+        ),
         (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
         (st.stage2.distill_weight >= 0, "train.stage2.distill_weight must be >= 0"),
         (st.stage2.lm_weight >= 0, "train.stage2.lm_weight must be >= 0"),
-        (st.stage2.mal_weight == 0 or st.stage2.former_trainable,
-         "train.stage2.mal_weight > 0 needs train.stage2.former_trainable=true (MAL only trains the Former)"),
-        (all(s.epochs >= 0 and s.lr > 0 and s.batch_size >= 1 for s in (st.stage1, st.stage2)),
-         "train.stage*: epochs >= 0, lr > 0, batch_size >= 1"),
-        (isinstance(cfg.encoder.layer, int) or cfg.encoder.layer in ("last", "weighted"),
-         f"encoder.layer must be 'last', 'weighted' or an integer, got {cfg.encoder.layer!r}"),
-        (cfg.encoder.weighted_layers is None or cfg.encoder.layer == "weighted",
-         "encoder.weighted_layers is only used with encoder.layer=weighted"),
-        (cfg.encoder.weighted_layers is None or len(cfg.encoder.weighted_layers) >= 1,
-         "encoder.weighted_layers must not be empty"),
+        (
+            st.stage2.mal_weight == 0 or st.stage2.former_trainable,
+            "train.stage2.mal_weight > 0 needs train.stage2.former_trainable=true (MAL only trains the Former)",
+        ),
+        (
+            all(s.epochs >= 0 and s.lr > 0 and s.batch_size >= 1 for s in (st.stage1, st.stage2)),
+            "train.stage*: epochs >= 0, lr > 0, batch_size >= 1",
+        ),
+        (
+            isinstance(cfg.encoder.layer, int) or cfg.encoder.layer in ("last", "weighted"),
+            f"encoder.layer must be 'last', 'weighted' or an integer, got {cfg.encoder.layer!r}",
+        ),
+        (
+            cfg.encoder.weighted_layers is None or cfg.encoder.layer == "weighted",
+            "encoder.weighted_layers is only used with encoder.layer=weighted",
+        ),
+        (
+            cfg.encoder.weighted_layers is None or len(cfg.encoder.weighted_layers) >= 1,
+            "encoder.weighted_layers must not be empty",
+        ),
     ]
-    checks.append((cfg.encoder.dtype in DTYPES + ("int8",),
-                   f"encoder.dtype must be one of {DTYPES + ('int8',)}, got {cfg.encoder.dtype!r}"))
+    checks.append(
+        (
+            cfg.encoder.dtype in DTYPES + ("int8",),
+            f"encoder.dtype must be one of {DTYPES + ('int8',)}, got {cfg.encoder.dtype!r}",
+        )
+    )
     checks.append((cfg.llm.dtype in DTYPES, f"llm.dtype must be one of {DTYPES}, got {cfg.llm.dtype!r}"))
-    checks.append((cfg.former.dtype in ("float32", "bfloat16"),
-                   f"former.dtype must be float32 or bfloat16, got {cfg.former.dtype!r}"))
+    checks.append(
+        (
+            cfg.former.dtype in ("float32", "bfloat16"),
+            f"former.dtype must be float32 or bfloat16, got {cfg.former.dtype!r}",
+        )
+    )
     for dev, key in ((cfg.encoder.device, "encoder.device"), (cfg.llm.device, "llm.device")):
-        checks.append((dev == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", dev) is not None,
-                       f"{key} must be auto, cpu, cuda or cuda:N, got {dev!r}"))
+        checks.append(
+            (
+                dev == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", dev) is not None,
+                f"{key} must be auto, cpu, cuda or cuda:N, got {dev!r}",
+            )
+        )
     if "{" in cfg.prompt.instruction.replace("{labels}", ""):
         checks.append((False, "prompt.instruction may only contain the {labels} placeholder"))
     for ok, msg in checks:
@@ -398,8 +436,10 @@ def _validate_assets(cfg: EmoQConfig) -> None:
     idx = [cfg.encoder.layer] if isinstance(cfg.encoder.layer, int) else (cfg.encoder.weighted_layers or [])
     for i in idx:
         if not -n_states <= i < n_states:
-            raise ConfigError(f"encoder layer index {i} out of range: {cfg.encoder.path} has {n_states} hidden "
-                              f"states (0 = embeddings .. {n_states - 1} = last layer)")
+            raise ConfigError(
+                f"encoder layer index {i} out of range: {cfg.encoder.path} has {n_states} hidden "
+                f"states (0 = embeddings .. {n_states - 1} = last layer)"
+            )
     if cfg.former.text_encoder:
         _validate_text_encoder(cfg.former)
     tok = AutoTokenizer.from_pretrained(cfg.llm.path, trust_remote_code=cfg.llm.trust_remote_code)
@@ -409,8 +449,10 @@ def _validate_assets(cfg: EmoQConfig) -> None:
         if len(ids) != 1:
             bad[name] = tok.convert_ids_to_tokens(ids)
     if bad:
-        raise ConfigError(f"labels must be single tokens of {cfg.llm.path} (answer form "
-                          f"{cfg.labels.token_prefix!r} + name); these are not: {bad}")
+        raise ConfigError(
+            f"labels must be single tokens of {cfg.llm.path} (answer form "
+            f"{cfg.labels.token_prefix!r} + name); these are not: {bad}"
+        )
     ids = [tok.encode(cfg.labels.token_prefix + n, add_special_tokens=False)[0] for n in cfg.labels.names]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"labels share token ids: {dict(zip(cfg.labels.names, ids))}")
@@ -422,15 +464,19 @@ def _validate_text_encoder(f: FormerConfig) -> None:
     from transformers import AutoConfig
 
     if not Path(f.text_encoder).is_dir():
-        raise ConfigError(f"former.text_encoder: {f.text_encoder} is not a directory (build the assets or fix the path)")
+        raise ConfigError(
+            f"former.text_encoder: {f.text_encoder} is not a directory (build the assets or fix the path)"
+        )
     tc = AutoConfig.from_pretrained(f.text_encoder)
     if not f.init_from_text_encoder:
         return
     want = {"hidden": tc.hidden_size, "num_heads": tc.num_attention_heads, "intermediate": tc.intermediate_size}
     have = {"hidden": f.hidden, "num_heads": f.num_heads, "intermediate": f.intermediate}
     if want != have or f.num_layers > tc.num_hidden_layers:
-        raise ConfigError(f"former.init_from_text_encoder: the Former must match {f.text_encoder}: {want} and "
-                          f"num_layers <= {tc.num_hidden_layers}; got {have}, num_layers={f.num_layers}")
+        raise ConfigError(
+            f"former.init_from_text_encoder: the Former must match {f.text_encoder}: {want} and "
+            f"num_layers <= {tc.num_hidden_layers}; got {have}, num_layers={f.num_layers}"
+        )
 
 
 def num_encoder_hidden_states(hf_config) -> int:

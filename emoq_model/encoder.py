@@ -12,6 +12,7 @@ waveform, run item by item when ``exact_batching`` is set. Whisper runs, by defa
 batch (position table sliced, padded frames masked) instead of 30 s windows; ``whisper_real_length=False`` gives
 the standard HF path (30 s windows, no masking) and slices its output to the valid frames.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,17 @@ from torch import nn
 
 from emoq_model.config import EncoderConfig, resolve_device, resolve_dtype
 
-WAV2VEC2_FAMILY = ("hubert", "wav2vec2", "wavlm", "wav2vec2-conformer", "data2vec-audio", "sew", "sew-d", "unispeech",
-                   "unispeech-sat")
+WAV2VEC2_FAMILY = (
+    "hubert",
+    "wav2vec2",
+    "wavlm",
+    "wav2vec2-conformer",
+    "data2vec-audio",
+    "sew",
+    "sew-d",
+    "unispeech",
+    "unispeech-sat",
+)
 MIN_SAMPLES = 400  # 25 ms: shorter items are zero-padded (the conv front ends need one full window)
 
 
@@ -46,10 +56,11 @@ class EncoderOutput:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(-1)
 
-    def to(self, device=None, dtype=None) -> "EncoderOutput":
+    def to(self, device=None, dtype=None) -> EncoderOutput:
         dec = None if self.decoder_states is None else self.decoder_states.to(device=device, dtype=dtype)
-        return EncoderOutput(self.hidden.to(device=device, dtype=dtype), self.mask.to(device), dec,
-                             self.decoder_lengths)
+        return EncoderOutput(
+            self.hidden.to(device=device, dtype=dtype), self.mask.to(device), dec, self.decoder_lengths
+        )
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i``'s valid frames: ``[T_i, D]`` or ``[L, T_i, D]``."""
@@ -74,8 +85,9 @@ def quantize_int8(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type != "cpu":
         from emoq_model.errors import ConfigError
 
-        raise ConfigError(f"encoder.dtype=int8 (dynamic quantisation) runs on CPU only, not {device}: "
-                          "use bfloat16 on GPUs")
+        raise ConfigError(
+            f"encoder.dtype=int8 (dynamic quantisation) runs on CPU only, not {device}: use bfloat16 on GPUs"
+        )
     with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it moves to torchao
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
@@ -96,8 +108,12 @@ class SpeechEncoder(nn.Module):
         if self.family != "whisper" and self.family not in WAV2VEC2_FAMILY:
             raise ValueError(f"{cfg.path}: unsupported encoder type {self.family!r} (whisper or {WAV2VEC2_FAMILY})")
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.path)
-        model = AutoModel.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                                          use_safetensors=None if cfg.allow_pickle_weights else True)
+        model = AutoModel.from_pretrained(
+            cfg.path,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=None if cfg.allow_pickle_weights else True,
+        )
         if self.family == "whisper":
             model = model.get_encoder()  # the decoder is dropped
         model = model.to(device).eval().requires_grad_(False)
@@ -109,13 +125,16 @@ class SpeechEncoder(nn.Module):
         n_layers = hf_cfg.encoder_layers if self.family == "whisper" else hf_cfg.num_hidden_layers
         self.num_hidden_states = int(n_layers) + 1  # embeddings + every layer
         self.layer_indices = self._layer_indices()
-        self.pass_mask = self.family != "whisper" and bool(getattr(self.feature_extractor, "return_attention_mask",
-                                                                    False))
-        self.per_item = (self.family != "whisper" and cfg.exact_batching
-                         and getattr(hf_cfg, "feat_extract_norm", "layer") == "group")
+        self.pass_mask = self.family != "whisper" and bool(
+            getattr(self.feature_extractor, "return_attention_mask", False)
+        )
+        self.per_item = (
+            self.family != "whisper" and cfg.exact_batching and getattr(hf_cfg, "feat_extract_norm", "layer") == "group"
+        )
         # samples per output frame (Whisper: mel hop x the stride-2 conv; wav2vec2 family: the conv strides)
-        self.frame_hop = (2 * int(self.feature_extractor.hop_length) if self.family == "whisper"
-                          else int(np.prod(hf_cfg.conv_stride)))
+        self.frame_hop = (
+            2 * int(self.feature_extractor.hop_length) if self.family == "whisper" else int(np.prod(hf_cfg.conv_stride))
+        )
         from emoq_model.prosody import PROSODY_DIMS
 
         self.prosody_dims = PROSODY_DIMS if cfg.prosody else 0
@@ -145,7 +164,7 @@ class SpeechEncoder(nn.Module):
         """L of the stacked output (``layer="weighted"``), 1 otherwise."""
         return len(self.layer_indices) if self.cfg.layer == "weighted" else 1
 
-    def train(self, mode: bool = True) -> "SpeechEncoder":
+    def train(self, mode: bool = True) -> SpeechEncoder:
         return super().train(False)  # always frozen / eval (no dropout, no SpecAugment)
 
     # ------------------------------------------------------------------------------------------ lengths
@@ -197,8 +216,10 @@ class SpeechEncoder(nn.Module):
         if a.size == 0:
             raise ValueError(f"item {i}: empty audio")
         if self.family == "whisper" and a.size + self.tail_samples > self.feature_extractor.n_samples:
-            raise ValueError(f"item {i}: {a.size / self.sample_rate:.1f} s is longer than Whisper's "
-                             f"{self.feature_extractor.n_samples / self.sample_rate:.0f} s window; segment it first")
+            raise ValueError(
+                f"item {i}: {a.size / self.sample_rate:.1f} s is longer than Whisper's "
+                f"{self.feature_extractor.n_samples / self.sample_rate:.0f} s window; segment it first"
+            )
         if a.size < MIN_SAMPLES:
             a = np.pad(a, (0, MIN_SAMPLES - a.size))
         return a
@@ -266,8 +287,9 @@ class SpeechEncoder(nn.Module):
             mels, tail = [], self.tail_samples
             for w in waves:  # each clip alone: exact per-clip log-mel normalisation; pad to whole hops
                 w = np.pad(w, (0, tail + (-(w.size + tail)) % fe.hop_length))
-                mels.append(fe(w, sampling_rate=self.sample_rate, padding="longest",
-                               return_tensors="pt").input_features[0])
+                mels.append(
+                    fe(w, sampling_rate=self.sample_rate, padding="longest", return_tensors="pt").input_features[0]
+                )
             mel_len = torch.tensor([m.shape[-1] for m in mels])
             x = torch.zeros(len(mels), mels[0].shape[0], int(mel_len.max()))
             for i, m in enumerate(mels):

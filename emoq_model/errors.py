@@ -1,6 +1,7 @@
 """One root for the project's own errors, so a CLI (or a caller) can tell "the input or setup is wrong" (exit 2,
 one line) from a bug (a traceback). Each subclass also derives from the builtin it replaces (``ValueError``,
 ``FileNotFoundError``), so code that caught those keeps working."""
+
 from __future__ import annotations
 
 __all__ = ["EmoQError", "ConfigError", "BundleError"]

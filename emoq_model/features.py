@@ -25,6 +25,7 @@ Feature normalisation (:class:`FeatureNorm`), applied to encoder frames before t
 Statistics are computed in float64 from the stored values. :func:`speaker_stats` / :class:`StatsAccumulator`
 compute them for any grouping; :meth:`FeatureNorm.apply` normalises a list of items.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,25 +43,51 @@ import pyarrow.parquet as pq
 
 from emoq_model.io import exists, join, read_text, resolve, write_text  # noqa: F401  (re-exported: F.join etc.)
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 FORMAT = "emoq-features/1"
 META_FILE = "meta.json"
 SHARDS_DIR = "shards"
 SPEAKER_STATS_FILE = "speaker_stats.parquet"
 NORM_FILE = "feature_norm.json"
 NORM_STATS_FILE = "feature_norm_stats.npz"
-INDEX_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples", "duration_s",
-                 "n_layers", "n_frames", "dim"]
+INDEX_COLUMNS = [
+    "utt_id",
+    "path",
+    "label",
+    "transcript",
+    "speaker",
+    "split",
+    "error",
+    "num_samples",
+    "duration_s",
+    "n_layers",
+    "n_frames",
+    "dim",
+]
 FEATURE_COLUMNS = INDEX_COLUMNS + ["frames"]
 NORM_MODES = ("none", "speaker", "utterance")
 
 
 def feature_schema() -> pa.Schema:
-    return pa.schema([
-        ("utt_id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("transcript", pa.string()),
-        ("speaker", pa.string()), ("split", pa.string()), ("error", pa.string()), ("num_samples", pa.int64()),
-        ("duration_s", pa.float64()), ("n_layers", pa.int32()), ("n_frames", pa.int32()), ("dim", pa.int32()),
-        ("frames", pa.binary()),
-    ])
+    return pa.schema(
+        [
+            ("utt_id", pa.string()),
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("transcript", pa.string()),
+            ("speaker", pa.string()),
+            ("split", pa.string()),
+            ("error", pa.string()),
+            ("num_samples", pa.int64()),
+            ("duration_s", pa.float64()),
+            ("n_layers", pa.int32()),
+            ("n_frames", pa.int32()),
+            ("dim", pa.int32()),
+            ("frames", pa.binary()),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------ frames encoding
@@ -109,8 +136,9 @@ class FeatureCache:
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.root}: unsupported feature format {self.meta.get('format')!r} (want {FORMAT})")
         self.fs, self._path = resolve(self.root)
-        self._dataset = pads.dataset(posixpath.join(self._path, SHARDS_DIR), format="parquet",
-                                    filesystem=self.fs, schema=feature_schema())
+        self._dataset = pads.dataset(
+            posixpath.join(self._path, SHARDS_DIR), format="parquet", filesystem=self.fs, schema=feature_schema()
+        )
 
     @property
     def dtype(self) -> str:
@@ -129,13 +157,14 @@ class FeatureCache:
         """True when rows hold stacked hidden states for a layer-weighting Former (``encoder.layer=weighted``)."""
         return self.meta.get("encoder", {}).get("layer") == "weighted"
 
-    def index(self, columns: Sequence[str] | None = None) -> "pd.DataFrame":  # noqa: F821
+    def index(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The small columns of every row (no frames) as a pandas DataFrame."""
         cols = [c for c in (columns or INDEX_COLUMNS) if c != "frames"]
         return self._dataset.to_table(columns=cols).to_pandas()
 
-    def load(self, utt_ids: Iterable[str] | None = None, split: str | Sequence[str] | None = None,
-             with_errors: bool = False) -> list[dict]:
+    def load(
+        self, utt_ids: Iterable[str] | None = None, split: str | Sequence[str] | None = None, with_errors: bool = False
+    ) -> list[dict]:
         """Rows (dicts) with ``frames`` decoded to ``[L, T, D]`` arrays, in cache order. Filter by ``utt_ids``
         and/or ``split``; error rows are left out unless ``with_errors``."""
         expr = None
@@ -154,7 +183,7 @@ class FeatureCache:
                 out.append(row_to_item(row, self.dtype))
         return out
 
-    def speaker_stats(self) -> dict[str, "GroupStats"]:
+    def speaker_stats(self) -> dict[str, GroupStats]:
         """Per-speaker statistics written by the extraction job (computed now when the file is missing)."""
         uri = join(self.root, SPEAKER_STATS_FILE)
         if exists(uri):
@@ -220,10 +249,10 @@ class StatsAccumulator:
         n = self.n + n_b
         delta = m_b - self.s1
         self.s1 = self.s1 + delta * (n_b / n)
-        self.s2 = self.s2 + m2_b + delta ** 2 * (self.n * n_b / n)
+        self.s2 = self.s2 + m2_b + delta**2 * (self.n * n_b / n)
         self.n = n
 
-    def merge(self, other: "StatsAccumulator") -> None:
+    def merge(self, other: StatsAccumulator) -> None:
         if other.s1 is None:
             return
         if self.s1 is None:
@@ -232,7 +261,7 @@ class StatsAccumulator:
         n = self.n + other.n
         delta = other.s1 - self.s1
         self.s1 = self.s1 + delta * (other.n / n)
-        self.s2 = self.s2 + other.s2 + delta ** 2 * (self.n * other.n / n)
+        self.s2 = self.s2 + other.s2 + delta**2 * (self.n * other.n / n)
         self.n = n
 
     def result(self) -> GroupStats:
@@ -254,13 +283,15 @@ def compute_group_stats(items: Iterable[Mapping[str, Any]], key: str = "speaker"
 
 def write_stats(stats: Mapping[str, GroupStats], uri: str, key: str = "speaker") -> None:
     names = sorted(stats)
-    table = pa.table({
-        key: pa.array(names, pa.string()),
-        "n_frames": pa.array([stats[n].n_frames for n in names], pa.int64()),
-        "shape": pa.array([list(stats[n].mean.shape) for n in names], pa.list_(pa.int32())),
-        "mean": pa.array([stats[n].mean.astype("<f4").tobytes() for n in names], pa.binary()),
-        "std": pa.array([stats[n].std.astype("<f4").tobytes() for n in names], pa.binary()),
-    })
+    table = pa.table(
+        {
+            key: pa.array(names, pa.string()),
+            "n_frames": pa.array([stats[n].n_frames for n in names], pa.int64()),
+            "shape": pa.array([list(stats[n].mean.shape) for n in names], pa.list_(pa.int32())),
+            "mean": pa.array([stats[n].mean.astype("<f4").tobytes() for n in names], pa.binary()),
+            "std": pa.array([stats[n].std.astype("<f4").tobytes() for n in names], pa.binary()),
+        }
+    )
     fs, path = resolve(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     pq.write_table(table, path, filesystem=fs)
@@ -273,8 +304,11 @@ def read_stats(uri: str) -> dict[str, GroupStats]:
     out = {}
     for row in t.to_pylist():
         shape = tuple(row["shape"])
-        out[str(row[key])] = GroupStats(int(row["n_frames"]), np.frombuffer(row["mean"], "<f4").reshape(shape),
-                                        np.frombuffer(row["std"], "<f4").reshape(shape))
+        out[str(row[key])] = GroupStats(
+            int(row["n_frames"]),
+            np.frombuffer(row["mean"], "<f4").reshape(shape),
+            np.frombuffer(row["std"], "<f4").reshape(shape),
+        )
     return out
 
 
@@ -321,7 +355,7 @@ class FeatureNorm:
         g = self.global_stats
         mean = w * stats.mean + (1 - w) * g.mean
         # mixture second moment around the mixed mean
-        m2 = w * (stats.std ** 2 + (stats.mean - mean) ** 2) + (1 - w) * (g.std ** 2 + (g.mean - mean) ** 2)
+        m2 = w * (stats.std**2 + (stats.mean - mean) ** 2) + (1 - w) * (g.std**2 + (g.mean - mean) ** 2)
         return mean.astype(np.float32), np.sqrt(m2 + self.eps).astype(np.float32)
 
     def group_stats(self, items: Sequence[Mapping[str, Any]]) -> dict[str, GroupStats]:
@@ -371,7 +405,7 @@ class FeatureNorm:
             np.savez(os.path.join(directory, NORM_STATS_FILE), n_frames=np.int64(g.n_frames), mean=g.mean, std=g.std)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "FeatureNorm":
+    def load(cls, directory: str | os.PathLike) -> FeatureNorm:
         """The normalisation saved in a bundle directory (``none`` when the bundle has no ``feature_norm.json``)."""
         directory = os.fspath(directory)
         path = os.path.join(directory, NORM_FILE)
@@ -421,8 +455,12 @@ NORM_GROUPS = ("channels", "speaker")
 """
 
 
-def simulated_channels(index: "pd.DataFrame", seed: int = 0, size: int = 12,  # noqa: F821
-                       concentration: float = 0.4) -> dict[str, str]:
+def simulated_channels(
+    index: pd.DataFrame,
+    seed: int = 0,
+    size: int = 12,
+    concentration: float = 0.4,
+) -> dict[str, str]:
     """``utt_id -> group``: each speaker's utterances partitioned into groups of about ``size`` with a label-skewed
     mix (per group, label weights from a symmetric Dirichlet(``concentration``): small = one label dominates, as in
     a call channel). Labels only choose group membership -- the statistics later computed over a group never see
@@ -430,8 +468,7 @@ def simulated_channels(index: "pd.DataFrame", seed: int = 0, size: int = 12,  # 
     rng = np.random.default_rng([int(seed), 4099])
     out: dict[str, str] = {}
     for spk, rows in index.groupby("speaker", sort=True):
-        pools = {lab: list(rng.permutation(g["utt_id"].to_numpy()))
-                 for lab, g in rows.groupby("label", sort=True)}
+        pools = {lab: list(rng.permutation(g["utt_id"].to_numpy())) for lab, g in rows.groupby("label", sort=True)}
         labels = sorted(pools)
         k = 0
         while any(pools.values()):
@@ -447,8 +484,12 @@ def simulated_channels(index: "pd.DataFrame", seed: int = 0, size: int = 12,  # 
     return out
 
 
-def norm_groups(cache: "FeatureCache", index: "pd.DataFrame", protocol: str = "channels",  # noqa: F821
-                seed: int = 0) -> dict[str, str]:
+def norm_groups(
+    cache: FeatureCache,
+    index: pd.DataFrame,
+    protocol: str = "channels",
+    seed: int = 0,
+) -> dict[str, str]:
     """``utt_id -> statistics group`` for the rows of ``index`` (utt_id, speaker, label, split) under
     ``protocol`` (:data:`NORM_GROUPS`); simulated channels are drawn per split, never across splits."""
     if protocol not in NORM_GROUPS:
@@ -461,7 +502,7 @@ def norm_groups(cache: "FeatureCache", index: "pd.DataFrame", protocol: str = "c
     return out
 
 
-def group_stats(cache: "FeatureCache", groups: Mapping[str, str]) -> dict[str, GroupStats]:
+def group_stats(cache: FeatureCache, groups: Mapping[str, str]) -> dict[str, GroupStats]:
     """Frame statistics per group (``utt_id -> group``) in one streaming pass over the cache (constant memory; every
     rank of a training run gets the same, whole-group numbers whatever its share of the rows)."""
     acc: dict[str, StatsAccumulator] = {}

@@ -11,6 +11,7 @@
 
 The Former is kept in float32 (as BLIP-2 keeps its Q-Former); inputs of other dtypes are cast.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

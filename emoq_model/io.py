@@ -5,6 +5,7 @@ that a reader sees the old file or the complete new one, never a half-written on
 leaves at most a temporary name that the next run ignores or cleans. Paths may be local or any URI that
 ``pyarrow.fs`` resolves (``s3://``, ``gs://``, ``hdfs://``, ``file://``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,20 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["resolve", "uri_of", "join", "exists", "read_text", "write_bytes", "write_text", "write_json",
-           "write_parquet", "atomic_path", "publish_dir", "TEMP_PREFIX"]
+__all__ = [
+    "resolve",
+    "uri_of",
+    "join",
+    "exists",
+    "read_text",
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "write_parquet",
+    "atomic_path",
+    "publish_dir",
+    "TEMP_PREFIX",
+]
 
 TEMP_PREFIX = ".tmp-"  # temporary files in an output directory start with this; readers skip them
 
@@ -83,6 +96,7 @@ def _via_temporary(uri: str | os.PathLike, write) -> str:
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``uri`` through a temporary name in the same directory and a rename; returns the path."""
+
     def write(fs: pafs.FileSystem, tmp: str) -> None:
         with fs.open_output_stream(tmp) as f:
             f.write(data)

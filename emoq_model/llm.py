@@ -1,4 +1,5 @@
 """LLM side: tokenizer, causal LM (local directory only), LoRA, the frozen input-embedding table, answer logits."""
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,24 @@ def load_causal_lm(cfg: LLMConfig, device: str | None = None, dtype: torch.dtype
     dtype = dtype or resolve_dtype(cfg.dtype, cfg.device)
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     # safetensors only, as vLLM (load_format="safetensors") and load_input_embeddings read it
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                                                 use_safetensors=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **kwargs
+    )
     return model.to(device).eval().requires_grad_(False)
 
 
 def peft_lora_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), modules_to_save=None, bias="none",
-                          task_type="CAUSAL_LM")
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        modules_to_save=None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def attach_lora(model, cfg: LoraConfig, adapter_dir: str | Path | None = None):
@@ -79,8 +87,9 @@ def load_input_embeddings(cfg: LLMConfig, device: str | None = None, dtype: torc
     raise FileNotFoundError(f"{name} not found in the safetensors files of {cfg.path}")
 
 
-def answer_logits(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+def answer_logits(
+    llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """Next-token logits ``[N, V]`` at ``positions`` ``[N, 2]`` (batch index, time index) of a right-padded batch;
     only the needed positions go through the LM head (``logits_to_keep`` with indices)."""
     keep, inverse = torch.unique(positions[:, 1], return_inverse=True)

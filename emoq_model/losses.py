@@ -8,6 +8,7 @@
 * Focal: ``-alpha_y (1 - p_y)^gamma log p_y`` averaged over the batch, on the aux-head logits, per-class
   ``alpha`` from class frequencies (:func:`class_balanced_alpha`) or given.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ def class_balanced_alpha(counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return alpha
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               alpha: torch.Tensor | None = None) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-class focal loss, mean over the batch. ``alpha``: per-class weights ``[C]`` or None."""
     logp = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
     loss = -((1.0 - logp.exp()).clamp(min=0) ** gamma) * logp

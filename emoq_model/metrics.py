@@ -1,4 +1,5 @@
-"""Emotion-recognition metrics (as reported for IEMOCAP and MELD): WA, UA, weighted/macro F1, per-class scores, confusion matrix.
+"""Emotion-recognition metrics (as reported for IEMOCAP and MELD): WA, UA, weighted/macro F1, per-class scores,
+confusion matrix.
 
 Conventions
 -----------
@@ -18,6 +19,7 @@ Conventions
 
 The report is a plain JSON-serialisable dict; :func:`save_report` writes it plus a confusion-matrix PNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +53,9 @@ def _f(x) -> float:
     return float(x)
 
 
-def classification_report(y_true: Sequence[str | int], y_pred: Sequence[str | int | None],
-                          labels: Sequence[str]) -> dict:
+def classification_report(
+    y_true: Sequence[str | int], y_pred: Sequence[str | int | None], labels: Sequence[str]
+) -> dict:
     """WA, UA, weighted/macro F1, per-class recall/precision/F1/support and the confusion matrix.
 
     Returns a JSON-serialisable dict with keys ``labels``, ``n``, ``wa``, ``accuracy`` (= wa),
@@ -111,15 +114,18 @@ def classification_report(y_true: Sequence[str | int], y_pred: Sequence[str | in
 
 def format_report(report: dict) -> str:
     """Short human-readable summary (one line of totals, one line per class)."""
-    lines = [f"n={report['n']}  WA={report['wa']:.4f}  UA={report['ua']:.4f}  "
-             f"wF1={report['weighted_f1']:.4f}  mF1={report['macro_f1']:.4f}  "
-             f"outside-labels={report['n_pred_outside_labels']}"]
+    lines = [
+        f"n={report['n']}  WA={report['wa']:.4f}  UA={report['ua']:.4f}  "
+        f"wF1={report['weighted_f1']:.4f}  mF1={report['macro_f1']:.4f}  "
+        f"outside-labels={report['n_pred_outside_labels']}"
+    ]
     w = max(len(lab) for lab in report["labels"])
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
     for lab in report["labels"]:
         c = report["per_class"][lab]
-        lines.append(f"  {lab:<{w}}  R={fmt(c['recall'])}  P={fmt(c['precision'])}  F1={fmt(c['f1'])}  "
-                     f"support={c['support']}")
+        lines.append(
+            f"  {lab:<{w}}  R={fmt(c['recall'])}  P={fmt(c['precision'])}  F1={fmt(c['f1'])}  support={c['support']}"
+        )
     return "\n".join(lines)
 
 
@@ -168,11 +174,19 @@ def plot_confusion(report: dict, path: str, title: str | None = None) -> str:
             for j in range(k):
                 v = mat[i, j]
                 txt = ("-" if rows[i, 0] == 0 else f"{v:.2f}") if is_norm else f"{int(v)}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=fontsize,
-                        color="white" if v > 0.55 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if v > 0.55 * vmax else "black",
+                )
     head = title or ""
-    head += (" — " if head else "") + (f"WA {report['wa']:.3f} · UA {report['ua']:.3f} · "
-                                      f"wF1 {report['weighted_f1']:.3f} · n {report['n']}")
+    head += (" — " if head else "") + (
+        f"WA {report['wa']:.3f} · UA {report['ua']:.3f} · wF1 {report['weighted_f1']:.3f} · n {report['n']}"
+    )
     if report.get("n_pred_outside_labels"):
         head += f" · {report['n_pred_outside_labels']} predictions outside labels"
     fig.suptitle(head, fontsize=11)

@@ -10,6 +10,7 @@
 The encoder is held as a plain attribute (not a submodule): it is frozen, never saved in the bundle's Former file
 and not wrapped by DDP.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -49,8 +50,14 @@ def encoder_dims(cfg: EmoQConfig) -> tuple[int, int]:
 class EmoQFrontEnd(nn.Module):
     """Former + prompt building on top of the LLM's input embeddings (+ optional encoder)."""
 
-    def __init__(self, cfg: EmoQConfig, tokenizer, embed: nn.Embedding, encoder: SpeechEncoder | None = None,
-                 own_embed: bool = True):
+    def __init__(
+        self,
+        cfg: EmoQConfig,
+        tokenizer,
+        embed: nn.Embedding,
+        encoder: SpeechEncoder | None = None,
+        own_embed: bool = True,
+    ):
         """``embed``: the LLM's input embeddings; ``own_embed=False`` when the LLM (registered elsewhere) owns
         them, else they are registered here (frozen) and move with the module."""
         super().__init__()
@@ -62,7 +69,9 @@ class EmoQFrontEnd(nn.Module):
             object.__setattr__(self, "embed", embed)
         object.__setattr__(self, "encoder", encoder)
         text_encoder = None
-        if cfg.former.text_encoder and cfg.former.text_fusion == "concat":  # frozen, loaded from its own path, never saved in the bundle (like the encoder)
+        if (
+            cfg.former.text_encoder and cfg.former.text_fusion == "concat"
+        ):  # frozen, loaded from its own path, never saved in the bundle (like the encoder)
             from emoq_model.text_encoder import TextEncoder
 
             text_encoder = TextEncoder(cfg.former.text_encoder, cfg.llm.device, cfg.prompt.max_transcript_tokens)
@@ -75,11 +84,17 @@ class EmoQFrontEnd(nn.Module):
         rms = float(embed.weight.detach().float().pow(2).mean().sqrt())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.former = EmoQFormer(cfg.former, encoder_dim=width, llm_dim=embed.embedding_dim,
-                                     num_labels=len(self.label_names), num_encoder_layers=n_layers,
-                                     text_dim=text_encoder.hidden_size if text_encoder else embed.embedding_dim,
-                                     prosody_dims=prosody_dims(cfg),
-                                     max_text_tokens=cfg.prompt.max_transcript_tokens, llm_embed_rms=rms)
+            self.former = EmoQFormer(
+                cfg.former,
+                encoder_dim=width,
+                llm_dim=embed.embedding_dim,
+                num_labels=len(self.label_names),
+                num_encoder_layers=n_layers,
+                text_dim=text_encoder.hidden_size if text_encoder else embed.embedding_dim,
+                prosody_dims=prosody_dims(cfg),
+                max_text_tokens=cfg.prompt.max_transcript_tokens,
+                llm_embed_rms=rms,
+            )
             if cfg.former.init_from_text_encoder:
                 self.former.init_from_text_encoder(cfg.former.text_encoder)
         self.former.to(resolve_device(cfg.llm.device))
@@ -90,7 +105,7 @@ class EmoQFrontEnd(nn.Module):
         return self.former.queries.device
 
     @classmethod
-    def from_config(cfg_cls, cfg: EmoQConfig, with_encoder: bool = False) -> "EmoQFrontEnd":
+    def from_config(cfg_cls, cfg: EmoQConfig, with_encoder: bool = False) -> EmoQFrontEnd:
         """Front end with only the LLM's embedding table loaded (for serving next to vLLM)."""
         from emoq_model.llm import load_input_embeddings, load_tokenizer
 
@@ -103,8 +118,12 @@ class EmoQFrontEnd(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inputs
 
-    def batch_from_audio(self, audio: Sequence[np.ndarray], labels: Sequence[int] | None = None,
-                         transcripts: Sequence[str | None] | None = None) -> EmoQBatch:
+    def batch_from_audio(
+        self,
+        audio: Sequence[np.ndarray],
+        labels: Sequence[int] | None = None,
+        transcripts: Sequence[str | None] | None = None,
+    ) -> EmoQBatch:
         """Run the (frozen) encoder on raw audio at ``encoder.sample_rate``."""
         if self.encoder is None:
             raise RuntimeError("no speech encoder loaded (construct with the encoder, or give features)")
@@ -144,8 +163,12 @@ class EmoQFrontEnd(nn.Module):
             out = self.former(batch.frames, batch.mask, emb, mask)
         return FormerOutput(out.queries.float(), out.pooled.float(), out.logits.float()) if low else out
 
-    def prompt_embeds(self, batch: EmoQBatch, targets: Sequence[int] | torch.Tensor | None = None,
-                      former_out: FormerOutput | None = None) -> PromptBatch:
+    def prompt_embeds(
+        self,
+        batch: EmoQBatch,
+        targets: Sequence[int] | torch.Tensor | None = None,
+        former_out: FormerOutput | None = None,
+    ) -> PromptBatch:
         """Per-example soft-prompt embeddings (``[T_i, H]``, the LLM's dtype); with ``targets`` also labels."""
         text = self._text(batch)
         fo = former_out if former_out is not None else self.run_former(batch, text)
@@ -196,10 +219,10 @@ class EmoQModel(EmoQFrontEnd):
     def forward(self, batch: EmoQBatch, stage: int) -> dict[str, torch.Tensor]:
         return self.stage_step(batch, stage)
 
-    def train(self, mode: bool = True) -> "EmoQModel":
+    def train(self, mode: bool = True) -> EmoQModel:
         super().train(mode)
         if mode and getattr(self, "stage", None) is not None:
-                steps.apply_modes(self, self.stage)
+            steps.apply_modes(self, self.stage)
         return self
 
     # ------------------------------------------------------------------------------------------ prediction

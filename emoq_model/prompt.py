@@ -12,6 +12,7 @@ Sequence per example (chat-formatted with the LLM's own chat template, fixed ins
 with targets, the training labels (``-100`` everywhere except the label and end-of-turn tokens);
 :func:`pad_prompts` right-pads them into ``inputs_embeds`` / ``attention_mask`` / ``labels`` for HF.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ class PromptBuilder:
         instruction = prompt.instruction.replace("{labels}", ", ".join(labels.names))
         user = instruction + prompt.speech_intro + _SPEECH + _TEXT
         if getattr(tokenizer, "chat_template", None):
-            msgs = ([{"role": "system", "content": prompt.system}] if prompt.system else [])
+            msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
             msgs.append({"role": "user", "content": user})
             text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             turn = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": _ANSWER}], tokenize=False)
@@ -70,8 +71,10 @@ class PromptBuilder:
     def _single(self, text: str) -> int:
         ids = self._encode(text)
         if len(ids) != 1:
-            raise ValueError(f"label {text!r} is {len(ids)} tokens {self.tokenizer.convert_ids_to_tokens(ids)}; "
-                             "labels must be single tokens")
+            raise ValueError(
+                f"label {text!r} is {len(ids)} tokens {self.tokenizer.convert_ids_to_tokens(ids)}; "
+                "labels must be single tokens"
+            )
         return ids[0]
 
     def _end_of_turn(self, after_answer: str) -> int:
@@ -149,8 +152,9 @@ def pad_prompts(prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor, torch
     t = max(s.shape[0] for s in seqs)
     x = seqs[0].new_zeros(len(seqs), t, seqs[0].shape[1])
     mask = torch.zeros(len(seqs), t, dtype=torch.long, device=x.device)
-    labels = None if prompts.labels is None else torch.full((len(seqs), t), IGNORE_INDEX, dtype=torch.long,
-                                                            device=x.device)
+    labels = (
+        None if prompts.labels is None else torch.full((len(seqs), t), IGNORE_INDEX, dtype=torch.long, device=x.device)
+    )
     for i, s in enumerate(seqs):
         x[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = 1

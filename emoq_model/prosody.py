@@ -17,6 +17,7 @@ Per frame (window ``2 * hop`` samples starting at ``t * hop``):
 
 Everything runs in torch on the encoder's device, batched (one FFT per frame), in float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ LOG_F0_REF = math.log(150.0)
 
 
 @torch.no_grad()
-def prosody_tracks(waves: Sequence[np.ndarray], sample_rate: int, hop: int, n_frames: Sequence[int],
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def prosody_tracks(
+    waves: Sequence[np.ndarray], sample_rate: int, hop: int, n_frames: Sequence[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``[B, T, PROSODY_DIMS]`` float32 on ``device`` (``T = max(n_frames)``, zeros past each item's frames) for
     1-D waveforms at ``sample_rate``; frame t covers samples ``[t * hop, t * hop + 2 * hop)``."""
     win = 2 * hop
@@ -50,7 +52,7 @@ def prosody_tracks(waves: Sequence[np.ndarray], sample_rate: int, hop: int, n_fr
     ac = torch.fft.irfft(power, 2 * win)[..., :win]
     ac = ac / ac[..., :1].clamp_min(1e-12)
     lo, hi = int(sample_rate / F0_RANGE_HZ[1]), min(win - 1, int(sample_rate / F0_RANGE_HZ[0]))
-    peak, lag = ac[..., lo: hi + 1].max(-1)
+    peak, lag = ac[..., lo : hi + 1].max(-1)
     log_f0 = math.log(sample_rate) - torch.log((lag + lo).float())
     energy_db = 10 * torch.log10(fr.square().mean(-1).clamp_min(1e-10))
     freqs = torch.fft.rfftfreq(2 * win, 1.0 / sample_rate).to(device)
@@ -60,8 +62,9 @@ def prosody_tracks(waves: Sequence[np.ndarray], sample_rate: int, hop: int, n_fr
     valid = torch.arange(t_max, device=device)[None] < torch.as_tensor(list(n_frames), device=device)[:, None]
     loudest = energy_db.masked_fill(~valid, -200.0).max(-1, keepdim=True).values
     voiced = (peak > VOICED_PEAK) & (energy_db > loudest - ACTIVE_DB) & valid
-    fill = torch.stack([log_f0[i][voiced[i]].median() if voiced[i].any() else log_f0.new_tensor(LOG_F0_REF)
-                        for i in range(len(waves))])
+    fill = torch.stack(
+        [log_f0[i][voiced[i]].median() if voiced[i].any() else log_f0.new_tensor(LOG_F0_REF) for i in range(len(waves))]
+    )
     log_f0 = torch.where(voiced, log_f0, fill[:, None]) - LOG_F0_REF
     delta = torch.diff(energy_db, dim=-1, prepend=energy_db[..., :1])
     out = torch.stack([log_f0, peak.clamp(0, 1), energy_db / 20, bright / 10, delta / 10], -1)

@@ -15,6 +15,7 @@ vLLM spawns engine processes: callers need an ``if __name__ == "__main__":`` gua
 ``VLLM_CPU_KVCACHE_SPACE`` (GiB). ``python -m emoq_model.serving BUNDLE FEATURES OUT`` runs a bundle on saved
 features (used by the parity test).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ import torch
 from emoq_model.bundle import read_meta
 
 
-def engine_kwargs(bundle_dir: str | os.PathLike, use_merged: bool | None = None, dtype: str = "auto",
-                  **overrides) -> dict:
+def engine_kwargs(
+    bundle_dir: str | os.PathLike, use_merged: bool | None = None, dtype: str = "auto", **overrides
+) -> dict:
     """Arguments for ``vllm.LLM``: the merged LLM if the bundle has one (unless ``use_merged=False``), else the
     base LLM with LoRA enabled. ``dtype="auto"`` takes the bundle's LLM dtype config (float32 if it says auto on
     CPU)."""
@@ -44,8 +46,13 @@ def engine_kwargs(bundle_dir: str | os.PathLike, use_merged: bool | None = None,
 
         cfg_dtype = bundle_config(bundle_dir).llm.dtype
         dtype = cfg_dtype if cfg_dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
-    kw = dict(model=str(Path(meta["root"]) / meta["merged_llm"]) if merged else meta["llm_path"],
-              enable_prompt_embeds=True, dtype=dtype, enable_lora=not merged, seed=0)
+    kw = dict(
+        model=str(Path(meta["root"]) / meta["merged_llm"]) if merged else meta["llm_path"],
+        enable_prompt_embeds=True,
+        dtype=dtype,
+        enable_lora=not merged,
+        seed=0,
+    )
     if not merged:
         kw.update(max_lora_rank=_rank_slot(int(meta["lora_rank"])), max_loras=1)
     kw.update(overrides)
@@ -82,8 +89,12 @@ def sampling_params(label_token_ids: Sequence[int], labels: Sequence[str] | None
             raise ValueError("mode='choice' needs the label names")
         # the grammar also allows tokens that only start a label ("ne" of "neutral"): ask for more than
         # len(labels) so that every label token is among the returned top-k (vLLM's default cap is 20)
-        return SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(len(ids), 20),
-                              structured_outputs=StructuredOutputsParams(choice=list(labels)))
+        return SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=max(len(ids), 20),
+            structured_outputs=StructuredOutputsParams(choice=list(labels)),
+        )
     raise ValueError(f"mode must be 'tokens' or 'choice', got {mode!r}")
 
 
@@ -132,8 +143,14 @@ def label_scores(outputs, label_token_ids: Sequence[int], mode: str = "tokens") 
     return LabelScores(probs, index, probs[np.arange(len(index)), index], mass, generated)
 
 
-def classify(llm, prompt_embeds: Sequence[torch.Tensor], label_token_ids: Sequence[int],
-             labels: Sequence[str] | None = None, lora=None, mode: str = "tokens") -> LabelScores:
+def classify(
+    llm,
+    prompt_embeds: Sequence[torch.Tensor],
+    label_token_ids: Sequence[int],
+    labels: Sequence[str] | None = None,
+    lora=None,
+    mode: str = "tokens",
+) -> LabelScores:
     """Run one batch of prompt embeddings through a ``vllm.LLM`` and score the labels."""
     params = sampling_params(label_token_ids, labels, mode)
     outputs = llm.generate(vllm_inputs(prompt_embeds), params, lora_request=lora, use_tqdm=False)
@@ -184,17 +201,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     front = load_bundle(args.bundle, load_llm=False)
     with torch.no_grad():
         embeds = front.prompt_embeds(load_features(args.features)).embeds
-    kw = engine_kwargs(args.bundle, use_merged=args.merged, dtype=args.dtype, enforce_eager=True,
-                       max_model_len=512)
+    kw = engine_kwargs(args.bundle, use_merged=args.merged, dtype=args.dtype, enforce_eager=True, max_model_len=512)
     llm = LLM(**kw)
     t1 = time.perf_counter()
     lora = None if args.merged else lora_request(args.bundle)
     result = {"engine_s": t1 - t0, "modes": {}}
     for mode in args.modes.split(","):
         s = classify(llm, embeds, front.label_token_ids, front.label_names, lora, mode)
-        result["modes"][mode] = {"probs": s.probs.tolist(), "index": s.index.tolist(),
-                                 "confidence": s.confidence.tolist(), "label_mass": s.label_mass.tolist(),
-                                 "generated": s.generated}
+        result["modes"][mode] = {
+            "probs": s.probs.tolist(),
+            "index": s.index.tolist(),
+            "confidence": s.confidence.tolist(),
+            "label_mass": s.label_mass.tolist(),
+            "generated": s.generated,
+        }
     result["generate_s"] = time.perf_counter() - t1
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 

@@ -7,18 +7,18 @@
   objective that constrained decoding and ``predict_proba`` use) plus ``distill_weight`` x KL(aux head || LLM
   label distribution): the stage-1 aux head, trained on the same data, is the teacher, so the LLM answer can start
   from the Former's accuracy instead of relearning it from a few epochs of LoRA (off by default: on the demo calls
-  it validated at the same UA as without, 0.613 vs 0.619); with ``train.stage2.former_trainable`` also the Former, and with ``mal_weight > 0``
-  MAL as an auxiliary loss (aux head included).
+  it validated at the same UA as without, 0.613 vs 0.619); with ``train.stage2.former_trainable`` also the Former,
+  and with ``mal_weight > 0`` MAL as an auxiliary loss (aux head included).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emoq_model.prompt import IGNORE_INDEX, pad_prompts
-
 from emoq_model.batch import EmoQBatch
+from emoq_model.prompt import IGNORE_INDEX, pad_prompts
 
 # ``model`` below is an emoq_model.model.EmoQModel (typed as nn.Module: this module is imported by that one)
 

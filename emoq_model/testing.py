@@ -1,4 +1,5 @@
 """Small helpers for tests and smoke checks: tiny configurations, synthetic features, a DDP loss worker."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,13 @@ import torch
 from emoq_model.config import EmoQConfig, load_config
 
 TINY_FORMER = [
-    "former.num_queries=8", "former.num_layers=2", "former.num_heads=4", "former.hidden=64",
-    "former.intermediate=128", "former.cross_attention_frequency=1", "former.dropout=0.0",
+    "former.num_queries=8",
+    "former.num_layers=2",
+    "former.num_heads=4",
+    "former.hidden=64",
+    "former.intermediate=128",
+    "former.cross_attention_frequency=1",
+    "former.dropout=0.0",
 ]
 
 SHORT_PROMPT = ["prompt.system=", "prompt.instruction=Emotion ({labels})?"]
@@ -25,14 +31,30 @@ def tiny_config(overrides: Sequence[str] = (), encoder_family: str = "wav2vec2")
 
     llm = build_tiny_llm()
     enc = build_tiny_encoder(encoder_family)
-    base = [f"llm.path={llm}", f"encoder.path={enc}", "llm.dtype=float32", "encoder.dtype=float32",
-            "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", "prompt.max_transcript_tokens=16", *TINY_FORMER]
+    base = [
+        f"llm.path={llm}",
+        f"encoder.path={enc}",
+        "llm.dtype=float32",
+        "encoder.dtype=float32",
+        "lora.r=4",
+        "lora.alpha=8",
+        "lora.dropout=0.0",
+        "prompt.max_transcript_tokens=16",
+        *TINY_FORMER,
+    ]
     return load_config(None, base + list(overrides))
 
 
-def synthetic_items(n: int, num_labels: int, width: int, layers: int = 0, seed: int = 0,
-                    frames: tuple[int, int] = (12, 40), transcripts: bool = False,
-                    signal: float = 1.0) -> list[dict]:
+def synthetic_items(
+    n: int,
+    num_labels: int,
+    width: int,
+    layers: int = 0,
+    seed: int = 0,
+    frames: tuple[int, int] = (12, 40),
+    transcripts: bool = False,
+    signal: float = 1.0,
+) -> list[dict]:
     """Feature items for :func:`emoq_model.model.collate_features`: Gaussian frames with a class-dependent mean
     (``signal`` scales it), labels cycling over the classes; ``layers`` > 0 gives stacked ``[L, T, D]`` frames."""
     g = np.random.default_rng(seed)
@@ -51,8 +73,9 @@ def synthetic_items(n: int, num_labels: int, width: int, layers: int = 0, seed: 
     return items
 
 
-def ddp_supcon_worker(rank: int, world: int, init_file: str, out_dir: str, emb: torch.Tensor,
-                      labels: torch.Tensor) -> None:
+def ddp_supcon_worker(
+    rank: int, world: int, init_file: str, out_dir: str, emb: torch.Tensor, labels: torch.Tensor
+) -> None:
     """gloo process group; rank r takes its contiguous slice of (emb, labels), computes the MAL SupCon term with
     :class:`~emoq_model.losses.MALoss` (which wraps in ``DistributedLossWrapper``) and writes the loss, the
     backward gradient of its slice and the reported metric to ``out_dir/rank{r}.safetensors``."""
@@ -66,12 +89,18 @@ def ddp_supcon_worker(rank: int, world: int, init_file: str, out_dir: str, emb: 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         n = emb.shape[0] // world
-        local = emb[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        y = labels[rank * n:(rank + 1) * n]
+        local = emb[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+        y = labels[rank * n : (rank + 1) * n]
         loss = MALoss(LossConfig(focal_weight=0.0, alpha="none"), num_labels=int(labels.max()) + 1)
         out = loss(local, torch.zeros(n, 2), y)
         out["loss"].backward()
-        save_file({"loss": out["loss"].detach().reshape(1), "metric": out["supcon"].reshape(1),
-                   "grad": local.grad.contiguous()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        save_file(
+            {
+                "loss": out["loss"].detach().reshape(1),
+                "metric": out["supcon"].reshape(1),
+                "grad": local.grad.contiguous(),
+            },
+            os.path.join(out_dir, f"rank{rank}.safetensors"),
+        )
     finally:
         dist.destroy_process_group()

@@ -11,6 +11,7 @@ BERT-family checkpoint, e.g. all-MiniLM-L6-v2) gives contextual token states who
   each Q-Former layer's self-attention and feed-forward (the text branch *and* the query branch) come from the
   corresponding BERT layer; cross-attention layers stay new. Needs equal width, heads and intermediate size.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,14 @@ _TEXT_FFN = ("intermediate.", "output.dense", "output.LayerNorm")  # the text po
 class TextEncoder(nn.Module):
     """Frozen BERT-family encoder in inference mode: transcripts -> contextual token states."""
 
-    def __init__(self, path: str, device: str = "auto", max_tokens: int = 64, trust_remote_code: bool = False,
-                 cache_size: int = 8192):
+    def __init__(
+        self,
+        path: str,
+        device: str = "auto",
+        max_tokens: int = 64,
+        trust_remote_code: bool = False,
+        cache_size: int = 8192,
+    ):
         """``cache_size``: transcripts whose states are kept (training sees each one every epoch; the encoder is
         frozen, so its states never change); 0 disables the cache."""
         super().__init__()
@@ -65,16 +72,17 @@ class TextEncoder(nn.Module):
         all-False row (S >= 1), so it contributes no text positions."""
         present = [bool(t and t.strip()) for t in texts]
         if not any(present):
-            return (torch.zeros(len(texts), 1, self.hidden_size, device=self.device),
-                    torch.zeros(len(texts), 1, dtype=torch.bool, device=self.device))
+            return (
+                torch.zeros(len(texts), 1, self.hidden_size, device=self.device),
+                torch.zeros(len(texts), 1, dtype=torch.bool, device=self.device),
+            )
         todo = sorted({t for t, p in zip(texts, present) if p and t not in self._cache})
         fresh = self._forward(todo) if todo else {}
         if self.cache_size:
             if len(self._cache) + len(fresh) > self.cache_size:
                 self._cache.clear()
             self._cache.update(fresh)
-        states = [(self._cache.get(t) if t in self._cache else fresh[t]) if p else None
-                  for t, p in zip(texts, present)]
+        states = [(self._cache.get(t) if t in self._cache else fresh[t]) if p else None for t, p in zip(texts, present)]
         s = max(x.shape[0] for x in states if x is not None)
         out = torch.zeros(len(texts), s, self.hidden_size, device=self.device)
         mask = torch.zeros(len(texts), s, dtype=torch.bool, device=self.device)
@@ -86,8 +94,9 @@ class TextEncoder(nn.Module):
 
     def _forward(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Each text's valid token states ``[S_i, D]`` (one padded forward pass)."""
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt").to(self.device)
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(
+            self.device
+        )
         out = self.model(**tok).last_hidden_state.float()
         lengths = tok["attention_mask"].sum(-1).tolist()
         return {t: out[i, : int(n)].clone() for i, (t, n) in enumerate(zip(texts, lengths))}
@@ -104,8 +113,10 @@ def qformer_init_map(text_state: dict[str, torch.Tensor], qformer: nn.Module) ->
     n_text = 1 + max((int(m.group(1)) for k in text_state if (m := layer_re.match(k))), default=-1)
     if n_layers > n_text:
         raise ValueError(f"the Former has {n_layers} layers, the text encoder only {n_text}")
-    out = {"layernorm.weight": f"{prefix}embeddings.LayerNorm.weight",
-           "layernorm.bias": f"{prefix}embeddings.LayerNorm.bias"}
+    out = {
+        "layernorm.weight": f"{prefix}embeddings.LayerNorm.weight",
+        "layernorm.bias": f"{prefix}embeddings.LayerNorm.bias",
+    }
     for i in range(n_layers):
         for src, dsts in _LAYER_MAP.items():
             for dst in dsts:
@@ -120,9 +131,11 @@ def qformer_init_map(text_state: dict[str, torch.Tensor], qformer: nn.Module) ->
         if dst not in q_state:
             raise ValueError(f"the Former has no parameter {dst!r}")
         if tuple(text_state[src].shape) != tuple(q_state[dst].shape):
-            raise ValueError(f"shape mismatch: Former {dst} {tuple(q_state[dst].shape)} vs text encoder {src} "
-                             f"{tuple(text_state[src].shape)} (set former.hidden / num_heads / intermediate to "
-                             "the text encoder's sizes)")
+            raise ValueError(
+                f"shape mismatch: Former {dst} {tuple(q_state[dst].shape)} vs text encoder {src} "
+                f"{tuple(text_state[src].shape)} (set former.hidden / num_heads / intermediate to "
+                "the text encoder's sizes)"
+            )
     return out
 
 

@@ -9,6 +9,7 @@ one row per turn (recording_id, channel, start_s, end_s, label[, channel_name]),
 and ``timelines/<id>.png`` (predicted and truth lanes of the first N evaluated recordings) (default ``DIR``:
 ``LABELS_DIR/eval``). Semantics: ``pipeline/evaluation/archive.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,25 +28,42 @@ from pipeline.cli import exits_on_error  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     from pipeline.evaluation.archive import evaluate_archive, format_archive_report
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("labels_dir")
     ap.add_argument("truth")
     ap.add_argument("--out", default=None, help="output folder (default LABELS_DIR/eval)")
     ap.add_argument("--name", default="archive")
-    ap.add_argument("--min-overlap", type=float, default=0.5,
-                    help="a segment overlapping truth speech for less than this share of its duration is a false alarm")
+    ap.add_argument(
+        "--min-overlap",
+        type=float,
+        default=0.5,
+        help="a segment overlapping truth speech for less than this share of its duration is a false alarm",
+    )
     ap.add_argument("--labels", default=None, help="comma-separated label order (default: the model's)")
     ap.add_argument("--calm-label", default="neutral")
-    ap.add_argument("--timelines", type=int, default=3, metavar="N",
-                    help="timeline pictures (predicted vs truth lanes) of the first N evaluated recordings; 0: none")
+    ap.add_argument(
+        "--timelines",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timeline pictures (predicted vs truth lanes) of the first N evaluated recordings; 0: none",
+    )
     a = ap.parse_args(argv)
     if a.timelines < 0:
         ap.error(f"--timelines must be >= 0, got {a.timelines}")
     out = a.out or os.path.join(a.labels_dir, "eval")
-    report = evaluate_archive(a.labels_dir, a.truth, out_dir=out, name=a.name, min_overlap=a.min_overlap,
-                              label_names=a.labels.split(",") if a.labels else None, calm_label=a.calm_label,
-                              timelines=a.timelines)
+    report = evaluate_archive(
+        a.labels_dir,
+        a.truth,
+        out_dir=out,
+        name=a.name,
+        min_overlap=a.min_overlap,
+        label_names=a.labels.split(",") if a.labels else None,
+        calm_label=a.calm_label,
+        timelines=a.timelines,
+    )
     print(format_archive_report(report))
     print(json.dumps(report["files"]))
     return report

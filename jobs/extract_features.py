@@ -6,6 +6,7 @@
 
 What it does, step by step: :mod:`pipeline.training.extract` (this file only parses the arguments).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +18,17 @@ if __package__ in (None, ""):  # `python jobs/extract_features.py`: make the rep
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import exits_on_error  # noqa: E402
-
 from pipeline.training.extract import extract_features
+
 
 @exits_on_error
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("manifest", help="labelled manifest (CSV / Parquet): utt_id, path, label, transcript, speaker, split")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "manifest", help="labelled manifest (CSV / Parquet): utt_id, path, label, transcript, speaker, split"
+    )
     ap.add_argument("out_dir", help="feature cache directory (local path or pyarrow URI)")
     ap.add_argument("--config", default=None, help="EmoQ YAML (default: emoq_model/configs/demo.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -36,8 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N rows (smoke tests)")
-    ap.add_argument("--asr-model", default=None, metavar="WHISPER_DIR",
-                    help="transcripts from this ASR instead of the manifest's (train as served; meta.json gets the WER)")
+    ap.add_argument(
+        "--asr-model",
+        default=None,
+        metavar="WHISPER_DIR",
+        help="transcripts from this ASR instead of the manifest's (train as served; meta.json gets the WER)",
+    )
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default >= 4)")
@@ -48,10 +56,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = load_config(a.config or demo_config_path(), a.set, check_assets=False)
     init_ray(a.address, a.num_cpus)
-    meta = extract_features(a.manifest, a.out_dir, cfg, splits=a.splits.split(",") if a.splits else None,
-                            actors=a.actors, cpus_per_actor=a.cpus_per_actor, gpus_per_actor=a.gpus_per_actor,
-                            batch_size=a.batch_size, dtype=a.dtype, threads=a.threads, overwrite=a.overwrite,
-                            limit=a.limit, asr_model=a.asr_model)
+    meta = extract_features(
+        a.manifest,
+        a.out_dir,
+        cfg,
+        splits=a.splits.split(",") if a.splits else None,
+        actors=a.actors,
+        cpus_per_actor=a.cpus_per_actor,
+        gpus_per_actor=a.gpus_per_actor,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        threads=a.threads,
+        overwrite=a.overwrite,
+        limit=a.limit,
+        asr_model=a.asr_model,
+    )
     print(json.dumps({k: v for k, v in meta.items() if k not in ("encoder", "errors")}, indent=1))
     if meta["n_errors"]:
         print(f"{meta['n_errors']} error rows, e.g. {meta['errors'][:3]}")

@@ -7,6 +7,7 @@ Reruns on the same ``--output`` resume: recordings already written are skipped. 
 final table; Ray's, vLLM's and transformers' logs go to ``<output>/logs/label.log`` (``--verbose``: all on the
 console, as the libraries print them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import exits_on_error  # noqa: E402
-
-from pipeline.cli import add_dataclass_args, dataclass_kwargs  # noqa: E402
+from pipeline.cli import (  # noqa: E402
+    add_dataclass_args,
+    dataclass_kwargs,
+    exits_on_error,  # noqa: E402
+)
 from pipeline.labeling.job import LabelJobConfig, StageResources, run  # noqa: E402
 from pipeline.labeling.prepare import PrepareConfig  # noqa: E402
 from pipeline.labeling.segment import VADConfig  # noqa: E402
@@ -50,32 +53,77 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--output", required=True, help="output directory (local path or pyarrow URI)")
     ap.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else embedded local Ray)")
     job = add_dataclass_args(
-        ap, LabelJobConfig, skip=("inputs", "output", "bundle", "prepare", "encode", "label", "asr", "engine",
-                                  "use_merged", "model_overrides", "resume"),
-        flags={"asr_shared": "--asr-separate", "object_store_limit_mb": "--object-store-mb",
-               "timeline_calls": "--timelines", "isolate_failures": "--no-isolate-failures"})
-    prep = add_dataclass_args(ap, PrepareConfig, only=("max_duration_s", "max_channels", "allow_truncated"),
-                              flags={"max_duration_s": "--max-duration"}, dest_prefix="prepare_")
-    vad = add_dataclass_args(ap, VADConfig, only=("min_speech_s", "max_segment_s", "min_gap_s"), dest_prefix="vad_",
-                             flags={"min_speech_s": "--min-speech", "max_segment_s": "--max-segment",
-                                    "min_gap_s": "--min-gap"})
+        ap,
+        LabelJobConfig,
+        skip=(
+            "inputs",
+            "output",
+            "bundle",
+            "prepare",
+            "encode",
+            "label",
+            "asr",
+            "engine",
+            "use_merged",
+            "model_overrides",
+            "resume",
+        ),
+        flags={
+            "asr_shared": "--asr-separate",
+            "object_store_limit_mb": "--object-store-mb",
+            "timeline_calls": "--timelines",
+            "isolate_failures": "--no-isolate-failures",
+        },
+    )
+    prep = add_dataclass_args(
+        ap,
+        PrepareConfig,
+        only=("max_duration_s", "max_channels", "allow_truncated"),
+        flags={"max_duration_s": "--max-duration"},
+        dest_prefix="prepare_",
+    )
+    vad = add_dataclass_args(
+        ap,
+        VADConfig,
+        only=("min_speech_s", "max_segment_s", "min_gap_s"),
+        dest_prefix="vad_",
+        flags={"min_speech_s": "--min-speech", "max_segment_s": "--max-segment", "min_gap_s": "--min-gap"},
+    )
     default = StageResources()
     for st in STAGES:
         ap.add_argument(f"--{st}-actors", type=int, default=default.actors, help=f"{st} actor pool size")
         ap.add_argument(f"--{st}-cpus", type=float, default=default.num_cpus, help=f"CPUs per {st} actor")
         ap.add_argument(f"--{st}-gpus", type=float, default=default.num_gpus, help=f"GPUs per {st} actor")
-        ap.add_argument(f"--{st}-resources", type=json.loads, default=None, metavar="JSON",
-                        help=f'custom Ray resources per {st} actor, e.g. \'{{"{st}_node": 1}}\' (node placement)')
+        ap.add_argument(
+            f"--{st}-resources",
+            type=json.loads,
+            default=None,
+            metavar="JSON",
+            help=f"custom Ray resources per {st} actor, e.g. '{{\"{st}_node\": 1}}' (node placement)",
+        )
     ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
-    ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 dtype=bfloat16")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="model_overrides",
-                    help="deployment precision of the bundle's models: encoder.dtype=bfloat16|int8, "
-                         "former.dtype=bfloat16 (repeatable)")
+    ap.add_argument(
+        "--engine",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 dtype=bfloat16",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="model_overrides",
+        help="deployment precision of the bundle's models: encoder.dtype=bfloat16|int8, "
+        "former.dtype=bfloat16 (repeatable)",
+    )
     ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
-    ap.add_argument("--verbose", action="store_true",
-                    help="print Ray's, Ray Data's, vLLM's and the workers' logs on the console (default: "
-                         "<output>/logs/label.log)")
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's, Ray Data's, vLLM's and the workers' logs on the console (default: <output>/logs/label.log)",
+    )
     ap.set_defaults(dests={"job": job, "prepare": prep, "vad": vad})
     return ap.parse_args(argv)
 
@@ -83,12 +131,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
     d = a.dests
     engine = {**LabelJobConfig.__dataclass_fields__["engine"].default_factory(), **_engine_kv(a.engine)}
-    resources = {st: StageResources(getattr(a, f"{st}_actors"), getattr(a, f"{st}_cpus"), getattr(a, f"{st}_gpus"),
-                                    getattr(a, f"{st}_resources")) for st in STAGES}
+    resources = {
+        st: StageResources(
+            getattr(a, f"{st}_actors"),
+            getattr(a, f"{st}_cpus"),
+            getattr(a, f"{st}_gpus"),
+            getattr(a, f"{st}_resources"),
+        )
+        for st in STAGES
+    }
     prepare = PrepareConfig(**dataclass_kwargs(a, d["prepare"]), vad=VADConfig(**dataclass_kwargs(a, d["vad"])))
-    return LabelJobConfig(inputs=list(a.inputs), output=a.output, bundle=a.bundle, prepare=prepare, engine=engine,
-                          use_merged=True if a.merged else None, model_overrides=list(a.model_overrides),
-                          resume=not a.no_resume, **resources, **dataclass_kwargs(a, d["job"]))
+    return LabelJobConfig(
+        inputs=list(a.inputs),
+        output=a.output,
+        bundle=a.bundle,
+        prepare=prepare,
+        engine=engine,
+        use_merged=True if a.merged else None,
+        model_overrides=list(a.model_overrides),
+        resume=not a.no_resume,
+        **resources,
+        **dataclass_kwargs(a, d["job"]),
+    )
 
 
 def print_report(report: dict, log_path: str | Path | None = None) -> None:

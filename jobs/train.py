@@ -17,6 +17,7 @@
 Embedded (plain ``python``: a local Ray is started) or on a cluster (``RAY_ADDRESS`` / ``--address`` /
 ``ray job submit --working-dir . -- python jobs/train.py ...``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,15 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli import add_dataclass_args
     from pipeline.training.settings import TrainSettings
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("features", help="feature cache directory (jobs/extract_features.py)")
     ap.add_argument("--config", default=None, help="EmoQ YAML (default: emoq_model/configs/demo.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    ap.set_defaults(settings=add_dataclass_args(
-        ap, TrainSettings, skip=("features", "fail_once"), storage_path="runs/ray_train",
-        flags={"bundle_out": "--out", "num_workers": "--workers", "use_gpu": "--gpu", "threads_per_worker": "--threads",
-               "num_to_keep": "--keep", "merge_llm": "--no-merge", "verbose": "--quiet"}))
+    ap.set_defaults(
+        settings=add_dataclass_args(
+            ap,
+            TrainSettings,
+            skip=("features", "fail_once"),
+            storage_path="runs/ray_train",
+            flags={
+                "bundle_out": "--out",
+                "num_workers": "--workers",
+                "use_gpu": "--gpu",
+                "threads_per_worker": "--threads",
+                "num_to_keep": "--keep",
+                "merge_llm": "--no-merge",
+                "verbose": "--quiet",
+            },
+        )
+    )
     ap.add_argument("--evaluate", default=None, metavar="SPLIT", help="evaluate the bundle on this cache split")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default >= 4)")
@@ -65,13 +80,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = load_config(a.config or demo_config_path(), a.set)
     kw = dataclass_kwargs(a, a.settings)
-    kw.update(features=_abs(a.features), storage_path=_abs(kw["storage_path"]), bundle_out=_abs(kw["bundle_out"]),
-              name=kw["name"] or f"emoq-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    kw.update(
+        features=_abs(a.features),
+        storage_path=_abs(kw["storage_path"]),
+        bundle_out=_abs(kw["bundle_out"]),
+        name=kw["name"] or f"emoq-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+    )
     settings = TrainSettings(**kw)
     init_ray(a.address, a.num_cpus)
     summary = run_training(cfg, settings)
-    print(f"run {settings.name}: bundle {summary['bundle']} ({summary['seconds']:.0f} s); best per stage "
-          f"{json.dumps(summary['best'])}; metrics {summary['metrics_file']}")
+    print(
+        f"run {settings.name}: bundle {summary['bundle']} ({summary['seconds']:.0f} s); best per stage "
+        f"{json.dumps(summary['best'])}; metrics {summary['metrics_file']}"
+    )
     if a.evaluate:
         from pipeline.evaluation.clips import evaluate
 

@@ -11,18 +11,31 @@
 
 Names resolve on first use, so ``import pipeline.labeling.sources`` in a Ray worker loads no model code.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["label_corpus", "train", "extract_features", "evaluate", "evaluate_archive", "LabelJobConfig",
-           "StageResources", "TrainSettings"]
+__all__ = [
+    "label_corpus",
+    "train",
+    "extract_features",
+    "evaluate",
+    "evaluate_archive",
+    "LabelJobConfig",
+    "StageResources",
+    "TrainSettings",
+]
 
 _WHERE = {
-    "label_corpus": "pipeline.api", "train": "pipeline.api", "extract_features": "pipeline.api",
-    "evaluate": "pipeline.evaluation.clips", "evaluate_archive": "pipeline.evaluation.archive",
-    "LabelJobConfig": "pipeline.labeling.job", "StageResources": "pipeline.labeling.job",
+    "label_corpus": "pipeline.api",
+    "train": "pipeline.api",
+    "extract_features": "pipeline.api",
+    "evaluate": "pipeline.evaluation.clips",
+    "evaluate_archive": "pipeline.evaluation.archive",
+    "LabelJobConfig": "pipeline.labeling.job",
+    "StageResources": "pipeline.labeling.job",
     "TrainSettings": "pipeline.training.settings",
 }
 

@@ -10,6 +10,7 @@ reported as truncated, and the block-wise decode stops as soon as it passes the 
 understates the length). Resampling is streamed block by block (``soxr.ResampleStream``; identical output to a
 one-shot ``soxr.resample``), so only the output array is ever held whole.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,7 +80,7 @@ class Header:
 
     def truncation_message(self) -> str:
         declared = self.declared_frames / float(self.sample_rate) if self.sample_rate > 0 else float("nan")
-        return (f"truncated audio data: the header declares {declared:.2f} s, the file holds {self.duration_s:.2f} s")
+        return f"truncated audio data: the header declares {declared:.2f} s, the file holds {self.duration_s:.2f} s"
 
 
 def _reason(e: Exception) -> str:
@@ -160,7 +161,7 @@ class _Buffer:
             grown = np.empty((self.a.shape[0], max(2 * self.a.shape[1], self.n + k)), np.float32)
             grown[:, : self.n] = self.a[:, : self.n]
             self.a = grown
-        self.a[:, self.n: self.n + k] = block.T
+        self.a[:, self.n : self.n + k] = block.T
         self.n += k
 
     def result(self) -> np.ndarray:
@@ -169,8 +170,13 @@ class _Buffer:
         return self.a[:, : self.n]
 
 
-def decode_file(f, max_duration_s: float | None = None, target_rate: int | None = None,
-                allow_truncated: bool = False, header: Header | None = None) -> Audio:
+def decode_file(
+    f,
+    max_duration_s: float | None = None,
+    target_rate: int | None = None,
+    allow_truncated: bool = False,
+    header: Header | None = None,
+) -> Audio:
     """Decode an open, seekable binary file object block by block, optionally resampling to ``target_rate``.
 
     Refuses (with :class:`AudioError`) before decoding when the header is over ``max_duration_s`` or (unless
@@ -188,8 +194,11 @@ def decode_file(f, max_duration_s: float | None = None, target_rate: int | None 
         raise AudioError(h.truncation_message())
     rate_out = int(target_rate or h.sample_rate)
     max_frames = None if max_duration_s is None else int(math.floor(max_duration_s * h.sample_rate)) + 1
-    stream = (soxr.ResampleStream(h.sample_rate, rate_out, h.channels, dtype="float32", quality="HQ")
-              if rate_out != h.sample_rate else None)
+    stream = (
+        soxr.ResampleStream(h.sample_rate, rate_out, h.channels, dtype="float32", quality="HQ")
+        if rate_out != h.sample_rate
+        else None
+    )
     buf = _Buffer(h.channels, int(math.ceil(h.frames * rate_out / h.sample_rate)) + 64)
     n_in = 0
     f.seek(0)
@@ -201,8 +210,10 @@ def decode_file(f, max_duration_s: float | None = None, target_rate: int | None 
                     break
                 n_in += block.shape[0]
                 if max_frames is not None and n_in > max_frames:
-                    raise AudioError(f"recording is longer than the limit of {max_duration_s:.0f} s "
-                                     f"(header said {h.duration_s:.0f} s)")
+                    raise AudioError(
+                        f"recording is longer than the limit of {max_duration_s:.0f} s "
+                        f"(header said {h.duration_s:.0f} s)"
+                    )
                 if not np.isfinite(block).all():
                     raise AudioError("samples contain NaN or Inf")
                 buf.add(stream.resample_chunk(block) if stream else block)
@@ -251,8 +262,9 @@ def _decode_pyav(src, reason: str, max_duration_s: float | None = None, target_r
         raise AudioError(f"not a readable audio file: {e}") from None
 
 
-def decode(data: bytes, max_duration_s: float | None = None, target_rate: int | None = None,
-           allow_truncated: bool = False) -> Audio:
+def decode(
+    data: bytes, max_duration_s: float | None = None, target_rate: int | None = None, allow_truncated: bool = False
+) -> Audio:
     """Decode an in-memory audio file. Raises :class:`AudioError` with a clear reason on bad input."""
     if not data:
         raise AudioError("empty file (0 bytes)")
@@ -270,8 +282,12 @@ def _validate(audio: Audio, max_duration_s: float | None) -> Audio:
     return audio
 
 
-def load(path: str | bytes | os.PathLike, max_duration_s: float | None = None, target_rate: int | None = None,
-         allow_truncated: bool = False) -> Audio:
+def load(
+    path: str | bytes | os.PathLike,
+    max_duration_s: float | None = None,
+    target_rate: int | None = None,
+    allow_truncated: bool = False,
+) -> Audio:
     """Read and decode a local audio file (streamed from disk; ``FileNotFoundError`` if it does not exist)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:

@@ -1,5 +1,6 @@
 """What every CLI in ``jobs/`` shares: the project's own errors end the program with one line and exit code 2, and
 flags derived from the config dataclasses (type, default and help come from the field, so each lives in one place)."""
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,15 @@ def _parse_type(annotation: str) -> Callable[[str], Any]:
     return str
 
 
-def add_dataclass_args(ap: argparse.ArgumentParser, cls: type, flags: dict[str, str | None] | None = None,
-                       skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None, dest_prefix: str = "",
-                       **defaults: Any) -> dict[str, str]:
+def add_dataclass_args(
+    ap: argparse.ArgumentParser,
+    cls: type,
+    flags: dict[str, str | None] | None = None,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    dest_prefix: str = "",
+    **defaults: Any,
+) -> dict[str, str]:
     """Add one ``--flag`` per field of the dataclass ``cls``, with the field's type, default and inline comment as
     help, so each default lives in one place (the dataclass). ``flags`` renames (``{"num_workers": "--workers"}``;
     for a bool field that defaults to True, its ``--no-...`` switch); ``defaults`` overrides a default for the CLI
@@ -80,13 +87,18 @@ def add_dataclass_args(ap: argparse.ArgumentParser, cls: type, flags: dict[str, 
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
-        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
+        default = defaults.get(
+            f.name,
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None),
+        )
         ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         help_ = helps.get(f.name) or None
         if ann.replace(" ", "") == "bool":
-            flag = flags.get(f.name) or (f"--no-{f.name.replace('_', '-')}" if default else
-                                         f"--{f.name.replace('_', '-')}")
+            flag = flags.get(f.name) or (
+                f"--no-{f.name.replace('_', '-')}" if default else f"--{f.name.replace('_', '-')}"
+            )
             action = "store_false" if default else "store_true"
             help_ = f"turn off: {help_}" if default and help_ else help_
             dest = ap.add_argument(flag, dest=dest_prefix + f.name, action=action, default=default, help=help_).dest
@@ -94,8 +106,9 @@ def add_dataclass_args(ap: argparse.ArgumentParser, cls: type, flags: dict[str, 
             flag = flags.get(f.name) or f"--{f.name.replace('_', '-')}"
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_ = f"{help_ + ' ' if help_ else ''}(default: {shown})"
-            dest = ap.add_argument(flag, dest=dest_prefix + f.name, type=_parse_type(ann), default=default,
-                                   help=help_.replace("%", "%%")).dest
+            dest = ap.add_argument(
+                flag, dest=dest_prefix + f.name, type=_parse_type(ann), default=default, help=help_.replace("%", "%%")
+            ).dest
         dests[f.name] = dest
     return dests
 

@@ -7,6 +7,7 @@ output (Ray, Ray Data, vLLM, transformers, torch) in a log file instead of on th
         report = run(cfg)                        # Progress lines from the driver loop
     print(final_table(report, log_path=...))
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------- progress
 
+
 def _duration(s: float) -> str:
     if s < 90:
         return f"{s:.0f} s"
@@ -62,9 +64,16 @@ class Progress:
     line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
     instead of a redrawn bar."""
 
-    def __init__(self, total: int, phase: str = "label", unit: str = "recordings", stream: TextIO | None = None,
-                 interactive: bool | None = None, interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int,
+        phase: str = "label",
+        unit: str = "recordings",
+        stream: TextIO | None = None,
+        interactive: bool | None = None,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.phase, self.unit = int(total), phase, unit
         self.stream = stream if stream is not None else sys.stderr
         self.interval_s, self.clock = interval_s, clock
@@ -79,8 +88,15 @@ class Progress:
             from tqdm import tqdm
 
             # disable=False explicitly: quiet_logs sets TQDM_DISABLE for the libraries' bars, not for this one
-            self._bar = tqdm(total=self.total, desc=f"[{phase}]", unit="rec", file=self.stream, disable=False,
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=self.total,
+                desc=f"[{phase}]",
+                unit="rec",
+                file=self.stream,
+                disable=False,
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def update(self, files: int = 1, segments: int = 0, audio_s: float = 0.0, failed: int = 0) -> None:
         self.files += files
@@ -109,8 +125,10 @@ class Progress:
         elapsed = self.clock() - self.start
         eta = self.eta_s()
         tail = "done" if self.closed else ("ETA ?" if eta is None else f"ETA {_duration(eta)}")
-        return (f"[{self.phase}] {self.files}/{self.total} {self.unit} · {self._counts()} · "
-                f"{_duration(elapsed)} elapsed · {tail}")
+        return (
+            f"[{self.phase}] {self.files}/{self.total} {self.unit} · {self._counts()} · "
+            f"{_duration(elapsed)} elapsed · {tail}"
+        )
 
     def _print(self) -> None:
         self._last = self.clock()
@@ -141,26 +159,35 @@ class Progress:
 
 # ------------------------------------------------------------------------------------------ final table
 
+
 def final_table(report: dict, log_path: str | os.PathLike | None = None, title: str = "Labelling finished") -> str:
     """The label report (:func:`pipeline.labeling.job.run`) as an aligned plain-text table."""
     r = report
-    rows = [("recordings found", r.get("recordings_found", 0)),
-            ("already done", r.get("already_done", 0)),
-            ("labelled", r.get("labeled", 0)),
-            ("failed", r.get("failed", 0))]
-    for key, name in (("retried_failed", "retried (failed before)"), ("isolated", "retried one by one"),
-                      ("crashed", "failed every attempt"), ("duplicate_recordings", "duplicated recordings")):
+    rows = [
+        ("recordings found", r.get("recordings_found", 0)),
+        ("already done", r.get("already_done", 0)),
+        ("labelled", r.get("labeled", 0)),
+        ("failed", r.get("failed", 0)),
+    ]
+    for key, name in (
+        ("retried_failed", "retried (failed before)"),
+        ("isolated", "retried one by one"),
+        ("crashed", "failed every attempt"),
+        ("duplicate_recordings", "duplicated recordings"),
+    ):
         if r.get(key):
             rows.append((name, r[key]))
     wall = r.get("wall_s", 0.0)
-    rows += [("segments", r.get("segments", 0)),
-             ("audio", f"{r.get('audio_hours', r.get('audio_s', 0.0) / 3600):.3f} h"),
-             ("speech", f"{r.get('speech_s', 0.0) / 3600:.3f} h"),
-             ("wall time", f"{wall:.1f} s"),
-             ("speed", f"{r.get('audio_s_per_s', 0.0):.1f} audio s/s"),
-             ("output", r.get("output", "")),
-             ("segments dir", r.get("segments_dir", "")),
-             ("summary", r.get("summary", ""))]
+    rows += [
+        ("segments", r.get("segments", 0)),
+        ("audio", f"{r.get('audio_hours', r.get('audio_s', 0.0) / 3600):.3f} h"),
+        ("speech", f"{r.get('speech_s', 0.0) / 3600:.3f} h"),
+        ("wall time", f"{wall:.1f} s"),
+        ("speed", f"{r.get('audio_s_per_s', 0.0):.1f} audio s/s"),
+        ("output", r.get("output", "")),
+        ("segments dir", r.get("segments_dir", "")),
+        ("summary", r.get("summary", "")),
+    ]
     if log_path is not None:
         rows.append(("log file", str(log_path)))
     w = max(len(k) for k, _ in rows)
@@ -169,14 +196,17 @@ def final_table(report: dict, log_path: str | os.PathLike | None = None, title: 
 
 def _epoch_line(rec: dict) -> str:
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    return (f"[train] stage {rec.get('stage')} epoch {rec.get('epoch')}: loss {f(rec.get('train_loss'))} · val UA "
-            f"{f(rec.get('val_ua'))} WA {f(rec.get('val_wa'))} loss {f(rec.get('val_loss'))} · "
-            f"{rec.get('epoch_s', 0):.0f} s{' *' if rec.get('is_best') else ''}")
+    return (
+        f"[train] stage {rec.get('stage')} epoch {rec.get('epoch')}: loss {f(rec.get('train_loss'))} · val UA "
+        f"{f(rec.get('val_ua'))} WA {f(rec.get('val_wa'))} loss {f(rec.get('val_loss'))} · "
+        f"{rec.get('epoch_s', 0):.0f} s{' *' if rec.get('is_best') else ''}"
+    )
 
 
 @contextmanager
-def follow_train_metrics(path: str | os.PathLike, enabled: bool = True, interval_s: float = 2.0,
-                         out: Callable[[str], None] = print) -> Iterator[None]:
+def follow_train_metrics(
+    path: str | os.PathLike, enabled: bool = True, interval_s: float = 2.0, out: Callable[[str], None] = print
+) -> Iterator[None]:
     """While the block runs, print each epoch that rank 0 appends to a Ray Train run's ``metrics.jsonl``: with
     ``log_to_driver=False`` the workers' own epoch lines are only in Ray's logs. Epochs already in the file
     (a resumed run) are not repeated."""
@@ -217,6 +247,7 @@ def follow_train_metrics(path: str | os.PathLike, enabled: bool = True, interval
 
 
 # --------------------------------------------------------------------------------------------- log file
+
 
 class _LogFile(logging.FileHandler):
     """The log file's handler keeps its own format: ``ray.init`` sets its format on every handler of the 'ray'
@@ -267,13 +298,15 @@ def note_ray_session() -> None:
     """Write where Ray keeps the workers' logs into the log file (after ``ray.init``)."""
     d = ray_session_dir()
     if d:
-        log.info("Ray session dir: %s (worker stdout/stderr: %s/logs/worker-*.out|err, Ray Data: "
-                 "%s/logs/ray-data)", d, d, d)
+        log.info(
+            "Ray session dir: %s (worker stdout/stderr: %s/logs/worker-*.out|err, Ray Data: %s/logs/ray-data)", d, d, d
+        )
 
 
 @contextmanager
-def quiet_logs(log_path: str | os.PathLike, verbose: bool = False,
-               announce: Callable[[str], None] | None = print) -> Iterator[Path | None]:
+def quiet_logs(
+    log_path: str | os.PathLike, verbose: bool = False, announce: Callable[[str], None] | None = print
+) -> Iterator[Path | None]:
     """Unless ``verbose``: the libraries' Python logging (and warnings) go to ``log_path`` instead of the
     console, their progress bars are off, and :data:`QUIET_ENV` is set for worker processes. Yields the log
     path (None when verbose). Everything is restored on exit; nested uses write to both files.
@@ -301,8 +334,11 @@ def quiet_logs(log_path: str | os.PathLike, verbose: bool = False,
     warnings_captured = getattr(logging, "_warnings_showwarning", None) is not None
     removed: list[tuple[logging.Logger, logging.Handler]] = []
     added: list[logging.Logger] = [root]
-    names = [n for n in list(logging.Logger.manager.loggerDict)
-             if any(n == p or n.startswith(p + ".") for p in NOISY_LOGGERS)]
+    names = [
+        n
+        for n in list(logging.Logger.manager.loggerDict)
+        if any(n == p or n.startswith(p + ".") for p in NOISY_LOGGERS)
+    ]
     for name in sorted(set(names) | set(NOISY_LOGGERS)):
         lg = logging.getLogger(name)
         for h in [h for h in lg.handlers if _is_console(h)]:
@@ -318,8 +354,11 @@ def quiet_logs(log_path: str | os.PathLike, verbose: bool = False,
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # Ray Data's bars, or its "logging_progress" lines when not on a terminal
-    log.info("log of %s (pid %d): Ray, Ray Data, vLLM, transformers and torch output of this driver",
-             " ".join(sys.argv) or "python", os.getpid())
+    log.info(
+        "log of %s (pid %d): Ray, Ray Data, vLLM, transformers and torch output of this driver",
+        " ".join(sys.argv) or "python",
+        os.getpid(),
+    )
     if announce is not None:
         announce(f"logs: {path}")
     try:

@@ -9,6 +9,7 @@ give a test time to kill the driver mid-run). A file ``<stage>.poison`` holding 
 die on *every* batch holding a recording whose id contains that text (a file that crashes the decoder), and
 appends a line to ``<stage>.poison.log`` each time.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Connecting to Ray: a running cluster (``ray job submit``, ``RAY_ADDRESS``) or an embedded local instance."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,12 @@ import tempfile
 import ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None,
-             log_to_driver: bool = True) -> None:
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_mb: int | None = None,
+    log_to_driver: bool = True,
+) -> None:
     """Join the cluster at ``address`` / ``RAY_ADDRESS`` if any, else start a local Ray.
 
     Locally, Ray gets at least 4 logical CPUs: on 2-core machines an actor pool of whole-CPU actors next to a
@@ -20,8 +25,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     address = address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "EMOQ_CACHE", "VLLM_CPU_KVCACHE_SPACE")
-                if k in os.environ}
+    env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "EMOQ_CACHE", "VLLM_CPU_KVCACHE_SPACE") if k in os.environ}
     if not log_to_driver:
         from pipeline.console import QUIET_ENV
 
@@ -37,4 +41,3 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(**kwargs)
-

@@ -1,4 +1,5 @@
 """Where offline assets (converted checkpoints, demo models, demo corpus) are built and cached."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@
 ``usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz`` as ``name: transcript`` lines. Both are fetched
 with ``apt-get download`` and unpacked with ``dpkg -x`` into ``asset_dir("asterisk-sounds")`` (no root install).
 """
+
 from __future__ import annotations
 
 import gzip

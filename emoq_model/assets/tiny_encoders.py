@@ -20,13 +20,13 @@ wavlm         64          group             no                    yes           
 For ``group`` models the usual advice holds: padded batches are not equivalent to single inputs (group norm
 over time sees the padding); ``layer`` models with the attention mask are.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from emoq_model.assets.paths import asset_dir
-from emoq_model.assets.paths import build_atomically
+from emoq_model.assets.paths import asset_dir, build_atomically
 
 FAMILIES: tuple[str, ...] = ("hubert", "wav2vec2", "wavlm")
 SAMPLING_RATE = 16_000
@@ -36,12 +36,33 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 _BUILD_VERSION = 1
 
 _FAMILY = {
-    "hubert": dict(hidden_size=32, num_attention_heads=2, feat_extract_norm="group", do_stable_layer_norm=False,
-                   conv_bias=False, return_attention_mask=False, do_normalize=False),
-    "wav2vec2": dict(hidden_size=48, num_attention_heads=4, feat_extract_norm="layer", do_stable_layer_norm=True,
-                     conv_bias=True, return_attention_mask=True, do_normalize=True),
-    "wavlm": dict(hidden_size=64, num_attention_heads=4, feat_extract_norm="group", do_stable_layer_norm=False,
-                  conv_bias=False, return_attention_mask=True, do_normalize=False),
+    "hubert": dict(
+        hidden_size=32,
+        num_attention_heads=2,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        conv_bias=False,
+        return_attention_mask=False,
+        do_normalize=False,
+    ),
+    "wav2vec2": dict(
+        hidden_size=48,
+        num_attention_heads=4,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        return_attention_mask=True,
+        do_normalize=True,
+    ),
+    "wavlm": dict(
+        hidden_size=64,
+        num_attention_heads=4,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        conv_bias=False,
+        return_attention_mask=True,
+        do_normalize=False,
+    ),
 }
 NUM_LAYERS = 2
 CONV_DIM = 32
@@ -132,7 +153,13 @@ def build_tiny_encoder(family: str, out_dir: Path | None = None, seed: int = 0, 
     family_settings(family)  # validates
     if out_dir is None:
         out_dir = asset_dir(f"tiny-{family}" + (f"-s{seed}" if seed else ""))
-    spec = {"asset": f"tiny-{family}", "version": _BUILD_VERSION, "seed": seed, **family_settings(family),
-            "num_layers": NUM_LAYERS, "conv_dim": CONV_DIM}
+    spec = {
+        "asset": f"tiny-{family}",
+        "version": _BUILD_VERSION,
+        "seed": seed,
+        **family_settings(family),
+        "num_layers": NUM_LAYERS,
+        "conv_dim": CONV_DIM,
+    }
     spec = json.loads(json.dumps(spec))  # what read_spec returns
     return build_atomically(Path(out_dir), spec, lambda tmp: _write(tmp, family, seed), force)

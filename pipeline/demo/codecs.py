@@ -1,5 +1,6 @@
 """Audio files as the demo writes them: containers (WAV/FLAC/OGG/...), telephone codecs (mu-law, A-law, GSM 6.10),
 written atomically and byte-reproducibly (OGG stream serials derived from the clip, not random)."""
+
 from __future__ import annotations
 
 import io
@@ -9,7 +10,6 @@ import numpy as np
 import soundfile as sf
 
 from emoq_model.io import write_bytes
-
 
 FORMATS = {  # extension -> (soundfile format, subtype)
     "wav": ("WAV", "PCM_16"),
@@ -43,19 +43,25 @@ def _ogg_set_serial(data: bytes, serial: int) -> bytes:
     """Rewrite every page's stream serial (libsndfile picks a random one) and fix the page CRCs."""
     out = bytearray(data)
     pos = 0
-    while pos + 27 <= len(out) and out[pos:pos + 4] == b"OggS":
+    while pos + 27 <= len(out) and out[pos : pos + 4] == b"OggS":
         nseg = out[pos + 26]
         hlen = 27 + nseg
-        plen = hlen + sum(out[pos + 27: pos + 27 + nseg])
-        out[pos + 14: pos + 18] = serial.to_bytes(4, "little")
-        out[pos + 22: pos + 26] = b"\0\0\0\0"
-        out[pos + 22: pos + 26] = _ogg_crc(bytes(out[pos: pos + plen])).to_bytes(4, "little")
+        plen = hlen + sum(out[pos + 27 : pos + 27 + nseg])
+        out[pos + 14 : pos + 18] = serial.to_bytes(4, "little")
+        out[pos + 22 : pos + 26] = b"\0\0\0\0"
+        out[pos + 22 : pos + 26] = _ogg_crc(bytes(out[pos : pos + plen])).to_bytes(4, "little")
         pos += plen
     return bytes(out)
 
 
-def write_audio(path: str | Path, x: np.ndarray, rate: int, fmt: str = "wav", telephone_codec: str | None = None,
-                serial_seed: int = 0) -> None:
+def write_audio(
+    path: str | Path,
+    x: np.ndarray,
+    rate: int,
+    fmt: str = "wav",
+    telephone_codec: str | None = None,
+    serial_seed: int = 0,
+) -> None:
     """Write mono ``[N]`` or multichannel ``[C, N]`` float audio. ``telephone_codec`` (ulaw/alaw/gsm/pcm16) sets the
     WAV subtype; other formats use :data:`FORMATS`. Written atomically (temp file + rename)."""
     path = Path(path)

@@ -20,6 +20,7 @@ Determinism: every random choice is drawn up front from ``seed`` in a fixed orde
 seed, so the same config gives the same manifest and byte-identical audio whatever the worker count (OGG stream
 serial numbers, random in libsndfile, are rewritten to a value derived from the clip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 
 from pipeline.demo.codecs import FORMATS, TELEPHONE_CODECS, write_audio
 from pipeline.demo.synthesis import check_tools, make_noise, set_active_level, synthesize
@@ -166,12 +166,13 @@ def plan_corpus(out_dir: Path, cfg: CorpusConfig) -> list[dict]:
                 uid = _utt_id(cfg.seed, spk.speaker_id, si, label)
                 # draw every value in every mode so easy/hard plans line up clip for clip
                 strength = rng.uniform(*cfg.strength_range)
-                jitter = Prosody(pitch=rng.uniform(-0.05, 0.05), range=rng.uniform(-0.15, 0.15),
-                                 rate=rng.uniform(-0.05, 0.05))
+                jitter = Prosody(
+                    pitch=rng.uniform(-0.05, 0.05), range=rng.uniform(-0.15, 0.15), rate=rng.uniform(-0.05, 0.05)
+                )
                 snr = rng.uniform(*cfg.snr_db_range)
                 noise_kind = ("white", "pink", "brown")[int(rng.integers(3))]
                 level_jit = rng.uniform(-cfg.level_jitter_db, cfg.level_jitter_db)
-                noise_seed = int(rng.integers(2 ** 31))
+                noise_seed = int(rng.integers(2**31))
                 if cfg.mode == "easy":
                     strength, snr, noise_kind = 1.0, None, None
                     prosody = emotion_prosody(label, 1.0)
@@ -180,15 +181,33 @@ def plan_corpus(out_dir: Path, cfg: CorpusConfig) -> list[dict]:
                     strength = float(np.clip(strength * spk.expressiveness_for(label), 0.0, 1.0))
                     prosody = emotion_prosody(label, strength).combine(jitter)
                     level = cfg.target_dbfs + level_jit  # normalised: level carries no label
-                specs.append(dict(
-                    utt_id=uid, label=label, transcript=text, sentence_id=si, speaker=spk.speaker_id,
-                    split=splits[spk.speaker_id], speaker_json=spk.to_json(),
-                    prosody=dataclasses.asdict(prosody), strength=float(strength), level_dbfs=float(level),
-                    snr_db=None if snr is None else float(snr), noise=noise_kind, noise_seed=noise_seed,
-                    fmt="wav", sample_rate=cfg.rate, telephone=cfg.telephone,
-                    telephone_codec=cfg.telephone_codec if cfg.telephone else None, pad_s=cfg.pad_s,
-                    engine=spk.engine, voice=spk.voice, accent=spk.accent, gender=spk.gender, mode=cfg.mode,
-                ))
+                specs.append(
+                    dict(
+                        utt_id=uid,
+                        label=label,
+                        transcript=text,
+                        sentence_id=si,
+                        speaker=spk.speaker_id,
+                        split=splits[spk.speaker_id],
+                        speaker_json=spk.to_json(),
+                        prosody=dataclasses.asdict(prosody),
+                        strength=float(strength),
+                        level_dbfs=float(level),
+                        snr_db=None if snr is None else float(snr),
+                        noise=noise_kind,
+                        noise_seed=noise_seed,
+                        fmt="wav",
+                        sample_rate=cfg.rate,
+                        telephone=cfg.telephone,
+                        telephone_codec=cfg.telephone_codec if cfg.telephone else None,
+                        pad_s=cfg.pad_s,
+                        engine=spk.engine,
+                        voice=spk.voice,
+                        accent=spk.accent,
+                        gender=spk.gender,
+                        mode=cfg.mode,
+                    )
+                )
     if cfg.alt_formats and specs:
         frng = np.random.default_rng([cfg.seed, 4])
         k = max(len(cfg.alt_formats), int(round(cfg.alt_format_fraction * len(specs))))
@@ -204,8 +223,7 @@ def render_clip(spec: dict) -> dict:
     """Synthesize, level, add noise and write one planned clip; returns its facts."""
     spk = Speaker.from_json(spec["speaker_json"])
     rate = spec["sample_rate"]
-    x = synthesize(spk, spec["transcript"], Prosody(**spec["prosody"]), sample_rate=rate,
-                   telephone=spec["telephone"])
+    x = synthesize(spk, spec["transcript"], Prosody(**spec["prosody"]), sample_rate=rate, telephone=spec["telephone"])
     x = set_active_level(x, rate, spec["level_dbfs"])
     pad = np.zeros(int(round(spec["pad_s"] * rate)), dtype=np.float32)
     x = np.concatenate([pad, x, pad])
@@ -230,7 +248,7 @@ def render_all(specs: list[dict], workers: int = 2, batch: int = 24) -> list[dic
         Path(d).mkdir(parents=True, exist_ok=True)
     if workers <= 1 or len(specs) <= batch:
         return _render_batch(specs)
-    chunks = [specs[i: i + batch] for i in range(0, len(specs), batch)]
+    chunks = [specs[i : i + batch] for i in range(0, len(specs), batch)]
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
         return [r for rs in ex.map(_render_batch, chunks) for r in rs]
 
@@ -247,22 +265,40 @@ def make_emotion_corpus(out_dir: str | Path, config: CorpusConfig | None = None)
     results = {r["utt_id"]: r for r in render_all(specs, cfg.workers)}
     rows = []
     for s in specs:
-        rows.append({
-            "utt_id": s["utt_id"], "path": s["path"], "label": s["label"], "transcript": s["transcript"],
-            "speaker": s["speaker"], "split": s["split"], "sample_rate": s["sample_rate"],
-            "duration_s": results[s["utt_id"]]["duration_s"],
-            "recording_id": s["utt_id"], "sentence_id": s["sentence_id"], "format": s["fmt"],
-            "engine": s["engine"], "voice": s["voice"], "accent": s["accent"], "gender": s["gender"],
-            "mode": s["mode"], "strength": round(s["strength"], 4),
-            "snr_db": None if s["snr_db"] is None else round(s["snr_db"], 2), "noise": s["noise"],
-        })
+        rows.append(
+            {
+                "utt_id": s["utt_id"],
+                "path": s["path"],
+                "label": s["label"],
+                "transcript": s["transcript"],
+                "speaker": s["speaker"],
+                "split": s["split"],
+                "sample_rate": s["sample_rate"],
+                "duration_s": results[s["utt_id"]]["duration_s"],
+                "recording_id": s["utt_id"],
+                "sentence_id": s["sentence_id"],
+                "format": s["fmt"],
+                "engine": s["engine"],
+                "voice": s["voice"],
+                "accent": s["accent"],
+                "gender": s["gender"],
+                "mode": s["mode"],
+                "strength": round(s["strength"], 4),
+                "snr_db": None if s["snr_db"] is None else round(s["snr_db"], 2),
+                "noise": s["noise"],
+            }
+        )
     df = pd.DataFrame(rows)
     df["snr_db"] = df["snr_db"].astype("float64")
     df.to_csv(out / "manifest.csv", index=False)
     df.to_parquet(out / "manifest.parquet", index=False)
     speaker_table(specs).to_csv(out / "speakers.csv", index=False)
-    meta = dict(dataclasses.asdict(cfg), n_clips=len(df), seconds=round(time.perf_counter() - t0, 2),
-                fingerprint=cfg.fingerprint())
+    meta = dict(
+        dataclasses.asdict(cfg),
+        n_clips=len(df),
+        seconds=round(time.perf_counter() - t0, 2),
+        fingerprint=cfg.fingerprint(),
+    )
     (out / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return out / "manifest.csv"
 
@@ -314,9 +350,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--alt-formats", default="", help="comma list of flac,ogg,opus,mp3 for a few clips")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
-    cfg = CorpusConfig(n_speakers=a.speakers, n_sentences=a.sentences, mode=a.mode, telephone=a.telephone,
-                       sample_rate=a.sample_rate, seed=a.seed,
-                       alt_formats=tuple(f for f in a.alt_formats.split(",") if f), workers=a.workers)
+    cfg = CorpusConfig(
+        n_speakers=a.speakers,
+        n_sentences=a.sentences,
+        mode=a.mode,
+        telephone=a.telephone,
+        sample_rate=a.sample_rate,
+        seed=a.seed,
+        alt_formats=tuple(f for f in a.alt_formats.split(",") if f),
+        workers=a.workers,
+    )
     t0 = time.perf_counter()
     m = make_emotion_corpus(a.out_dir, cfg)
     n = len(pd.read_csv(m))

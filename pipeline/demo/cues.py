@@ -19,6 +19,7 @@ them, so a model can only carry a cue from one to another through what it knows 
 cannot reward memorised sentences: Whisper's frames carry the words too, so with shared cue sentences a
 *speech-only* model validated at UA 0.77-0.79 while scoring 0.39-0.44 on the evaluation archive (measured).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Rendering speech offline: espeak-ng (SSML prosody) or flite, then sox (pitch, EQ, band), numpy gain; levels and
 background noise. The one place that synthesizes speech for the project (the corpus and the call archives)."""
+
 from __future__ import annotations
 
 import io
@@ -11,12 +12,11 @@ from xml.sax.saxutils import escape
 import numpy as np
 import soundfile as sf
 
-
 from pipeline.demo.voices import FLITE_VOICES, Prosody, Speaker
 
 
 def _run(cmd: list[str], data: bytes | None = None) -> bytes:
-    p = subprocess.run(cmd, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, input=data, capture_output=True)
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr.decode(errors='replace')[-500:]}")
     return p.stdout
@@ -29,16 +29,22 @@ def _pct(x: float) -> str:
 def _engine_audio(speaker: Speaker, text: str, p: Prosody) -> tuple[np.ndarray, int, float]:
     """Raw engine output (float32 mono, rate) and the pitch shift in cents still to apply with sox."""
     if speaker.engine == "espeak":
-        ssml = (f'<speak><prosody pitch="{_pct(p.pitch)}" range="{_pct(max(p.range, -0.95))}" '
-                f'rate="{_pct(max(p.rate, -0.8))}">{escape(text)}</prosody></speak>')
+        ssml = (
+            f'<speak><prosody pitch="{_pct(p.pitch)}" range="{_pct(max(p.range, -0.95))}" '
+            f'rate="{_pct(max(p.rate, -0.8))}">{escape(text)}</prosody></speak>'
+        )
         wav = _run(["espeak-ng", "-m", "-v", speaker.voice, "--stdout", ssml])
         cents = 0.0
     elif speaker.engine == "flite":
         _, f0, sd, settable = FLITE_VOICES[speaker.voice]
         cmd = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={1.0 / max(1 + p.rate, 0.2):.4f}"]
         if settable:
-            cmd += ["--setf", f"int_f0_target_mean={f0 * (1 + p.pitch):.2f}",
-                    "--setf", f"int_f0_target_stddev={sd * max(1 + p.range, 0.05):.2f}"]
+            cmd += [
+                "--setf",
+                f"int_f0_target_mean={f0 * (1 + p.pitch):.2f}",
+                "--setf",
+                f"int_f0_target_stddev={sd * max(1 + p.range, 0.05):.2f}",
+            ]
             cents = 0.0
         else:  # rms: F0 settings are ignored, shift the pitch afterwards (range stays the voice's own)
             cents = 1200.0 * math.log2(max(1 + p.pitch, 0.2))
@@ -64,7 +70,7 @@ def trim(x: np.ndarray, rate: int, threshold_db: float = -40.0) -> np.ndarray:
         return x
     on = np.nonzero(e >= e.max() * 10 ** (threshold_db / 20))[0]
     n = max(1, int(rate * 0.01))
-    return x[on[0] * n: min(len(x), (on[-1] + 1) * n)]
+    return x[on[0] * n : min(len(x), (on[-1] + 1) * n)]
 
 
 def active_rms(x: np.ndarray, rate: int, threshold_db: float = -30.0) -> float:
@@ -73,7 +79,7 @@ def active_rms(x: np.ndarray, rate: int, threshold_db: float = -30.0) -> float:
     if e.max() <= 0:
         return 0.0
     act = e[e >= e.max() * 10 ** (threshold_db / 20)]
-    return float(np.sqrt(np.mean(act ** 2)))
+    return float(np.sqrt(np.mean(act**2)))
 
 
 def set_active_level(x: np.ndarray, rate: int, dbfs: float) -> np.ndarray:
@@ -82,8 +88,9 @@ def set_active_level(x: np.ndarray, rate: int, dbfs: float) -> np.ndarray:
     return x if r <= 0 else (x * (10 ** (dbfs / 20) / r)).astype(np.float32)
 
 
-def synthesize(speaker: Speaker, text: str, prosody: Prosody = Prosody(), *, sample_rate: int = 16000,
-               telephone: bool = False) -> np.ndarray:
+def synthesize(
+    speaker: Speaker, text: str, prosody: Prosody = Prosody(), *, sample_rate: int = 16000, telephone: bool = False
+) -> np.ndarray:
     """Speech for ``text`` by ``speaker`` with ``prosody`` on top of the speaker's neutral baseline.
 
     Returns float32 mono at ``sample_rate`` (8 kHz and 300-3400 Hz when ``telephone``), trimmed to the speech,
@@ -104,8 +111,29 @@ def synthesize(speaker: Speaker, text: str, prosody: Prosody = Prosody(), *, sam
     effects += ["rate", "-v", str(out_rate)]
     # Headroom before sox: EQ boosts must not clip in its integer pipeline; the level is set afterwards anyway.
     x = x * np.float32(0.25)
-    raw = _run(["sox", "-V1", "-D", "-t", "f32", "-r", str(rate), "-c", "1", "-",
-                "-t", "f32", "-r", str(out_rate), "-c", "1", "-"] + effects, x.astype("<f4").tobytes())
+    raw = _run(
+        [
+            "sox",
+            "-V1",
+            "-D",
+            "-t",
+            "f32",
+            "-r",
+            str(rate),
+            "-c",
+            "1",
+            "-",
+            "-t",
+            "f32",
+            "-r",
+            str(out_rate),
+            "-c",
+            "1",
+            "-",
+        ]
+        + effects,
+        x.astype("<f4").tobytes(),
+    )
     y = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     return trim(y, out_rate)
 
@@ -116,15 +144,16 @@ def make_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 
     w = rng.standard_normal(n + 2048)
     if kind == "pink":  # Paul Kellet's economy 1/f filter
-        w = lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786],
-                    [1.0, -2.494956002, 2.017265875, -0.522189400], w)
+        w = lfilter(
+            [0.049922035, -0.095993537, 0.050612699, -0.004408786], [1.0, -2.494956002, 2.017265875, -0.522189400], w
+        )
     elif kind == "brown":
         w = lfilter([1.0], [1.0, -0.995], w)
     elif kind != "white":
         raise ValueError(f"unknown noise kind {kind!r}")
     w = w[2048:]  # drop the filters' start-up transient
     w = w - w.mean()
-    return (w / (np.sqrt(np.mean(w ** 2)) + 1e-12)).astype(np.float32)
+    return (w / (np.sqrt(np.mean(w**2)) + 1e-12)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

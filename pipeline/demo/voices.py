@@ -8,6 +8,7 @@ neutral baseline, and each emotion as a prosody change relative to it.
 * Emotions, relative to the speaker's neutral: happy +20 % pitch, +70 % range, +10 % rate, +3 dB; angry +10 %,
   +50 %, +18 %, +6 dB, brighter; sad -12 %, -50 %, -22 %, -5 dB, darker.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,24 +17,70 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 LABELS = ("neutral", "happy", "angry", "sad")
 
 
-ESPEAK_ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
-                  "en-us-nyc")
+ESPEAK_ACCENTS = (
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 # Human-sounding espeak-ng variants (measured median F0 on en-us in Hz); robotic, whispered and very jittery
 # variants (whisper, croak, robosoft*, Demonic, david, paul, quincy, ...) are left out.
-ESPEAK_VARIANTS_F = {"f1": 181, "f2": 195, "f3": 212, "f4": 179, "f5": 206, "aunty": 174, "steph": 184,
-                     "belinda": 230, "Annie": 240, "Alicia": 251, "Andrea": 245, "anika": 272, "shelby": 181}
-ESPEAK_VARIANTS_M = {"m1": 94, "m2": 101, "m3": 105, "m4": 93, "m5": 103, "m6": 101, "m7": 107, "m8": 86,
-                     "klatt": 102, "klatt3": 102, "Andy": 96, "Gene": 95, "Lee": 96, "Mike": 90, "victor": 95,
-                     "Denis": 99, "adam": 102, "edward": 102, "john": 102, "norbert": 102, "michel": 105,
-                     "Hugo": 109, "miguel": 111, "Gene2": 115}
+ESPEAK_VARIANTS_F = {
+    "f1": 181,
+    "f2": 195,
+    "f3": 212,
+    "f4": 179,
+    "f5": 206,
+    "aunty": 174,
+    "steph": 184,
+    "belinda": 230,
+    "Annie": 240,
+    "Alicia": 251,
+    "Andrea": 245,
+    "anika": 272,
+    "shelby": 181,
+}
+ESPEAK_VARIANTS_M = {
+    "m1": 94,
+    "m2": 101,
+    "m3": 105,
+    "m4": 93,
+    "m5": 103,
+    "m6": 101,
+    "m7": 107,
+    "m8": 86,
+    "klatt": 102,
+    "klatt3": 102,
+    "Andy": 96,
+    "Gene": 95,
+    "Lee": 96,
+    "Mike": 90,
+    "victor": 95,
+    "Denis": 99,
+    "adam": 102,
+    "edward": 102,
+    "john": 102,
+    "norbert": 102,
+    "michel": 105,
+    "Hugo": 109,
+    "miguel": 111,
+    "Gene2": 115,
+}
 # flite voices: (gender, F0 target mean Hz, F0 target stddev Hz, accepts int_f0_target_*). "kal" is the same voice
 # as kal16 at 8 kHz; "awb_time" only speaks clock times.
-FLITE_VOICES = {"kal16": ("m", 95.0, 11.0, True), "slt": ("f", 170.0, 20.0, True), "awb": ("m", 130.0, 22.0, True),
-                "rms": ("m", 101.0, 0.0, False)}
+FLITE_VOICES = {
+    "kal16": ("m", 95.0, 11.0, True),
+    "slt": ("f", 170.0, 20.0, True),
+    "awb": ("m", 130.0, 22.0, True),
+    "rms": ("m", 101.0, 0.0, False),
+}
 
 
 @dataclass(frozen=True)
@@ -47,14 +94,19 @@ class Prosody:
     treble_db: float = 0.0
     bass_db: float = 0.0
 
-    def scaled(self, s: float) -> "Prosody":
+    def scaled(self, s: float) -> Prosody:
         return Prosody(*(v * s for v in dataclasses.astuple(self)))
 
-    def combine(self, other: "Prosody") -> "Prosody":
+    def combine(self, other: Prosody) -> Prosody:
         """Multiplicative for the fractions, additive for the dB values."""
-        return Prosody((1 + self.pitch) * (1 + other.pitch) - 1, (1 + self.range) * (1 + other.range) - 1,
-                       (1 + self.rate) * (1 + other.rate) - 1, self.gain_db + other.gain_db,
-                       self.treble_db + other.treble_db, self.bass_db + other.bass_db)
+        return Prosody(
+            (1 + self.pitch) * (1 + other.pitch) - 1,
+            (1 + self.range) * (1 + other.range) - 1,
+            (1 + self.rate) * (1 + other.rate) - 1,
+            self.gain_db + other.gain_db,
+            self.treble_db + other.treble_db,
+            self.bass_db + other.bass_db,
+        )
 
 
 EMOTIONS: dict[str, Prosody] = {
@@ -93,7 +145,7 @@ class Speaker:
         return json.dumps(d, sort_keys=True)
 
     @staticmethod
-    def from_json(text: str) -> "Speaker":
+    def from_json(text: str) -> Speaker:
         d = json.loads(text)
         d["base"] = Prosody(**d["base"])
         d["expressiveness"] = tuple(d["expressiveness"])
@@ -147,14 +199,23 @@ def make_speakers(n: int, seed: int = 0, mode: str = "easy", prefix: str = "spk"
     out = []
     for i in range(n):
         engine, voice, accent, gender = pool[i]
-        base = Prosody(pitch=rng.uniform(-0.10, 0.10), range=rng.uniform(-0.20, 0.20), rate=rng.uniform(-0.08, 0.08),
-                       treble_db=rng.uniform(-1.5, 1.5), bass_db=rng.uniform(-1.5, 1.5))
+        base = Prosody(
+            pitch=rng.uniform(-0.10, 0.10),
+            range=rng.uniform(-0.20, 0.20),
+            rate=rng.uniform(-0.08, 0.08),
+            treble_db=rng.uniform(-1.5, 1.5),
+            bass_db=rng.uniform(-1.5, 1.5),
+        )
         level = rng.uniform(-27.0, -23.0)
         expr: tuple[float, ...] = ()
         if mode == "hard":
-            quirk = Prosody(pitch=rng.uniform(-0.12, 0.12), range=rng.uniform(-0.30, 0.30),
-                            rate=rng.uniform(-0.12, 0.12), treble_db=rng.uniform(-5.0, 5.0),
-                            bass_db=rng.uniform(-5.0, 5.0))
+            quirk = Prosody(
+                pitch=rng.uniform(-0.12, 0.12),
+                range=rng.uniform(-0.30, 0.30),
+                rate=rng.uniform(-0.12, 0.12),
+                treble_db=rng.uniform(-5.0, 5.0),
+                bass_db=rng.uniform(-5.0, 5.0),
+            )
             base = base.combine(quirk)
             expr = tuple(float(rng.uniform(0.5, 1.3)) for _ in LABELS)
         out.append(Speaker(f"{prefix}{i:03d}", engine, voice, accent, gender, base, float(level), expr))

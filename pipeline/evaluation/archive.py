@@ -32,6 +32,7 @@ Semantics, and why:
 Everything is vectorised per recording+channel (sorted intervals, ``searchsorted``, difference arrays), so the cost
 is linear in the archive size. The report is JSON-serialisable (undefined values are ``None``).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from emoq_model.metrics import safe_name, classification_report, plot_confusion
 from emoq_model.io import resolve, write_json, write_parquet
+from emoq_model.metrics import classification_report, plot_confusion, safe_name
 
 STEP = 0.01  # grid of the time-weighted metrics (s)
 
@@ -65,8 +66,12 @@ def read_truth(truth: str | pd.DataFrame) -> pd.DataFrame:
     if isinstance(truth, pd.DataFrame):
         df = truth.copy()
     else:
-        df = (pd.read_parquet(truth) if str(truth).endswith((".parquet", ".pq")) else  # ids stay text ("007")
-              pd.read_csv(truth, dtype={"recording_id": str, "channel_name": str, "label": str}))
+        df = (
+            pd.read_parquet(truth)
+            if str(truth).endswith((".parquet", ".pq"))
+            # ids stay text ("007")
+            else pd.read_csv(truth, dtype={"recording_id": str, "channel_name": str, "label": str})
+        )
     missing = {"recording_id", "channel", "start_s", "end_s", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"truth lacks columns {sorted(missing)}")
@@ -82,19 +87,22 @@ def _int_like(s: pd.Series) -> bool:
     return bool(v.notna().all() and (v == np.round(v)).all())
 
 
-def _label_order(seg: pd.DataFrame, probs: pa.ChunkedArray | None, truth_labels: Sequence[str],
-                 label_names: list[str] | None) -> list[str]:
+def _label_order(
+    seg: pd.DataFrame, probs: pa.ChunkedArray | None, truth_labels: Sequence[str], label_names: list[str] | None
+) -> list[str]:
     if label_names:
         labels = [str(x) for x in label_names]
     else:
         first = pc.drop_null(probs).slice(0, 1).to_pylist() if probs is not None else []
-        labels = [k for k, _ in first[0]] if first else sorted(
-            set(truth_labels) | set(seg["label"].dropna().astype(str)))
+        labels = (
+            [k for k, _ in first[0]] if first else sorted(set(truth_labels) | set(seg["label"].dropna().astype(str)))
+        )
     return labels + sorted(set(truth_labels) - set(labels))
 
 
-def _overlap_by_label(ps: np.ndarray, pe: np.ndarray, ts: np.ndarray, te: np.ndarray, tl: np.ndarray,
-                      k: int) -> np.ndarray:
+def _overlap_by_label(
+    ps: np.ndarray, pe: np.ndarray, ts: np.ndarray, te: np.ndarray, tl: np.ndarray, k: int
+) -> np.ndarray:
     """(n_pred, k) seconds of overlap of each predicted segment with truth turns of each label.
 
     Truth sorted by start; only the candidate turns [lo, hi) of each segment are paired (the running maximum of
@@ -137,9 +145,16 @@ def _majority(y_true: list[str], labels: list[str]) -> dict:
     return {"label": maj, "accuracy": p, "ua": 1.0 / len(counts), "macro_f1": 2 * p / (1 + p) / len(counts)}
 
 
-def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None = None,
-                     label_names: list[str] | None = None, name: str = "archive", min_overlap: float = 0.5,
-                     calm_label: str = "neutral", timelines: int = 3) -> dict:
+def evaluate_archive(
+    labels: str,
+    truth: str | pd.DataFrame,
+    out_dir: str | None = None,
+    label_names: list[str] | None = None,
+    name: str = "archive",
+    min_overlap: float = 0.5,
+    calm_label: str = "neutral",
+    timelines: int = 3,
+) -> dict:
     """Score the labels directory ``labels`` against ``truth`` (see the module docstring); with ``out_dir``, write
     ``<name>.json``, ``<name>_confusion.png`` and ``<name>_segments.parquet`` (every predicted segment with
     ``true_label``, ``overlap_s``, ``false_alarm``, ``scored``, ``role``), timeline pictures with truth lanes of
@@ -200,8 +215,9 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
     role = np.full(n, None, object)
     t_time, c_time, ok_time = np.zeros(k), np.zeros(k), np.zeros(k)  # frames: truth, covered truth, correct
     calm_units, calm_segs, dom = 0, [], []
-    p_groups = {u: i for u, i in seg.groupby(["recording_id", "_key"], sort=False).indices.items()
-                if u[0] in evaluated}  # positions into seg
+    p_groups = {
+        u: i for u, i in seg.groupby(["recording_id", "_key"], sort=False).indices.items() if u[0] in evaluated
+    }  # positions into seg
     t_groups = truth_df.groupby(["recording_id", "_key"], sort=False).indices
     for unit in set(p_groups) | set(t_groups):
         pi, ti = p_groups.get(unit, np.zeros(0, np.int64)), t_groups.get(unit, np.zeros(0, np.int64))
@@ -236,8 +252,10 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
     in_eval = seg["recording_id"].isin(evaluated).to_numpy()
     scored = in_eval & ~false_alarm
     if not scored.any():
-        raise ValueError(f"no predicted segment overlaps the truth ({n} segments, {len(evaluated)} recordings in "
-                         f"both; check recording ids and channel matching)")
+        raise ValueError(
+            f"no predicted segment overlaps the truth ({n} segments, {len(evaluated)} recordings in "
+            f"both; check recording ids and channel matching)"
+        )
     y_true = [labs[i] for i in true_idx[scored]]
     y_pred = seg["label"].to_numpy(object)[scored].tolist()
     roles = role[scored]
@@ -246,9 +264,14 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
         m = roles == r
         yt, yp = [y for y, keep in zip(y_true, m) if keep], [y for y, keep in zip(y_pred, m) if keep]
         rep = classification_report(yt, yp, labs)
-        by_channel[r] = {"n": rep["n"], "accuracy": rep["accuracy"], "ua": rep["ua"], "macro_f1": rep["macro_f1"],
-                         "per_class_recall": {c: v["recall"] for c, v in rep["per_class"].items()},
-                         "majority_accuracy": _majority(yt, labs)["accuracy"]}
+        by_channel[r] = {
+            "n": rep["n"],
+            "accuracy": rep["accuracy"],
+            "ua": rep["ua"],
+            "macro_f1": rep["macro_f1"],
+            "per_class_recall": {c: v["recall"] for c, v in rep["per_class"].items()},
+            "majority_accuracy": _majority(yt, labs)["accuracy"],
+        }
     calm = np.concatenate(calm_segs) if calm_segs else np.zeros(0, np.int64)
     report = {
         "labels": labs,
@@ -264,10 +287,10 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
         "coverage_per_class": {c: _ratio(c_time[i], t_time[i]) for i, c in enumerate(labs)},
         "segment": classification_report(y_true, y_pred, labs),
         "time_weighted": {
-            "ua": float(np.mean([ok_time[i] / c_time[i] for i in range(k) if c_time[i] > 0])) if c_time.any()
-            else None,
+            "ua": float(np.mean([ok_time[i] / c_time[i] for i in range(k) if c_time[i] > 0])) if c_time.any() else None,
             "accuracy": _ratio(ok_time.sum(), c_time.sum()),
-            "per_class_recall": {c: _ratio(ok_time[i], c_time[i]) for i, c in enumerate(labs)}},
+            "per_class_recall": {c: _ratio(ok_time[i], c_time[i]) for i, c in enumerate(labs)},
+        },
         "majority": _majority(y_true, labs),
         "by_channel": by_channel,
         "calm_label": calm_label,
@@ -278,14 +301,37 @@ def evaluate_archive(labels: str, truth: str | pd.DataFrame, out_dir: str | None
     }
     if out_dir is not None:
         ids = sorted(evaluated)[:timelines]
-        report["files"] = _write(report, seg_table, labs, true_idx, overlap, false_alarm, scored, in_eval, role,
-                                 out_dir, name, timelines=(labels, truth_in[truth_in["recording_id"].isin(ids)], ids))
+        report["files"] = _write(
+            report,
+            seg_table,
+            labs,
+            true_idx,
+            overlap,
+            false_alarm,
+            scored,
+            in_eval,
+            role,
+            out_dir,
+            name,
+            timelines=(labels, truth_in[truth_in["recording_id"].isin(ids)], ids),
+        )
     return report
 
 
-def _write(report: dict, seg_table: pa.Table, labs: list[str], true_idx: np.ndarray, overlap: np.ndarray,
-           false_alarm: np.ndarray, scored: np.ndarray, in_eval: np.ndarray, role: np.ndarray, out_dir: str,
-           name: str, timelines: tuple[str, pd.DataFrame, list[str]]) -> dict:
+def _write(
+    report: dict,
+    seg_table: pa.Table,
+    labs: list[str],
+    true_idx: np.ndarray,
+    overlap: np.ndarray,
+    false_alarm: np.ndarray,
+    scored: np.ndarray,
+    in_eval: np.ndarray,
+    role: np.ndarray,
+    out_dir: str,
+    name: str,
+    timelines: tuple[str, pd.DataFrame, list[str]],
+) -> dict:
     """The report JSON (written last, atomically), the confusion PNG, the per-segment Parquet and the timelines
     (``timelines``: labels directory, truth, recording ids)."""
     from pipeline.evaluation.timeline import write_timelines
@@ -295,15 +341,22 @@ def _write(report: dict, seg_table: pa.Table, labs: list[str], true_idx: np.ndar
     files = {"json": f"{base}.json", "png": f"{base}_confusion.png", "segments": f"{base}_segments.parquet"}
     plot_confusion(report["segment"], files["png"], title=f"{name} (per segment)")
     tl = [labs[i] if i >= 0 else None for i in true_idx]
-    out = (seg_table.append_column("true_label", pa.array(tl, pa.string()))
-           .append_column("overlap_s", pa.array(overlap))
-           .append_column("false_alarm", pa.array(false_alarm, mask=~in_eval))
-           .append_column("scored", pa.array(scored))
-           .append_column("role", pa.array(role.tolist(), pa.string())))
+    out = (
+        seg_table.append_column("true_label", pa.array(tl, pa.string()))
+        .append_column("overlap_s", pa.array(overlap))
+        .append_column("false_alarm", pa.array(false_alarm, mask=~in_eval))
+        .append_column("scored", pa.array(scored))
+        .append_column("role", pa.array(role.tolist(), pa.string()))
+    )
     write_parquet(out, files["segments"])
     labels_dir, truth, ids = timelines
-    files["timelines"] = write_timelines(labels_dir, len(ids), truth=truth, recording_ids=ids,
-                                         out_dir=os.path.join(os.path.abspath(out_dir), "timelines"))
+    files["timelines"] = write_timelines(
+        labels_dir,
+        len(ids),
+        truth=truth,
+        recording_ids=ids,
+        out_dir=os.path.join(os.path.abspath(out_dir), "timelines"),
+    )
     write_json(files["json"], {**report, "files": files})
     return files
 
@@ -312,22 +365,30 @@ def format_archive_report(report: dict) -> str:
     """A short table: headline, per-class recall, one line per channel role, calm channels, counts."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     s, m = report["segment"], report["majority"]
-    lines = [f"segment UA {f(s['ua'])}, accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} "
-             f"(always-majority '{m['label']}': accuracy {f(m['accuracy'])}, UA {f(m['ua'])}) | time-weighted UA "
-             f"{f(report['time_weighted']['ua'])} | coverage {f(report['coverage'])} | "
-             f"false alarms {report['n_false_alarms']}",
-             "recall: " + "  ".join(f"{c} {f(v['recall'])}" for c, v in s["per_class"].items())]
+    lines = [
+        f"segment UA {f(s['ua'])}, accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} "
+        f"(always-majority '{m['label']}': accuracy {f(m['accuracy'])}, UA {f(m['ua'])}) | time-weighted UA "
+        f"{f(report['time_weighted']['ua'])} | coverage {f(report['coverage'])} | "
+        f"false alarms {report['n_false_alarms']}",
+        "recall: " + "  ".join(f"{c} {f(v['recall'])}" for c, v in s["per_class"].items()),
+    ]
     w = max([len(r) for r in report["by_channel"]] + [4])
     for r, c in report["by_channel"].items():
-        lines.append(f"  {r:<{w}}  n={c['n']}  UA {f(c['ua'])}  acc {f(c['accuracy'])}  mF1 {f(c['macro_f1'])}  "
-                     f"majority acc {f(c['majority_accuracy'])}  recall "
-                     + " ".join(f"{k} {f(v)}" for k, v in c["per_class_recall"].items()))
-    lines.append(f"calm channels (all '{report['calm_label']}'): {report['n_calm_channels']}, share of their "
-                 f"segments labelled '{report['calm_label']}' {f(report['calm_channel_neutral_share'])} | "
-                 f"channel dominant-label accuracy {f(report['channel_dominant_accuracy'])} "
-                 f"({report['n_dominant_channels']} channels)")
-    lines.append(f"segments {report['n_pred_segments']}, scored {report['n_scored']} | recordings: "
-                 f"{report['n_error_recordings']} failed, {report['n_unmatched_recordings']} not in the truth, "
-                 f"{report['n_truth_recordings_missing']} of {report['n_truth_recordings']} truth recordings "
-                 f"not labelled")
+        lines.append(
+            f"  {r:<{w}}  n={c['n']}  UA {f(c['ua'])}  acc {f(c['accuracy'])}  mF1 {f(c['macro_f1'])}  "
+            f"majority acc {f(c['majority_accuracy'])}  recall "
+            + " ".join(f"{k} {f(v)}" for k, v in c["per_class_recall"].items())
+        )
+    lines.append(
+        f"calm channels (all '{report['calm_label']}'): {report['n_calm_channels']}, share of their "
+        f"segments labelled '{report['calm_label']}' {f(report['calm_channel_neutral_share'])} | "
+        f"channel dominant-label accuracy {f(report['channel_dominant_accuracy'])} "
+        f"({report['n_dominant_channels']} channels)"
+    )
+    lines.append(
+        f"segments {report['n_pred_segments']}, scored {report['n_scored']} | recordings: "
+        f"{report['n_error_recordings']} failed, {report['n_unmatched_recordings']} not in the truth, "
+        f"{report['n_truth_recordings_missing']} of {report['n_truth_recordings']} truth recordings "
+        f"not labelled"
+    )
     return "\n".join(lines)

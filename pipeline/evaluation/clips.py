@@ -19,6 +19,7 @@ The CLI: ``jobs/evaluate.py``.
   prediction, confidence, one probability column per label). Rows that could not be decoded are counted
   (``n_input_errors``) and left out of the metrics.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,15 @@ def _batches(items: list[dict], batch_size: int):
     from emoq_model.model import collate_features
 
     for i in range(0, len(items), batch_size):
-        yield collate_features([{"frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
-                                 "transcript": it.get("transcript")} for it in items[i: i + batch_size]])
+        yield collate_features(
+            [
+                {
+                    "frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32)),
+                    "transcript": it.get("transcript"),
+                }
+                for it in items[i : i + batch_size]
+            ]
+        )
 
 
 def _probs_hf(model, items: list[dict], batch_size: int, head: str) -> np.ndarray:
@@ -75,10 +83,20 @@ def _probs_vllm(bundle: str, items: list[dict], batch_size: int, max_model_len: 
     return scores.probs
 
 
-def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: str | None = None,
-             split: str | None = "test", backend: str = "hf", head: str = "llm", batch_size: int = 32,
-             name: str | None = None, device: str | None = None, norm_groups: str = "channels",
-             seed: int = 0) -> dict:
+def evaluate(
+    bundle: str,
+    out_dir: str,
+    features: str | None = None,
+    manifest: str | None = None,
+    split: str | None = "test",
+    backend: str = "hf",
+    head: str = "llm",
+    batch_size: int = 32,
+    name: str | None = None,
+    device: str | None = None,
+    norm_groups: str = "channels",
+    seed: int = 0,
+) -> dict:
     """Evaluate ``bundle`` and write the report files; returns the report dict (see the module docstring)."""
     from emoq_model import features as F
     from emoq_model.bundle import bundle_config, load_bundle
@@ -91,21 +109,22 @@ def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: s
     if (features is None) == (manifest is None):
         raise ValueError("give exactly one of features= or manifest=")
     if manifest is not None:  # run the audio through the same extraction first
-        from pipeline.training.extract import extract_features
         from pipeline.ray_env import init_ray
+        from pipeline.training.extract import extract_features
 
         init_ray()
         features = os.path.join(out_dir, "features")
-        extract_features(manifest, features, bundle_config(bundle), splits=[split] if split else None,
-                         overwrite=True)
+        extract_features(manifest, features, bundle_config(bundle), splits=[split] if split else None, overwrite=True)
     cache = F.FeatureCache(features)
     cfg = bundle_config(bundle)
     enc = cfg.encoder
     cm = cache.meta.get("encoder", {})
     for key in ("layer", "weighted_layers", "whisper_real_length"):
         if key in cm and cm[key] != getattr(enc, key):
-            raise ValueError(f"feature cache {features} was extracted with encoder.{key}={cm[key]!r}, "
-                             f"the bundle uses {getattr(enc, key)!r}")
+            raise ValueError(
+                f"feature cache {features} was extracted with encoder.{key}={cm[key]!r}, "
+                f"the bundle uses {getattr(enc, key)!r}"
+            )
     index = cache.index(["utt_id", "split", "error"])
     if split:
         index = index[index["split"] == split]
@@ -119,8 +138,12 @@ def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: s
         raise ValueError(f"evaluation labels {bad} are not among the bundle's labels {labels}")
     norm = F.FeatureNorm.load(bundle)
     if norm.mode == "speaker":  # statistics over the protocol's groups, from the audio only
-        groups = F.norm_groups(cache, pd.DataFrame([{k: it[k] for k in ("utt_id", "speaker", "label", "split")}
-                                                    for it in items]), norm_groups, seed)
+        groups = F.norm_groups(
+            cache,
+            pd.DataFrame([{k: it[k] for k in ("utt_id", "speaker", "label", "split")} for it in items]),
+            norm_groups,
+            seed,
+        )
         norm = dataclasses.replace(norm, group_key="norm_group")
         for it in items:
             it["norm_group"] = groups[it["utt_id"]]
@@ -151,14 +174,28 @@ def evaluate(bundle: str, out_dir: str, features: str | None = None, manifest: s
     report = classification_report(y_true, [labels[i] for i in pred], labels)
     report.update(temperature=temperature, ece=expected_calibration_error(probs, y_idx), ece_uncalibrated=ece_raw)
     name = name or f"{split or 'all'}_{backend}{'_aux' if head == 'aux' else ''}"
-    report.update(bundle=bundle, features=features, split=split, backend=backend, head=head,
-                  feature_norm=norm.mode, norm_groups=norm_groups if norm.mode == "speaker" else None,
-                  n_input_errors=n_errors, predict_s=round(t_pred, 2),
-                  seconds=round(time.perf_counter() - t0, 2))
+    report.update(
+        bundle=bundle,
+        features=features,
+        split=split,
+        backend=backend,
+        head=head,
+        feature_norm=norm.mode,
+        norm_groups=norm_groups if norm.mode == "speaker" else None,
+        n_input_errors=n_errors,
+        predict_s=round(t_pred, 2),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     paths = save_report(report, out_dir, name)
-    df = pd.DataFrame({"utt_id": [it["utt_id"] for it in items], "speaker": [it.get("speaker") for it in items],
-                       "label": y_true, "prediction": [labels[i] for i in pred],
-                       "confidence": probs[np.arange(len(pred)), pred]})
+    df = pd.DataFrame(
+        {
+            "utt_id": [it["utt_id"] for it in items],
+            "speaker": [it.get("speaker") for it in items],
+            "label": y_true,
+            "prediction": [labels[i] for i in pred],
+            "confidence": probs[np.arange(len(pred)), pred],
+        }
+    )
     for j, lab in enumerate(labels):
         df[f"p_{lab}"] = probs[:, j]
     pred_path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(paths['json']))[0]}_predictions.parquet")

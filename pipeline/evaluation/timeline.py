@@ -6,6 +6,7 @@ With a ground truth (the demo archive's ``segments.csv`` shape: recording_id, ch
 start_s, end_s, label) a truth lane sits above each predicted lane, so misses, false alarms and label errors show
 as mismatched bars. Colours are fixed per label name (the same emotion looks the same in every picture).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +24,43 @@ __all__ = ["plot_timeline", "write_timelines", "label_colours", "MIN_ALPHA"]
 
 MIN_ALPHA = 0.25  # a confidence this low (or lower) still draws a visible bar
 # intuitive colours for the usual emotion names; any other label takes the next free one of PALETTE
-KNOWN = {"neutral": "#9e9e9e", "happy": "#f2b701", "angry": "#d62728", "sad": "#1f77b4", "frustrated": "#ff7f0e",
-         "excited": "#e377c2", "surprise": "#17becf", "fear": "#9467bd", "disgust": "#2ca02c", "calm": "#8c564b"}
-PALETTE = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e", "#393b79", "#637939",
-           "#8c6d31", "#843c39", "#7b4173"]
-TIMELINE_COLUMNS = ["recording_id", "channel", "channel_index", "start_s", "end_s", "label", "confidence",
-                    "recording_duration_s", "error"]
+KNOWN = {
+    "neutral": "#9e9e9e",
+    "happy": "#f2b701",
+    "angry": "#d62728",
+    "sad": "#1f77b4",
+    "frustrated": "#ff7f0e",
+    "excited": "#e377c2",
+    "surprise": "#17becf",
+    "fear": "#9467bd",
+    "disgust": "#2ca02c",
+    "calm": "#8c564b",
+}
+PALETTE = [
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#ff7f0e",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+]
+TIMELINE_COLUMNS = [
+    "recording_id",
+    "channel",
+    "channel_index",
+    "start_s",
+    "end_s",
+    "label",
+    "confidence",
+    "recording_duration_s",
+    "error",
+]
 
 
 def label_colours(labels: Sequence[str]) -> dict[str, str]:
@@ -59,16 +91,22 @@ def _truth_channels(truth: pd.DataFrame, names: dict[int, str], mix_only: bool) 
 def _lanes(ok: pd.DataFrame, truth: pd.DataFrame | None) -> tuple[list[str], pd.Series | None]:
     """Channel names in channel order (predicted ones by channel_index, truth-only ones after) and the truth's
     lane names."""
-    order = (ok.groupby("channel")["channel_index"].min().sort_values(kind="stable") if len(ok)
-             else pd.Series(dtype=float))
+    order = (
+        ok.groupby("channel")["channel_index"].min().sort_values(kind="stable") if len(ok) else pd.Series(dtype=float)
+    )
     channels = [str(c) for c in order.index]
     tlane = None
     if truth is not None:
         names = {int(i): str(c) for c, i in order.items()}
         tlane = _truth_channels(truth, names, mix_only=channels == ["mix"])
         if "channel" in truth.columns and _int_like(truth["channel"]):  # truth-only channels in their index order
-            extra = (pd.DataFrame({"lane": tlane, "i": pd.to_numeric(truth["channel"])})
-                     .groupby("lane")["i"].min().sort_values(kind="stable").index)
+            extra = (
+                pd.DataFrame({"lane": tlane, "i": pd.to_numeric(truth["channel"])})
+                .groupby("lane")["i"]
+                .min()
+                .sort_values(kind="stable")
+                .index
+            )
         else:
             extra = sorted(set(tlane))
         channels += [str(c) for c in extra if str(c) not in channels]
@@ -79,7 +117,7 @@ def _plain(text: str, limit: int = 140) -> str:
     """Text as drawn: control characters (ids and errors are data) as ``?``, long text cut; callers pass
     ``parse_math=False`` so that a ``$`` in an id is a dollar, not mathtext."""
     text = "".join(c if c.isprintable() else "?" for c in str(text))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _save(fig, path: str) -> str:
@@ -93,8 +131,13 @@ def _save(fig, path: str) -> str:
     return os.path.abspath(path)
 
 
-def plot_timeline(segments: pd.DataFrame, path: str | os.PathLike, title: str | None = None,
-                  truth: pd.DataFrame | None = None, labels: list[str] | None = None) -> list[str]:
+def plot_timeline(
+    segments: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str | None = None,
+    truth: pd.DataFrame | None = None,
+    labels: list[str] | None = None,
+) -> list[str]:
     """Draw one recording's segments (output rows, error rows allowed) as a PNG at ``path`` (local or URI).
 
     Returns the lane names, top to bottom (``"customer (truth)"`` above ``"customer"`` when ``truth`` is given).
@@ -132,8 +175,14 @@ def plot_timeline(segments: pd.DataFrame, path: str | os.PathLike, title: str | 
         if not len(rows):
             return
         rgba = [to_rgba(colours.get(str(lab), "#000000"), float(a)) for lab, a in zip(rows["label"], alpha)]
-        ax.barh(y_of[lane], (rows["end_s"] - rows["start_s"]).to_numpy(float), left=rows["start_s"].to_numpy(float),
-                height=height, color=rgba, edgecolor="none")
+        ax.barh(
+            y_of[lane],
+            (rows["end_s"] - rows["start_s"]).to_numpy(float),
+            left=rows["start_s"].to_numpy(float),
+            height=height,
+            color=rgba,
+            edgecolor="none",
+        )
 
     for c in channels:
         rows = ok[ok["channel"].astype(str) == c]
@@ -145,8 +194,17 @@ def plot_timeline(segments: pd.DataFrame, path: str | os.PathLike, title: str | 
     if not len(ok):
         errs = segments["error"].dropna() if "error" in segments.columns else pd.Series(dtype=str)
         note = "no segments" + (f": {errs.iloc[0]}" if len(errs) else "")
-        ax.text(0.5, 0.5, _plain(note), transform=ax.transAxes, ha="center", va="center", fontsize=10,
-                color="#b00000", parse_math=False)
+        ax.text(
+            0.5,
+            0.5,
+            _plain(note),
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="#b00000",
+            parse_math=False,
+        )
 
     ax.set_xlim(0, x_max)
     ax.set_ylim(-0.6, n - 0.4)
@@ -154,9 +212,15 @@ def plot_timeline(segments: pd.DataFrame, path: str | os.PathLike, title: str | 
     ax.set_xlabel("time (s)")
     ax.grid(axis="x", alpha=0.3)
     if labs:
-        ax.legend(handles=[Patch(color=colours[lab], label=lab) for lab in labs], loc="upper left",
-                  bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, title="opacity = confidence",
-                  title_fontsize=7)
+        ax.legend(
+            handles=[Patch(color=colours[lab], label=lab) for lab in labs],
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize=8,
+            frameon=False,
+            title="opacity = confidence",
+            title_fontsize=7,
+        )
     if title is None and "recording_id" in segments.columns and len(segments):
         title = str(segments["recording_id"].iloc[0])
     if title:
@@ -175,8 +239,13 @@ def _file_names(ids: list[str]) -> list[str]:
     return out
 
 
-def write_timelines(out_uri: str, n: int, truth: str | pd.DataFrame | None = None, out_dir: str | None = None,
-                    recording_ids: Sequence[str] | None = None) -> list[str]:
+def write_timelines(
+    out_uri: str,
+    n: int,
+    truth: str | pd.DataFrame | None = None,
+    out_dir: str | None = None,
+    recording_ids: Sequence[str] | None = None,
+) -> list[str]:
     """Timelines of the first ``n`` recordings (sorted by id; of ``recording_ids`` when given) of the labeling
     output ``out_uri``, as ``<out_dir or out_uri/timelines>/<safe id>.png``; returns their paths.
 

@@ -5,8 +5,10 @@ segments that have no transcript yet (the manifest's transcripts win). Segments 
 resampled to 16 kHz if the encoder rate differs. The transcript used ends up in the output's ``transcript``.
 
 When the bundle's emotion encoder *is* that Whisper checkpoint, :class:`WhisperDecoder` decodes from the encoder
-states the emotion side computes anyway (inside :class:`pipeline.labeling.encode.EncodePrompts`) instead of encoding twice.
+states the emotion side computes anyway (inside :class:`pipeline.labeling.encode.EncodePrompts`) instead of
+encoding twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +20,10 @@ import numpy as np
 import torch
 
 from pipeline import audio
-from pipeline.labeling.prepare import split_segments
 from pipeline.labeling import columns as C
 from pipeline.labeling.columns import columns_of, rows_of
 from pipeline.labeling.encode import length_batches
+from pipeline.labeling.prepare import split_segments
 
 WHISPER_RATE = 16000
 
@@ -69,8 +71,14 @@ class WhisperDecoder:
     WER 0.068 against 0.066 for separate 30 s encoding, and 0.18 without the tail.
     """
 
-    def __init__(self, model_path: str, device: str | None = None, batch_size: int = 64, max_new_tokens: int = 96,
-                 tokens_per_s: float = 6.0):
+    def __init__(
+        self,
+        model_path: str,
+        device: str | None = None,
+        batch_size: int = 64,
+        max_new_tokens: int = 96,
+        tokens_per_s: float = 6.0,
+    ):
         """``batch_size``: items per ``generate`` call (every item has the full window's length, so large batches
         cost little more per step than small ones); each batch stops at ``8 + tokens_per_s`` x its longest clip's
         seconds new tokens (at most ``max_new_tokens``): speech is ~3 tokens/s, and a runaway repetition loop
@@ -105,7 +113,7 @@ class WhisperDecoder:
                 n = min(int(lengths[i]), full)
                 rows.append(torch.cat([states[i, :n].to(self.device, self.silence.dtype), self.silence[n:]]))
             enc = BaseModelOutput(last_hidden_state=torch.stack(rows))
-            longest_s = max(int(n) for n in lengths[start: start + self.batch_size]) * self.frame_s
+            longest_s = max(int(n) for n in lengths[start : start + self.batch_size]) * self.frame_s
             budget = min(self.max_new_tokens, 8 + math.ceil(self.tokens_per_s * longest_s))
             ids = self.model.generate(encoder_outputs=enc, max_new_tokens=budget)
             out += [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
@@ -139,8 +147,14 @@ class Transcribe:
 
     columns = C.TRANSCRIBE
 
-    def __init__(self, model_path: str, sample_rate: int, device: str | None = None, batch_size: int = 16,
-                 max_new_tokens: int = 96):
+    def __init__(
+        self,
+        model_path: str,
+        sample_rate: int,
+        device: str | None = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 96,
+    ):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,8 +168,9 @@ class Transcribe:
         waves = [audio.resample(w, self.rate, WHISPER_RATE) for w in waves]
         out = [""] * len(waves)
         for idx in length_batches([len(w) for w in waves], self.batch_size, 10**12):
-            feats = self.processor.feature_extractor([waves[i] for i in idx], sampling_rate=WHISPER_RATE,
-                                                     return_tensors="pt")
+            feats = self.processor.feature_extractor(
+                [waves[i] for i in idx], sampling_rate=WHISPER_RATE, return_tensors="pt"
+            )
             ids = self.model.generate(feats.input_features.to(self.device), max_new_tokens=self.max_new_tokens)
             for i, text in zip(idx, self.processor.batch_decode(ids, skip_special_tokens=True)):
                 out[i] = text.strip()

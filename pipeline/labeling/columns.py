@@ -28,6 +28,7 @@ Columns (one value per recording):
 ``label_mass``            per segment, the LLM's probability mass on label tokens (out-of-distribution signal)
 ========================  =====================================================================================
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -36,8 +37,21 @@ from dataclasses import dataclass
 from emoq_model.errors import EmoQError
 
 SOURCE = ("recording_id", "path", "raw_path", "transcript", "channel_names", "given_segments", "error")
-PREPARED = ("recording_id", "path", "channel_names", "duration_s", "source_sample_rate", "num_channels", "error",
-            "audio", "seg_offsets", "seg_channel", "seg_start_s", "seg_end_s", "seg_transcript")
+PREPARED = (
+    "recording_id",
+    "path",
+    "channel_names",
+    "duration_s",
+    "source_sample_rate",
+    "num_channels",
+    "error",
+    "audio",
+    "seg_offsets",
+    "seg_channel",
+    "seg_start_s",
+    "seg_end_s",
+    "seg_transcript",
+)
 SEGMENTS = ("seg_offsets", "seg_channel", "seg_start_s", "seg_end_s")
 PROMPTS = ("prompt_embeds", "prompt_offsets")
 LABELS = ("labels", "confidence", "probabilities", "label_mass")
@@ -61,24 +75,46 @@ class StageColumns:
     def apply(self, available: set[str]) -> set[str]:
         missing = [c for c in self.needs if c not in available]
         if missing:
-            raise PlanError(f"labeling stage {self.name!r} needs columns {missing} that no earlier stage provides "
-                            f"(available: {sorted(available)})")
+            raise PlanError(
+                f"labeling stage {self.name!r} needs columns {missing} that no earlier stage provides "
+                f"(available: {sorted(available)})"
+            )
         if self.replaces_all:
             return set(self.adds)
         return (available | set(self.adds)) - set(self.drops)
 
 
-PREPARE = StageColumns("prepare", needs=("recording_id", "path", "raw_path", "transcript", "channel_names",
-                                         "given_segments", "error"), adds=PREPARED, replaces_all=True)
-TRANSCRIBE = StageColumns("transcribe", needs=("recording_id", "audio", "seg_offsets", "seg_transcript"),
-                          adds=("seg_transcript",))
-ENCODE = StageColumns("encode", needs=("recording_id", "audio", *SEGMENTS, "seg_transcript"), adds=PROMPTS,
-                      drops=("audio",))
+PREPARE = StageColumns(
+    "prepare",
+    needs=("recording_id", "path", "raw_path", "transcript", "channel_names", "given_segments", "error"),
+    adds=PREPARED,
+    replaces_all=True,
+)
+TRANSCRIBE = StageColumns(
+    "transcribe", needs=("recording_id", "audio", "seg_offsets", "seg_transcript"), adds=("seg_transcript",)
+)
+ENCODE = StageColumns(
+    "encode", needs=("recording_id", "audio", *SEGMENTS, "seg_transcript"), adds=PROMPTS, drops=("audio",)
+)
 LABEL = StageColumns("label", needs=PROMPTS, adds=LABELS, drops=PROMPTS)
 ENCODE_AND_LABEL = StageColumns("encode+label", needs=ENCODE.needs, adds=LABELS, drops=("audio",))
-WRITE = StageColumns("write", needs=("recording_id", "path", "channel_names", "duration_s", "error",
-                                     "seg_channel", "seg_start_s", "seg_end_s", "seg_transcript", *LABELS),
-                     adds=WRITTEN, replaces_all=True)
+WRITE = StageColumns(
+    "write",
+    needs=(
+        "recording_id",
+        "path",
+        "channel_names",
+        "duration_s",
+        "error",
+        "seg_channel",
+        "seg_start_s",
+        "seg_end_s",
+        "seg_transcript",
+        *LABELS,
+    ),
+    adds=WRITTEN,
+    replaces_all=True,
+)
 
 
 def check_plan(stages: Sequence[StageColumns], source: Iterable[str] = SOURCE) -> set[str]:

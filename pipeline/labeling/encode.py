@@ -4,6 +4,7 @@
 recordings and builds the soft prompts with the model package's one prompt function; :class:`LabelWithVLLM`
 (``pipeline.labeling.label``) turns those into labels. Both keep recordings whole: one row in, one row out.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from pipeline.labeling.columns import columns_of, rows_of
 from pipeline.labeling.prepare import split_segments
 
 
-def length_batches(lengths: list[int], max_items: int, max_samples: int,
-                   overhead: float | None = None) -> list[list[int]]:
+def length_batches(
+    lengths: list[int], max_items: int, max_samples: int, overhead: float | None = None
+) -> list[list[int]]:
     """Indices grouped into batches of similar length, bounded by items and padded samples (``max_items`` items of
     the batch's longest length); a single item longer than ``max_samples`` gets a batch of its own.
 
@@ -48,7 +50,7 @@ def length_batches(lengths: list[int], max_items: int, max_samples: int,
                 best[j], cut[j] = cost, i
     out, j = [], len(sl)
     while j:
-        out.append(order[cut[j]:j])
+        out.append(order[cut[j] : j])
         j = cut[j]
     return out[::-1]
 
@@ -76,20 +78,27 @@ class EncodePrompts:
     dtype) and ``prompt_offsets`` (``n_segments + 1`` row offsets). The raw ``audio`` column is dropped.
 
     ``asr_model`` (shared-encoder ASR; the bundle's encoder must be that Whisper checkpoint): segments without a
-    transcript get one decoded from the encoder states computed here (:class:`pipeline.labeling.asr.WhisperDecoder`), the
-    Former reads it, and ``seg_transcript`` carries it to the output.
+    transcript get one decoded from the encoder states computed here (:class:`pipeline.labeling.asr.WhisperDecoder`),
+    the Former reads it, and ``seg_transcript`` carries it to the output.
     """
 
     columns = C.ENCODE  # what the stage reads, adds and drops (checked at plan time)
 
-    def __init__(self, bundle_dir: str, device: str | None = None, max_batch_segments: int = 32,
-                 max_batch_seconds: float = 240.0, batch_overhead_s: float | None = None,
-                 max_held_seconds: float = 600.0, num_threads: int | None = None, asr_model: str | None = None,
-                 overrides: list[str] | None = None):
+    def __init__(
+        self,
+        bundle_dir: str,
+        device: str | None = None,
+        max_batch_segments: int = 32,
+        max_batch_seconds: float = 240.0,
+        batch_overhead_s: float | None = None,
+        max_held_seconds: float = 600.0,
+        num_threads: int | None = None,
+        asr_model: str | None = None,
+        overrides: list[str] | None = None,
+    ):
         if num_threads:
             torch.set_num_threads(num_threads)
         from emoq_model.bundle import load_bundle
-
         from emoq_model.features import FeatureNorm
 
         # overrides: deployment precision (encoder.dtype, former.dtype), validated by LabelJobConfig
@@ -107,12 +116,15 @@ class EncodePrompts:
             from pipeline.labeling.asr import WhisperDecoder
 
             if self.front.encoder.family != "whisper":
-                raise ValueError(f"shared-encoder ASR needs a Whisper encoder; the bundle's is {self.front.encoder.family}")
+                raise ValueError(
+                    f"shared-encoder ASR needs a Whisper encoder; the bundle's is {self.front.encoder.family}"
+                )
             self.decoder = WhisperDecoder(asr_model, device=str(self.front.encoder.device))
 
     @torch.inference_mode()
-    def encode(self, waves: list[np.ndarray], transcripts: list[str | None],
-               groups: list[str] | None = None) -> list[torch.Tensor]:
+    def encode(
+        self, waves: list[np.ndarray], transcripts: list[str | None], groups: list[str] | None = None
+    ) -> list[torch.Tensor]:
         """Prompt embeddings ``[T_i, H]`` per segment, in input order. ``groups`` names each segment's speaker
         (recording + channel) for the bundle's per-speaker feature normalisation.
 
@@ -156,8 +168,15 @@ class EncodePrompts:
             texts = self.decoder.transcribe_states(enc.decoder_states[need], enc.decoder_lengths[need].tolist())
             for k, text in zip(need, texts):
                 transcripts[idx[k]] = text or None
-        return [{"frames": enc.item(k).float(), "utt_id": str(i), self.norm.group_key: groups[i],
-                 "transcript": transcripts[i]} for k, i in enumerate(idx)]
+        return [
+            {
+                "frames": enc.item(k).float(),
+                "utt_id": str(i),
+                self.norm.group_key: groups[i],
+                "transcript": transcripts[i],
+            }
+            for k, i in enumerate(idx)
+        ]
 
     def _former(self, idx: list[int], items: list[dict], out: list) -> None:
         from emoq_model.model import collate_features
@@ -195,7 +214,7 @@ class EncodePrompts:
             if self.decoder is not None and es:
                 row["seg_transcript"] = json.dumps(ts)
             lengths = [e.shape[0] for e in es]
-            row["prompt_embeds"] = (torch.cat(es).numpy() if es else np.zeros((0, hidden), np.float32))
+            row["prompt_embeds"] = torch.cat(es).numpy() if es else np.zeros((0, hidden), np.float32)
             row["prompt_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             row.pop("audio", None)
         keys = [k for k in rows[0] if k != "audio"] if rows else []

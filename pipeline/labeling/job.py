@@ -3,6 +3,7 @@
 Recordings stay whole through every stage (one row per recording), so each output part file holds complete
 recordings and a rerun on the same output skips every recording already written (resume).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,15 @@ import numpy as np
 
 from emoq_model.errors import ConfigError
 from pipeline.labeling.prepare import PrepareConfig, prepare_batch
-from pipeline.labeling.sink import (clean_temporary, drop_failed_parts, recording_counts, segments_dir, summarize,
-                           write_lost, write_parts)
+from pipeline.labeling.sink import (
+    clean_temporary,
+    drop_failed_parts,
+    recording_counts,
+    segments_dir,
+    summarize,
+    write_lost,
+    write_parts,
+)
 from pipeline.labeling.sources import discover
 
 # Retry counts can only be given as ray_remote_args in Ray 2.60 (deprecated there, but no named parameter yet).
@@ -43,9 +51,10 @@ class StageResources:
             raise ConfigError(f"a stage needs at least one actor, got actors={self.actors}")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
-        if self.resources is not None and (not isinstance(self.resources, dict)
-                                           or any(not isinstance(v, (int, float)) or v < 0
-                                                  for v in self.resources.values())):
+        if self.resources is not None and (
+            not isinstance(self.resources, dict)
+            or any(not isinstance(v, (int, float)) or v < 0 for v in self.resources.values())
+        ):
             raise ConfigError(f"resources must map resource names to amounts >= 0, got {self.resources!r}")
 
 
@@ -74,8 +83,7 @@ class LabelJobConfig:
     # when the bundle's encoder is the ASR checkpoint: decode transcripts from the emotion encoder's states (one
     # encoder pass, pipeline.labeling.asr.WhisperDecoder) instead of a separate ASR stage
     asr_shared: bool = True
-    engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024,
-                                                  "max_num_seqs": 256})
+    engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256})
     engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
     fuse_model_stages: bool = False  # encoder + Former + vLLM in one actor pool (``label`` resources): one device
     #                                  holds both models and they take turns on it (one GPU, a CPU machine)
@@ -97,9 +105,13 @@ class LabelJobConfig:
         for name in ("output", "bundle"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a non-empty path, got {getattr(self, name)!r}")
-        positive = {"batch_recordings": self.batch_recordings, "max_batch_segments": self.max_batch_segments,
-                    "max_batch_seconds": self.max_batch_seconds, "max_held_seconds": self.max_held_seconds,
-                    "max_attempts": self.max_attempts}
+        positive = {
+            "batch_recordings": self.batch_recordings,
+            "max_batch_segments": self.max_batch_segments,
+            "max_batch_seconds": self.max_batch_seconds,
+            "max_held_seconds": self.max_held_seconds,
+            "max_attempts": self.max_attempts,
+        }
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise ConfigError(f"must be > 0: {bad}")
@@ -122,7 +134,7 @@ def model_id(bundle: str, overrides: list[str] | None = None) -> str:
     """``<bundle name>@<digest>``; a deployment-precision override is part of the id (``+encoder.dtype=bfloat16``):
     its labels may differ slightly from the float32 ones."""
     meta = Path(bundle) / "bundle.json"
-    digest = hashlib.sha1(meta.read_bytes() + (Path(bundle) / "former.safetensors").read_bytes()[:1 << 20]).hexdigest()
+    digest = hashlib.sha1(meta.read_bytes() + (Path(bundle) / "former.safetensors").read_bytes()[: 1 << 20]).hexdigest()
     return f"{Path(bundle).resolve().name}@{digest[:10]}" + "".join(f"+{o}" for o in sorted(overrides or []))
 
 
@@ -152,8 +164,9 @@ def asr_mode(cfg: LabelJobConfig, bundle: str) -> str | None:
     return "shared" if cfg.asr_shared and shares_encoder(bundle, cfg.asr_model) else "separate"
 
 
-def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str,
-                  isolate: bool = False):
+def build_dataset(
+    cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: list[str], mid: str, out: str, isolate: bool = False
+):
     """The streaming plan: rows (one per recording) → prepare → [ASR] → encode → vLLM → part files.
 
     Each batch gets ``cfg.max_attempts`` tries (a worker crash or OOM kill restarts the actor and retries the
@@ -166,8 +179,8 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
 
     from pipeline.labeling.asr import Transcribe
     from pipeline.labeling.columns import check_plan
-    from pipeline.labeling.label import EncodeAndLabel, LabelWithVLLM
     from pipeline.labeling.encode import EncodePrompts
+    from pipeline.labeling.label import EncodeAndLabel, LabelWithVLLM
 
     batch_recordings = 1 if isolate else cfg.batch_recordings
     retries = max(0, cfg.max_attempts - 1)
@@ -181,45 +194,97 @@ def build_dataset(cfg: LabelJobConfig, rows: list[dict], bundle: str, labels: li
 
     mode = asr_mode(cfg, bundle)
     shared = mode == "shared"
-    stages = [prepare_batch, *([Transcribe] if mode == "separate" else []),
-              *([EncodePrompts, LabelWithVLLM] if not cfg.fuse_model_stages else [EncodeAndLabel]), write_parts]
+    stages = [
+        prepare_batch,
+        *([Transcribe] if mode == "separate" else []),
+        *([EncodePrompts, LabelWithVLLM] if not cfg.fuse_model_stages else [EncodeAndLabel]),
+        write_parts,
+    ]
     check_plan([st.columns for st in stages])  # every stage finds the columns it needs, before anything runs
     n_blocks = max(1, math.ceil(len(rows) / batch_recordings))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg.prepare}, batch_size=batch_recordings,
-                        batch_format="numpy", num_cpus=cfg.prepare_num_cpus, **task_args)
+    ds = ds.map_batches(
+        prepare_batch,
+        fn_kwargs={"cfg": cfg.prepare},
+        batch_size=batch_recordings,
+        batch_format="numpy",
+        num_cpus=cfg.prepare_num_cpus,
+        **task_args,
+    )
     if mode == "separate":
         ds = ds.map_batches(
-            Transcribe, fn_constructor_kwargs={"model_path": cfg.asr_model, "sample_rate": cfg.prepare.sample_rate,
-                                               "device": cfg.device},
-            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.asr),
-            num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus, resources=cfg.asr.resources, **actor_args)
-    encode_kwargs = {"bundle_dir": bundle, "device": cfg.device, "max_batch_segments": cfg.max_batch_segments,
-                     "max_batch_seconds": cfg.max_batch_seconds, "batch_overhead_s": cfg.batch_overhead_s,
-                     "max_held_seconds": cfg.max_held_seconds, "asr_model": cfg.asr_model if shared else None,
-                     "overrides": list(cfg.model_overrides)}
-    label_kwargs = {"bundle_dir": bundle, "mode": cfg.vllm_mode, "use_merged": cfg.use_merged,
-                    "engine_overrides": cfg.engine, "in_process": in_process}
+            Transcribe,
+            fn_constructor_kwargs={
+                "model_path": cfg.asr_model,
+                "sample_rate": cfg.prepare.sample_rate,
+                "device": cfg.device,
+            },
+            batch_size=batch_recordings,
+            batch_format="numpy",
+            compute=pool(cfg.asr),
+            num_cpus=cfg.asr.num_cpus,
+            num_gpus=cfg.asr.num_gpus,
+            resources=cfg.asr.resources,
+            **actor_args,
+        )
+    encode_kwargs = {
+        "bundle_dir": bundle,
+        "device": cfg.device,
+        "max_batch_segments": cfg.max_batch_segments,
+        "max_batch_seconds": cfg.max_batch_seconds,
+        "batch_overhead_s": cfg.batch_overhead_s,
+        "max_held_seconds": cfg.max_held_seconds,
+        "asr_model": cfg.asr_model if shared else None,
+        "overrides": list(cfg.model_overrides),
+    }
+    label_kwargs = {
+        "bundle_dir": bundle,
+        "mode": cfg.vllm_mode,
+        "use_merged": cfg.use_merged,
+        "engine_overrides": cfg.engine,
+        "in_process": in_process,
+    }
     if not cfg.fuse_model_stages:
         ds = ds.map_batches(
-            EncodePrompts, fn_constructor_kwargs=encode_kwargs,
-            batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.encode), num_cpus=cfg.encode.num_cpus,
-            num_gpus=cfg.encode.num_gpus, resources=cfg.encode.resources, **actor_args)
+            EncodePrompts,
+            fn_constructor_kwargs=encode_kwargs,
+            batch_size=batch_recordings,
+            batch_format="numpy",
+            compute=pool(cfg.encode),
+            num_cpus=cfg.encode.num_cpus,
+            num_gpus=cfg.encode.num_gpus,
+            resources=cfg.encode.resources,
+            **actor_args,
+        )
         label_cls, label_args = LabelWithVLLM, label_kwargs
     else:
         label_cls, label_args = EncodeAndLabel, {"encode_kwargs": encode_kwargs, "label_kwargs": label_kwargs}
     ds = ds.map_batches(
-        label_cls, fn_constructor_kwargs=label_args,
-        batch_size=batch_recordings, batch_format="numpy", compute=pool(cfg.label), num_cpus=cfg.label.num_cpus,
-        num_gpus=cfg.label.num_gpus, resources=cfg.label.resources, **actor_args)
-    ds = ds.map_batches(write_parts, fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
-                        batch_size=batch_recordings, batch_format="numpy", num_cpus=0.25, **task_args)
+        label_cls,
+        fn_constructor_kwargs=label_args,
+        batch_size=batch_recordings,
+        batch_format="numpy",
+        compute=pool(cfg.label),
+        num_cpus=cfg.label.num_cpus,
+        num_gpus=cfg.label.num_gpus,
+        resources=cfg.label.resources,
+        **actor_args,
+    )
+    ds = ds.map_batches(
+        write_parts,
+        fn_kwargs={"out_uri": out, "labels": labels, "model_id": mid},
+        batch_size=batch_recordings,
+        batch_format="numpy",
+        num_cpus=0.25,
+        **task_args,
+    )
     # This dataset's own DataContext (a copy made at creation): nothing leaks into the process-wide one.
     ctx = ds.context
     ctx.max_errored_blocks = cfg.max_failed_batches
     if cfg.object_store_limit_mb:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=cfg.object_store_limit_mb * 1024 * 1024)
+            object_store_memory=cfg.object_store_limit_mb * 1024 * 1024
+        )
     return ds
 
 
@@ -229,8 +294,9 @@ def _consume(ds, report: dict, progress=None) -> set[str]:
     seen: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         before = {k: report[k] for k in ("labeled", "failed", "segments", "audio_s")}
-        for rid, err, nseg, dur, sp in zip(batch["recording_id"], batch["error"], batch["num_segments"],
-                                           batch["duration_s"], batch["speech_s"]):
+        for rid, err, nseg, dur, sp in zip(
+            batch["recording_id"], batch["error"], batch["num_segments"], batch["duration_s"], batch["speech_s"]
+        ):
             seen.add(str(rid))
             failed = isinstance(err, str) and nseg == 0
             report["failed" if failed else "labeled"] += 1
@@ -239,8 +305,9 @@ def _consume(ds, report: dict, progress=None) -> set[str]:
             report["speech_s"] += float(sp)
         if progress is not None:
             d = {k: report[k] - v for k, v in before.items()}
-            progress.update(d["labeled"] + d["failed"], segments=d["segments"], audio_s=d["audio_s"],
-                            failed=d["failed"])
+            progress.update(
+                d["labeled"] + d["failed"], segments=d["segments"], audio_s=d["audio_s"], failed=d["failed"]
+            )
     return seen
 
 
@@ -263,7 +330,6 @@ def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
     batch (``cfg.isolate_failures``); those failing alone too get an error row saying so.
     """
     from emoq_model.bundle import read_meta
-
     from pipeline.labeling.asr import bundle_uses_text
 
     t0 = time.perf_counter()
@@ -278,14 +344,30 @@ def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
     retried = drop_failed_parts(out) if cfg.resume and cfg.retry_failed else []
     done = set(recording_counts(out)) if cfg.resume else set()
     todo = [r for r in records if r.recording_id not in done]
-    log(f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label"
-        + (f" ({len(retried)} failed last time, retried)" if retried else ""))
-    report = {"recordings_found": len(records), "already_done": len(records) - len(todo), "labeled": 0,
-              "failed": 0, "segments": 0, "audio_s": 0.0, "speech_s": 0.0, "output": out, "model_id": mid,
-              "retried_failed": len(retried), "isolated": 0, "crashed": 0, "asr": asr_mode(cfg, bundle)}
+    log(
+        f"[label] {len(records)} recordings found, {len(records) - len(todo)} already done, {len(todo)} to label"
+        + (f" ({len(retried)} failed last time, retried)" if retried else "")
+    )
+    report = {
+        "recordings_found": len(records),
+        "already_done": len(records) - len(todo),
+        "labeled": 0,
+        "failed": 0,
+        "segments": 0,
+        "audio_s": 0.0,
+        "speech_s": 0.0,
+        "output": out,
+        "model_id": mid,
+        "retried_failed": len(retried),
+        "isolated": 0,
+        "crashed": 0,
+        "asr": asr_mode(cfg, bundle),
+    }
     if todo and bundle_uses_text(bundle) and not cfg.asr_model:
-        log("[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
-            "are labelled from speech alone")
+        log(
+            "[label] the bundle reads transcripts; segments without one (no manifest transcript, no --asr-model) "
+            "are labelled from speech alone"
+        )
     if todo:
         ds = build_dataset(cfg, [r.to_row() for r in todo], bundle, labels, mid, out)
         # the limit the streaming executor runs under (the dataset's own copy of the DataContext)
@@ -295,15 +377,19 @@ def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
         if missing and cfg.isolate_failures:
             # a fresh pass (new actors), one recording per batch: finds the poison files, and gives batches
             # that burnt their tries while an actor was unreachable (node loss, restart) a second chance
-            log(f"[label] {len(missing)} recordings were in batches that failed {cfg.max_attempts} times; "
-                "retrying them one by one")
+            log(
+                f"[label] {len(missing)} recordings were in batches that failed {cfg.max_attempts} times; "
+                "retrying them one by one"
+            )
             report["isolated"] = len(missing)
             ds = build_dataset(cfg, [r.to_row() for r in missing], bundle, labels, mid, out, isolate=True)
             seen |= _pass(ds, report, len(missing), "label: one by one", progress)
             missing = [r for r in missing if r.recording_id not in seen]
         if missing:  # failed every attempt, alone: an error row each, never a silent drop
-            msg = (f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
-                   "error; see the Ray logs); rerun with --retry-failed to try again")
+            msg = (
+                f"processing failed {cfg.max_attempts} times (worker crash, out-of-memory kill or an unhandled "
+                "error; see the Ray logs); rerun with --retry-failed to try again"
+            )
             write_lost(out, [r.to_row() for r in missing], msg, mid)
             log(f"[label] {len(missing)} recordings failed every attempt: error rows written")
             report["failed"] += len(missing)
@@ -312,10 +398,14 @@ def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
     counts = recording_counts(out, quarantine=False)
     report["duplicate_recordings"] = sum(1 for c in counts.values() if c > 1)  # 0 unless resume=False reruns
     wall = time.perf_counter() - t0
-    report.update(wall_s=wall, audio_hours=report["audio_s"] / 3600,
-                  audio_s_per_s=report["audio_s"] / wall if wall else 0.0,
-                  segments_dir=segments_dir(out), summary=f"{out}/summary.parquet",
-                  recordings_in_output=len(set(summary.column("recording_id").to_pylist())))  # rows: per channel
+    report.update(
+        wall_s=wall,
+        audio_hours=report["audio_s"] / 3600,
+        audio_s_per_s=report["audio_s"] / wall if wall else 0.0,
+        segments_dir=segments_dir(out),
+        summary=f"{out}/summary.parquet",
+        recordings_in_output=len(set(summary.column("recording_id").to_pylist())),
+    )  # rows: per channel
     report["timelines"] = _timelines(out, cfg.timeline_calls, log)
     if cfg.output and "://" not in out:
         Path(out, "report.json").write_text(json.dumps(report, indent=2) + "\n")

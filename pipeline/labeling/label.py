@@ -4,6 +4,7 @@ per-label probabilities from the same decode step and the chosen label's probabi
 ``ray.data.llm`` cannot take prompt embeddings, so this is a callable class around ``vllm.LLM`` for
 ``map_batches`` (one engine per actor; ``num_gpus`` / tensor parallelism from the job config on GPU clusters).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ from pipeline.labeling.columns import columns_of, rows_of
 class LabelWithVLLM:
     columns = C.LABEL  # what the stage reads, adds and drops (checked at plan time)
 
-    def __init__(self, bundle_dir: str, mode: str = "tokens", use_merged: bool | None = None,
-                 engine_overrides: dict | None = None, in_process: bool = False):
+    def __init__(
+        self,
+        bundle_dir: str,
+        mode: str = "tokens",
+        use_merged: bool | None = None,
+        engine_overrides: dict | None = None,
+        in_process: bool = False,
+    ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if in_process:  # engine core in this actor's process: no extra EngineCore process to spawn and import
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -50,7 +57,7 @@ class LabelWithVLLM:
         for row in rows:
             emb, off = row["prompt_embeds"], row["prompt_offsets"]
             counts.append(len(off) - 1)
-            prompts += [torch.from_numpy(np.array(emb[off[s]:off[s + 1]])) for s in range(len(off) - 1)]  # own copy
+            prompts += [torch.from_numpy(np.array(emb[off[s] : off[s + 1]])) for s in range(len(off) - 1)]  # own copy
         n_lab = len(self.labels)
         if prompts:
             from emoq_model.calibration import apply_temperature
@@ -66,7 +73,7 @@ class LabelWithVLLM:
             start += n
             row["labels"] = names[sl] if n else []
             row["confidence"] = confidence[sl].astype(np.float32) if n else np.zeros(0, np.float32)
-            row["probabilities"] = (probs[sl].astype(np.float32) if n else np.zeros((0, n_lab), np.float32))
+            row["probabilities"] = probs[sl].astype(np.float32) if n else np.zeros((0, n_lab), np.float32)
             # the LLM's probability mass on the label tokens: low = the prompt is unlike anything in training
             row["label_mass"] = scores.label_mass[sl].astype(np.float32) if n else np.zeros(0, np.float32)
             row.pop("prompt_embeds", None)

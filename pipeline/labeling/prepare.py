@@ -8,6 +8,7 @@ Memory: a file is checked from its header (size, rate, channels, duration, decod
 decoded, then decoded and resampled block by block (``audio.decode_file``); only the resampled recording and its
 speech segments are ever held whole. Non-regular files (FIFOs, devices) are refused without reading.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline import audio
-from pipeline.labeling.segment import VADConfig, detect_speech, split_long
 from emoq_model.io import resolve
+from pipeline import audio
 from pipeline.labeling import columns as C
+from pipeline.labeling.segment import VADConfig, detect_speech, split_long
 
 
 @dataclass
@@ -124,7 +125,9 @@ def _given_segments(text: str, names: list[str], duration: float, transcript: st
             raise audio.AudioError(f"given segment names channel {ch!r}, recording has {names}")
         start, end = float(s["start"]), min(float(s["end"]), duration)
         if start >= duration:
-            raise audio.AudioError(f"given segment starts at {start} s, after the end of the recording ({duration:.2f} s)")
+            raise audio.AudioError(
+                f"given segment starts at {start} s, after the end of the recording ({duration:.2f} s)"
+            )
         out.append((idx, start, end, s.get("transcript", transcript)))
     return out
 
@@ -138,8 +141,10 @@ def check_header(h: audio.Header, cfg: PrepareConfig) -> None:
     audio.check_duration(h.duration_s, cfg.max_duration_s)
     decoded_mb = h.channels * h.duration_s * cfg.sample_rate * 4 / 2**20
     if decoded_mb > cfg.max_decoded_mb:
-        raise audio.AudioError(f"{h.channels} channels x {h.duration_s:.0f} s would decode to {decoded_mb:.0f} MB, "
-                               f"over the limit of {cfg.max_decoded_mb:.0f} MB")
+        raise audio.AudioError(
+            f"{h.channels} channels x {h.duration_s:.0f} s would decode to {decoded_mb:.0f} MB, "
+            f"over the limit of {cfg.max_decoded_mb:.0f} MB"
+        )
     if h.truncated and not cfg.allow_truncated:
         raise audio.AudioError(h.truncation_message())
 
@@ -147,8 +152,13 @@ def check_header(h: audio.Header, cfg: PrepareConfig) -> None:
 def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
     """Decode and segment one recording (``row`` from :meth:`SourceRecord.to_row`)."""
     out = {k: row.get(k) for k in ("recording_id", "path")}
-    out.update(channel_names=row.get("channel_names"), duration_s=None, source_sample_rate=None, num_channels=None,
-               error=row.get("error"))
+    out.update(
+        channel_names=row.get("channel_names"),
+        duration_s=None,
+        source_sample_rate=None,
+        num_channels=None,
+        error=row.get("error"),
+    )
     segs: list[tuple[int, float, float, str | None]] = []
     x = None
     try:
@@ -158,11 +168,15 @@ def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
             h = audio.probe_file(f)
             out.update(duration_s=h.duration_s, source_sample_rate=h.sample_rate, num_channels=h.channels)
             check_header(h, cfg)  # nothing decoded yet
-            rec = audio.decode_file(f, cfg.max_duration_s, target_rate=cfg.sample_rate,
-                                    allow_truncated=cfg.allow_truncated, header=h)
+            rec = audio.decode_file(
+                f, cfg.max_duration_s, target_rate=cfg.sample_rate, allow_truncated=cfg.allow_truncated, header=h
+            )
         out["duration_s"] = rec.duration_s
-        names = row["channel_names"].split(",") if row.get("channel_names") else (
-            ["mono"] if rec.num_channels == 1 else [f"ch{i}" for i in range(rec.num_channels)])
+        names = (
+            row["channel_names"].split(",")
+            if row.get("channel_names")
+            else (["mono"] if rec.num_channels == 1 else [f"ch{i}" for i in range(rec.num_channels)])
+        )
         if len(names) != rec.num_channels:
             raise audio.AudioError(f"manifest names {len(names)} channels, recording has {rec.num_channels}")
         out["channel_names"] = ",".join(names)
@@ -190,7 +204,7 @@ def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
     buf = np.empty(int(lengths.sum()), np.float32)
     pos = 0
     for c, a, b in bounds:
-        buf[pos: pos + b - a] = x[:, a:b].mean(axis=0) if c < 0 else x[c, a:b]
+        buf[pos : pos + b - a] = x[:, a:b].mean(axis=0) if c < 0 else x[c, a:b]
         pos += b - a
     del x
     out["audio"] = buf
@@ -205,7 +219,7 @@ def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
 def split_segments(row: dict) -> list[np.ndarray]:
     """The segment waveforms of a prepared row (views into its ``audio``)."""
     off = row["seg_offsets"]
-    return [row["audio"][off[i]: off[i + 1]] for i in range(len(off) - 1)]
+    return [row["audio"][off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
 
 def _text(v) -> str | None:
@@ -220,8 +234,10 @@ def _bytes(v) -> bytes | None:
 def prepare_batch(batch: dict, cfg: PrepareConfig) -> dict:
     """``map_batches`` function: decode and segment a batch of recordings (numpy dict-of-columns batches)."""
     n = len(batch["recording_id"])
-    rows = [prepare_recording({k: (_bytes(batch[k][i]) if k == "raw_path" else _text(batch[k][i])) for k in batch},
-                              cfg) for i in range(n)]
+    rows = [
+        prepare_recording({k: (_bytes(batch[k][i]) if k == "raw_path" else _text(batch[k][i])) for k in batch}, cfg)
+        for i in range(n)
+    ]
     return {k: [r[k] for r in rows] for k in PREPARED_COLUMNS}
 
 

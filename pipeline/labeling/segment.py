@@ -5,6 +5,7 @@ recording (noise floor + margin, never below an absolute floor), smoothed with h
 segments: gaps shorter than ``min_gap_s`` are bridged, segments shorter than ``min_speech_s`` dropped and ones
 longer than ``max_segment_s`` split evenly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ def frame_energy_db(x: np.ndarray, frame: int, chunk_frames: int = 1 << 14) -> n
     out = np.empty(n, dtype=np.float32)
     for i in range(0, n, chunk_frames):
         j = min(n, i + chunk_frames)
-        fr = x[i * frame: j * frame].reshape(j - i, frame).astype(np.float64)
+        fr = x[i * frame : j * frame].reshape(j - i, frame).astype(np.float64)
         out[i:j] = 20 * np.log10(np.sqrt(np.mean(fr * fr, axis=1) + 1e-20))
     return out
 

@@ -15,6 +15,7 @@ instead of adding a second copy. A part file that cannot be read (e.g. damaged b
 ``.corrupt-<name>`` and its recordings are labelled again. Failed recordings are kept apart from labelled ones
 so that ``--retry-failed`` can drop their part files whole. One job at a time per output directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,26 +26,28 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.labeling import columns as C
 from emoq_model.io import TEMP_PREFIX, join, resolve, uri_of, write_parquet
+from pipeline.labeling import columns as C
 
-SEGMENT_SCHEMA = pa.schema([
-    ("recording_id", pa.string()),
-    ("path", pa.string()),
-    ("channel", pa.string()),
-    ("channel_index", pa.int32()),
-    ("segment_index", pa.int32()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("label", pa.string()),
-    ("confidence", pa.float32()),
-    ("probabilities", pa.map_(pa.string(), pa.float32())),
-    ("label_mass", pa.float32()),
-    ("transcript", pa.string()),
-    ("recording_duration_s", pa.float64()),
-    ("model_id", pa.string()),
-    ("error", pa.string()),
-])
+SEGMENT_SCHEMA = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("path", pa.string()),
+        ("channel", pa.string()),
+        ("channel_index", pa.int32()),
+        ("segment_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("label", pa.string()),
+        ("confidence", pa.float32()),
+        ("probabilities", pa.map_(pa.string(), pa.float32())),
+        ("label_mass", pa.float32()),
+        ("transcript", pa.string()),
+        ("recording_duration_s", pa.float64()),
+        ("model_id", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 
 
 def segments_dir(out_uri: str) -> str:
@@ -54,8 +57,14 @@ def segments_dir(out_uri: str) -> str:
 def part_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     """The finished part files under ``root`` (temporary and set-aside files excluded), sorted by name."""
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-")
-                   and i.base_name.endswith(".parquet")), key=lambda i: i.base_name)
+    return sorted(
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+        ),
+        key=lambda i: i.base_name,
+    )
 
 
 def recording_counts(out_uri: str, quarantine: bool = True) -> dict[str, int]:
@@ -122,32 +131,69 @@ def _mass(rec: dict, i: int) -> float | None:
 def segment_rows(rec: dict, labels: list[str], model_id: str) -> list[dict]:
     """Output rows of one labelled recording (see ``SEGMENT_SCHEMA``)."""
     names = rec["channel_names"].split(",") if rec.get("channel_names") else []
-    base = {"recording_id": rec["recording_id"], "path": rec["path"], "recording_duration_s": rec.get("duration_s"),
-            "model_id": model_id}
+    base = {
+        "recording_id": rec["recording_id"],
+        "path": rec["path"],
+        "recording_duration_s": rec.get("duration_s"),
+        "model_id": model_id,
+    }
     n = len(rec["seg_start_s"]) if rec.get("seg_start_s") is not None else 0
     if n == 0:
-        return [dict(base, channel=None, channel_index=None, segment_index=None, start_s=None, end_s=None, label=None,
-                     confidence=None, probabilities=None, label_mass=None, transcript=None, error=rec.get("error") or "no segments")]
+        return [
+            dict(
+                base,
+                channel=None,
+                channel_index=None,
+                segment_index=None,
+                start_s=None,
+                end_s=None,
+                label=None,
+                confidence=None,
+                probabilities=None,
+                label_mass=None,
+                transcript=None,
+                error=rec.get("error") or "no segments",
+            )
+        ]
     transcripts = json.loads(rec["seg_transcript"]) if rec.get("seg_transcript") else [None] * n
     rows = []
     for i in range(n):
         ch = int(rec["seg_channel"][i])
         probs = np.asarray(rec["probabilities"][i], dtype=np.float32)
-        rows.append(dict(
-            base, channel=names[ch] if 0 <= ch < len(names) else "mix", channel_index=ch, segment_index=i,
-            start_s=float(rec["seg_start_s"][i]), end_s=float(rec["seg_end_s"][i]), label=rec["labels"][i],
-            confidence=float(rec["confidence"][i]), probabilities=list(zip(labels, probs.tolist())),
-            label_mass=_mass(rec, i),
-            transcript=transcripts[i], error=None))
+        rows.append(
+            dict(
+                base,
+                channel=names[ch] if 0 <= ch < len(names) else "mix",
+                channel_index=ch,
+                segment_index=i,
+                start_s=float(rec["seg_start_s"][i]),
+                end_s=float(rec["seg_end_s"][i]),
+                label=rec["labels"][i],
+                confidence=float(rec["confidence"][i]),
+                probabilities=list(zip(labels, probs.tolist())),
+                label_mass=_mass(rec, i),
+                transcript=transcripts[i],
+                error=None,
+            )
+        )
     return rows
 
 
-SUMMARY_SCHEMA = pa.schema([
-    ("recording_id", pa.string()), ("path", pa.string()), ("channel", pa.string()), ("duration_s", pa.float64()),
-    ("num_segments", pa.int32()), ("speech_s", pa.float64()), ("dominant_label", pa.string()),
-    ("label_shares", pa.string()), ("mean_confidence", pa.float32()), ("error_count", pa.int32()),
-    ("error", pa.string()),
-])
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("path", pa.string()),
+        ("channel", pa.string()),
+        ("duration_s", pa.float64()),
+        ("num_segments", pa.int32()),
+        ("speech_s", pa.float64()),
+        ("dominant_label", pa.string()),
+        ("label_shares", pa.string()),
+        ("mean_confidence", pa.float32()),
+        ("error_count", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
 
 
 def _first(s):
@@ -162,16 +208,37 @@ def _summary_rows(df) -> list[dict]:
     rows = []
     for (rid, _, ch), g in ok.groupby(["recording_id", "channel_index", "channel"], sort=True):
         d = g["dur"].groupby(g["label"]).sum()  # speech time per label (sorted: ties go to the first label)
-        rows.append({"recording_id": rid, "path": g["path"].iloc[0], "channel": ch,
-                     "duration_s": _first(g["recording_duration_s"]), "num_segments": len(g),
-                     "speech_s": float(d.sum()), "dominant_label": d.idxmax() if len(d) else None,
-                     "label_shares": json.dumps({k: round(float(v / d.sum()), 4) for k, v in d.items()}),
-                     "mean_confidence": float(g["confidence"].mean()), "error_count": 0, "error": None})
+        rows.append(
+            {
+                "recording_id": rid,
+                "path": g["path"].iloc[0],
+                "channel": ch,
+                "duration_s": _first(g["recording_duration_s"]),
+                "num_segments": len(g),
+                "speech_s": float(d.sum()),
+                "dominant_label": d.idxmax() if len(d) else None,
+                "label_shares": json.dumps({k: round(float(v / d.sum()), 4) for k, v in d.items()}),
+                "mean_confidence": float(g["confidence"].mean()),
+                "error_count": 0,
+                "error": None,
+            }
+        )
     for rid, g in df[df["error"].notna()].groupby("recording_id", sort=True):
-        rows.append({"recording_id": rid, "path": g["path"].iloc[0], "channel": None,
-                     "duration_s": _first(g["recording_duration_s"]), "num_segments": 0, "speech_s": 0.0,
-                     "dominant_label": None, "label_shares": "{}", "mean_confidence": None,
-                     "error_count": len(g), "error": g["error"].iloc[0]})
+        rows.append(
+            {
+                "recording_id": rid,
+                "path": g["path"].iloc[0],
+                "channel": None,
+                "duration_s": _first(g["recording_duration_s"]),
+                "num_segments": 0,
+                "speech_s": 0.0,
+                "dominant_label": None,
+                "label_shares": "{}",
+                "mean_confidence": None,
+                "error_count": len(g),
+                "error": g["error"].iloc[0],
+            }
+        )
     return sorted(rows, key=lambda r: r["recording_id"])  # stable: channel rows keep their order, error row last
 
 
@@ -186,8 +253,18 @@ def summarize(out_uri: str) -> pa.Table:
     """
     fs, root = resolve(segments_dir(out_uri))
     infos = part_files(fs, root)
-    cols = ["recording_id", "path", "channel", "channel_index", "start_s", "end_s", "label", "confidence",
-            "recording_duration_s", "error"]
+    cols = [
+        "recording_id",
+        "path",
+        "channel",
+        "channel_index",
+        "start_s",
+        "end_s",
+        "label",
+        "confidence",
+        "recording_duration_s",
+        "error",
+    ]
     tables = [pq.read_table(i.path, columns=cols, filesystem=fs) for i in infos]
     rows = _summary_rows(pa.concat_tables(tables).to_pandas()) if tables else []
     summary = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
@@ -198,8 +275,11 @@ def summarize(out_uri: str) -> pa.Table:
 def _write_recordings(recs: list[dict], out_uri: str, labels: list[str], model_id: str) -> None:
     rows = [r for rec in recs for r in segment_rows(rec, labels, model_id)]
     if rows:
-        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out_uri),
-                     name=part_name(r["recording_id"] for r in recs))
+        write_atomic(
+            pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA),
+            segments_dir(out_uri),
+            name=part_name(r["recording_id"] for r in recs),
+        )
 
 
 def _has_segments(rec: dict) -> bool:
@@ -223,18 +303,28 @@ def write_parts(batch: dict, out_uri: str, labels: list[str], model_id: str) -> 
         "recording_id": [r["recording_id"] for r in recs],
         "num_segments": [len(r["seg_start_s"]) if _has_segments(r) else 0 for r in recs],
         "duration_s": [float(r["duration_s"]) if r.get("duration_s") is not None else float("nan") for r in recs],
-        "speech_s": [float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) if _has_segments(r)
-                     else 0.0 for r in recs],
+        "speech_s": [
+            float(np.sum(np.asarray(r["seg_end_s"]) - np.asarray(r["seg_start_s"]))) if _has_segments(r) else 0.0
+            for r in recs
+        ],
         "error": [r["error"] for r in recs],
     }
 
 
 def write_lost(out_uri: str, rows: list[dict], error: str, model_id: str) -> None:
     """One error row for each source row (``Recording.to_row()``) that no worker could process."""
-    recs = [{"recording_id": r["recording_id"], "path": r.get("path"), "duration_s": None, "seg_start_s": None,
-             "error": r.get("error") or error} for r in rows]
+    recs = [
+        {
+            "recording_id": r["recording_id"],
+            "path": r.get("path"),
+            "duration_s": None,
+            "seg_start_s": None,
+            "error": r.get("error") or error,
+        }
+        for r in rows
+    ]
     for i in range(0, len(recs), 256):
-        _write_recordings(recs[i:i + 256], out_uri, [], model_id)
+        _write_recordings(recs[i : i + 256], out_uri, [], model_id)
 
 
 def drop_failed_parts(out_uri: str) -> list[str]:

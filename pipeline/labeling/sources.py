@@ -11,6 +11,7 @@ paths are only ever opened as files, and nothing is passed to a shell.
 File names that are not valid UTF-8 (possible on Linux) are kept: the record's ``path`` shows the name with the
 bad bytes escaped (``caf\\xe9.wav``) and ``raw_path`` holds the exact bytes used to open the file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,7 +80,9 @@ def _local_record(path: str, rid: str) -> SourceRecord:
 
 
 def _recording_id_from_path(path: str, root: str) -> str:
-    rel = posixpath.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else posixpath.basename(path)
+    rel = (
+        posixpath.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else posixpath.basename(path)
+    )
     stem, _ = posixpath.splitext(rel)
     return stem
 
@@ -117,8 +120,11 @@ def list_audio(uri: str) -> list[SourceRecord]:
         fs, root = resolve(base or ".")
         _, pattern = resolve(uri)
         if isinstance(fs, pafs.LocalFileSystem):
-            return [_local_record(p, _recording_id_from_path(p, root)) for p in _walk_local(root)
-                    if fnmatch.fnmatchcase(p, pattern)]
+            return [
+                _local_record(p, _recording_id_from_path(p, root))
+                for p in _walk_local(root)
+                if fnmatch.fnmatchcase(p, pattern)
+            ]
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
         paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
         return [SourceRecord(_recording_id_from_path(p, root), uri_of(fs, p)) for p in paths]
@@ -128,8 +134,11 @@ def list_audio(uri: str) -> list[SourceRecord]:
             raise ManifestError(f"input not found: {uri}")
         if not os.path.isdir(root):
             return [_local_record(root, _recording_id_from_path(root, ""))]
-        return [_local_record(p, _recording_id_from_path(p, root)) for p in _walk_local(root)
-                if p.lower().endswith(AUDIO_EXTENSIONS)]
+        return [
+            _local_record(p, _recording_id_from_path(p, root))
+            for p in _walk_local(root)
+            if p.lower().endswith(AUDIO_EXTENSIONS)
+        ]
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise ManifestError(f"input not found: {uri}")
@@ -231,8 +240,11 @@ def read_manifest_rows(uri: str) -> tuple[list[str], list[dict | str]]:
 def read_manifest_table(uri: str) -> pa.Table:
     """The manifest as a table of its usable rows (all CSV columns as text)."""
     cols, rows = read_manifest_rows(uri)
-    good = [{c: (_str_or_none(r.get(c)) if not isinstance(r.get(c), (list, dict)) else json.dumps(r.get(c)))
-             for c in cols} for r in rows if isinstance(r, dict) and ROW_ERROR not in r]
+    good = [
+        {c: (_str_or_none(r.get(c)) if not isinstance(r.get(c), (list, dict)) else json.dumps(r.get(c))) for c in cols}
+        for r in rows
+        if isinstance(r, dict) and ROW_ERROR not in r
+    ]
     return pa.Table.from_pylist(good, schema=pa.schema([(c, pa.string()) for c in cols]))
 
 
@@ -275,10 +287,17 @@ def read_manifest(uri: str) -> list[SourceRecord]:
             continue
         if not isinstance(raw_path, str) or not raw_path.strip():
             shown = "" if raw_path is None else clean_text(raw_path if isinstance(raw_path, str) else repr(raw_path))
-            records.append(SourceRecord(rid or f"row-{i}", shown,
-                                        error=f"manifest row {i}: missing or non-text 'path' ({shown or 'empty'})"))
+            records.append(
+                SourceRecord(
+                    rid or f"row-{i}", shown, error=f"manifest row {i}: missing or non-text 'path' ({shown or 'empty'})"
+                )
+            )
             continue
-        p = raw_path if ("://" in raw_path or posixpath.isabs(raw_path)) else posixpath.normpath(posixpath.join(base, raw_path))
+        p = (
+            raw_path
+            if ("://" in raw_path or posixpath.isabs(raw_path))
+            else posixpath.normpath(posixpath.join(base, raw_path))
+        )
         if "://" in p:
             rec = SourceRecord(clean_text(rid or _recording_id_from_path(p, base)), clean_text(p))
         elif local:
@@ -315,8 +334,9 @@ def validate_segments(text: str) -> str | None:
     for s in segs:
         if isinstance(s, (list, tuple)) and len(s) == 2:
             s = {"start": s[0], "end": s[1]}
-        if not isinstance(s, dict) or not all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
-                                              for k in ("start", "end")):
+        if not isinstance(s, dict) or not all(
+            isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool) for k in ("start", "end")
+        ):
             return f"bad given segment {s!r}: needs numeric start and end"
         if not 0 <= s["start"] < s["end"] < float("inf"):
             return f"bad given segment {s!r}: needs 0 <= start < end"

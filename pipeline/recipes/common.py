@@ -9,6 +9,7 @@ the count) — so training never sees an undecodable row and evaluation sizes ar
 ``"keep"``: rows stay, with ``audio_exists=False``. ``"error"``: raise :class:`FileNotFoundError`.
 The ``audio_exists`` column is always present (all True after ``"drop"``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,12 +76,15 @@ def apply_missing(df: pd.DataFrame, missing: Missing, corpus: str) -> pd.DataFra
         raise ValueError(f"missing must be 'drop', 'keep' or 'error', got {missing!r}")
     absent = df.loc[~df["audio_exists"], "utt_id"].tolist()
     if absent and missing == "error":
-        raise FileNotFoundError(f"{corpus}: {len(absent)} utterances have no audio file, e.g. "
-                                f"{df.loc[~df['audio_exists'], 'path'].head(3).tolist()}")
+        raise FileNotFoundError(
+            f"{corpus}: {len(absent)} utterances have no audio file, e.g. "
+            f"{df.loc[~df['audio_exists'], 'path'].head(3).tolist()}"
+        )
     if absent:
         action = "dropped" if missing == "drop" else "kept with audio_exists=False"
-        log.warning("%s: %d of %d utterances have no audio file (%s), e.g. %s", corpus, len(absent), len(df),
-                    action, absent[:5])
+        log.warning(
+            "%s: %d of %d utterances have no audio file (%s), e.g. %s", corpus, len(absent), len(df), action, absent[:5]
+        )
     if missing == "drop":
         df = df[df["audio_exists"]].reset_index(drop=True)
     df.attrs["missing_audio"] = absent

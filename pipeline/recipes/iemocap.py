@@ -31,6 +31,7 @@ Only the top-level ``EmoEvaluation/*.txt`` files are read (not ``Categorical/``,
 
 Missing audio: see :mod:`pipeline.recipes.common`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,17 @@ def parse_emo_evaluation(path: str | os.PathLike) -> list[dict]:
             v, a, d = (float(x) for x in vad.split(","))
         except ValueError:
             v = a = d = float("nan")
-        out.append({"utt_id": utt, "start_s": float(start), "end_s": float(end), "code": code.strip().lower(),
-                    "valence": v, "arousal": a, "dominance": d})
+        out.append(
+            {
+                "utt_id": utt,
+                "start_s": float(start),
+                "end_s": float(end),
+                "code": code.strip().lower(),
+                "valence": v,
+                "arousal": a,
+                "dominance": d,
+            }
+        )
     return out
 
 
@@ -95,8 +105,14 @@ def iemocap_speaker(utt_id: str) -> tuple[str, str]:
     return f"Ses{m.group(1)}{last[0]}", last[0]
 
 
-def read_iemocap(root: str | os.PathLike, *, merge_excited: bool = True, sessions=(1, 2, 3, 4, 5),
-                 missing: Missing = "drop", probe_audio: bool = False) -> pd.DataFrame:
+def read_iemocap(
+    root: str | os.PathLike,
+    *,
+    merge_excited: bool = True,
+    sessions=(1, 2, 3, 4, 5),
+    missing: Missing = "drop",
+    probe_audio: bool = False,
+) -> pd.DataFrame:
     """All 4-class IEMOCAP utterances of ``sessions`` (``split`` empty, ``fold`` absent).
 
     ``root`` is ``IEMOCAP_full_release`` or its parent. ``probe_audio`` reads every WAV header for the
@@ -134,17 +150,48 @@ def read_iemocap(root: str | os.PathLike, *, merge_excited: bool = True, session
                 seen.add(utt)
                 speaker, gender = iemocap_speaker(utt)
                 path = str(sess / "sentences" / "wav" / dialog / f"{utt}.wav")
-                rows.append({
-                    "utt_id": utt, "path": path, "label": label, "transcript": transcripts.get(utt),
-                    "speaker": speaker, "split": None, "session": n, "gender": gender, "dialog": dialog,
-                    "start_s": e["start_s"], "end_s": e["end_s"], "duration_s": round(e["end_s"] - e["start_s"], 4),
-                    "raw_label": e["code"], "valence": e["valence"], "arousal": e["arousal"],
-                    "dominance": e["dominance"], "audio_exists": dirs.exists(path),
-                })
+                rows.append(
+                    {
+                        "utt_id": utt,
+                        "path": path,
+                        "label": label,
+                        "transcript": transcripts.get(utt),
+                        "speaker": speaker,
+                        "split": None,
+                        "session": n,
+                        "gender": gender,
+                        "dialog": dialog,
+                        "start_s": e["start_s"],
+                        "end_s": e["end_s"],
+                        "duration_s": round(e["end_s"] - e["start_s"], 4),
+                        "raw_label": e["code"],
+                        "valence": e["valence"],
+                        "arousal": e["arousal"],
+                        "dominance": e["dominance"],
+                        "audio_exists": dirs.exists(path),
+                    }
+                )
     if n_found_sessions == 0:
         raise FileNotFoundError(f"no IEMOCAP sessions under {root} (expected Session1..5/dialog/EmoEvaluation)")
-    cols = ["utt_id", "path", "label", "transcript", "speaker", "split", "session", "gender", "dialog", "start_s",
-            "end_s", "duration_s", "raw_label", "valence", "arousal", "dominance", "audio_exists"]
+    cols = [
+        "utt_id",
+        "path",
+        "label",
+        "transcript",
+        "speaker",
+        "split",
+        "session",
+        "gender",
+        "dialog",
+        "start_s",
+        "end_s",
+        "duration_s",
+        "raw_label",
+        "valence",
+        "arousal",
+        "dominance",
+        "audio_exists",
+    ]
     df = pd.DataFrame(rows, columns=cols)
     df["session"] = df["session"].astype("int64")
     df["audio_exists"] = df["audio_exists"].astype(bool)
@@ -155,8 +202,14 @@ def read_iemocap(root: str | os.PathLike, *, merge_excited: bool = True, session
     return df
 
 
-def iemocap_split(df: pd.DataFrame, fold: int, *, speaker_independent: bool = False, val_session: int | None = None,
-                  test_gender: str = "F") -> pd.DataFrame:
+def iemocap_split(
+    df: pd.DataFrame,
+    fold: int,
+    *,
+    speaker_independent: bool = False,
+    val_session: int | None = None,
+    test_gender: str = "F",
+) -> pd.DataFrame:
     """A copy of ``df`` (from :func:`read_iemocap`) with ``split`` and ``fold`` set for leave-one-session-out fold k.
 
     See the module docstring for the two schemes. Raises if a split would be empty.
@@ -192,16 +245,25 @@ def iemocap_split(df: pd.DataFrame, fold: int, *, speaker_independent: bool = Fa
     return out
 
 
-def iemocap_manifest(root: str | os.PathLike, fold: int | None = None, *, speaker_independent: bool = False,
-                     val_session: int | None = None, test_gender: str = "F", merge_excited: bool = True,
-                     missing: Missing = "drop", probe_audio: bool = False) -> pd.DataFrame:
+def iemocap_manifest(
+    root: str | os.PathLike,
+    fold: int | None = None,
+    *,
+    speaker_independent: bool = False,
+    val_session: int | None = None,
+    test_gender: str = "F",
+    merge_excited: bool = True,
+    missing: Missing = "drop",
+    probe_audio: bool = False,
+) -> pd.DataFrame:
     """IEMOCAP 4-class manifest; ``fold=None``: all utterances with ``split`` empty (assign later with
     :func:`iemocap_split`); ``fold=k`` (1-5): leave-one-session-out fold k (see module docstring)."""
     df = read_iemocap(root, merge_excited=merge_excited, missing=missing, probe_audio=probe_audio)
     if fold is None:
         return df
-    return iemocap_split(df, fold, speaker_independent=speaker_independent, val_session=val_session,
-                         test_gender=test_gender)
+    return iemocap_split(
+        df, fold, speaker_independent=speaker_independent, val_session=val_session, test_gender=test_gender
+    )
 
 
 def iemocap_folds(root: str | os.PathLike, **kw) -> Iterator[tuple[int, pd.DataFrame]]:

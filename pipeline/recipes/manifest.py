@@ -8,6 +8,7 @@ Manifest (one row per utterance; a pandas DataFrame here, CSV or Parquet on disk
 Recipes that produce manifests: :mod:`pipeline.recipes.iemocap`, :mod:`pipeline.recipes.meld`; a labelled
 call archive: :func:`call_archive_manifest`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,9 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, add_recording_i
     if rel:
         raise ValueError(f"manifest paths must be absolute, e.g. {rel[:3]}")
     if df["utt_id"].duplicated().any():
-        raise ValueError(f"duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}")
+        raise ValueError(
+            f"duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}"
+        )
     out = df.copy()
     if add_recording_id and "recording_id" not in out:
         out.insert(0, "recording_id", out["utt_id"])
@@ -56,16 +59,18 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if path.endswith(".parquet"):
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, dtype={c: str for c in ("utt_id", "recording_id", "path", "label", "transcript",
-                                                         "speaker", "split")})
+        df = pd.read_csv(
+            path, dtype={c: str for c in ("utt_id", "recording_id", "path", "label", "transcript", "speaker", "split")}
+        )
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks required columns {missing}")
     return df
 
 
-def call_archive_manifest(segments: str | os.PathLike | pd.DataFrame, split: str = "train",
-                          splits: Mapping[str, str] | None = None) -> pd.DataFrame:
+def call_archive_manifest(
+    segments: str | os.PathLike | pd.DataFrame, split: str = "train", splits: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """A training manifest from a labelled call archive: one utterance per labelled turn.
 
     ``segments``: a table (CSV / Parquet / DataFrame) with ``recording_id, path, channel`` (index), ``start_s,
@@ -75,24 +80,35 @@ def call_archive_manifest(segments: str | os.PathLike | pd.DataFrame, split: str
     population as at labeling time -- a label-skewed channel, not a class-balanced speaker set. ``split``: the
     split of every row, or ``splits``: recording_id -> split.
     """
-    df = segments if isinstance(segments, pd.DataFrame) else (
-        pd.read_parquet(segments) if str(segments).endswith(".parquet")
-        else pd.read_csv(segments, dtype={"recording_id": str, "path": str, "label": str, "transcript": str}))
+    df = (
+        segments
+        if isinstance(segments, pd.DataFrame)
+        else (
+            pd.read_parquet(segments)
+            if str(segments).endswith(".parquet")
+            else pd.read_csv(segments, dtype={"recording_id": str, "path": str, "label": str, "transcript": str})
+        )
+    )
     missing = [c for c in ("recording_id", "path", "channel", "start_s", "end_s", "label") if c not in df.columns]
     if missing:
         raise ValueError(f"call segments table lacks columns {missing}")
     name = df["channel_name"].astype(str) if "channel_name" in df.columns else df["channel"].astype(str)
     seg = df["segment"].astype(int) if "segment" in df.columns else df.groupby("recording_id").cumcount()
-    out = pd.DataFrame({
-        "utt_id": df["recording_id"].astype(str) + "/" + name + "/" + seg.astype(str),
-        "path": df["path"].astype(str), "label": df["label"].astype(str),
-        "transcript": df["transcript"] if "transcript" in df.columns else None,
-        "speaker": df["recording_id"].astype(str) + "/" + name,
-        "split": df["recording_id"].map(dict(splits)) if splits is not None else split,
-        "channel": df["channel"].astype(int), "segment_start_s": df["start_s"].astype(float),
-        "segment_end_s": df["end_s"].astype(float),
-        "duration_s": (df["end_s"] - df["start_s"]).astype(float), "recording_id": df["recording_id"].astype(str),
-    })
+    out = pd.DataFrame(
+        {
+            "utt_id": df["recording_id"].astype(str) + "/" + name + "/" + seg.astype(str),
+            "path": df["path"].astype(str),
+            "label": df["label"].astype(str),
+            "transcript": df["transcript"] if "transcript" in df.columns else None,
+            "speaker": df["recording_id"].astype(str) + "/" + name,
+            "split": df["recording_id"].map(dict(splits)) if splits is not None else split,
+            "channel": df["channel"].astype(int),
+            "segment_start_s": df["start_s"].astype(float),
+            "segment_end_s": df["end_s"].astype(float),
+            "duration_s": (df["end_s"] - df["start_s"]).astype(float),
+            "recording_id": df["recording_id"].astype(str),
+        }
+    )
     if out["split"].isna().any():
         raise ValueError("splits does not name the split of every recording")
     return out

@@ -18,6 +18,7 @@ Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime``) and audio per split
 
 Missing audio: see :mod:`pipeline.recipes.common`.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -35,11 +36,25 @@ from pipeline.recipes.common import DirCache, Missing, apply_missing, clean_text
 log = logging.getLogger("pipeline.recipes")
 
 MELD_LABELS: tuple[str, ...] = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
-MELD_CSV_COLUMNS: tuple[str, ...] = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
-                                     "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
+MELD_CSV_COLUMNS: tuple[str, ...] = (
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+)
 MELD_SPLITS: dict[str, str] = {"train": "train", "dev": "val", "test": "test"}  # official → manifest
-MELD_AUDIO_DIRS: dict[str, str] = {"train": "train_splits", "dev": "dev_splits_complete",
-                                   "test": "output_repeated_splits_test"}
+MELD_AUDIO_DIRS: dict[str, str] = {
+    "train": "train_splits",
+    "dev": "dev_splits_complete",
+    "test": "output_repeated_splits_test",
+}
 
 
 # MELD: robust text decoding
@@ -49,7 +64,7 @@ def _cp1252_fallback(exc: UnicodeError):
     """codecs error handler: decode the offending bytes as cp1252 (undefined bytes as Latin-1)."""
     if not isinstance(exc, UnicodeDecodeError):
         raise exc
-    bad = exc.object[exc.start:exc.end]
+    bad = exc.object[exc.start : exc.end]
     return "".join(_cp1252_char(b) for b in bad), exc.end
 
 
@@ -64,8 +79,10 @@ codecs.register_error("emoq_cp1252_fallback", _cp1252_fallback)
 
 # One UTF-8 character seen through cp1252/Latin-1: a lead byte (Â..ô) and its 1-3 continuation bytes
 # (0x80-0xBF, which cp1252 shows as Latin-1 symbols or as € ‚ ƒ „ … † ‡ ˆ ‰ Š ‹ Œ Ž ‘ ’ “ ” • – — ˜ ™ š › œ ž Ÿ).
-_CONT = "[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013\u2014" \
-        "\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+_CONT = (
+    "[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013\u2014"
+    "\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
 _MOJIBAKE = re.compile(f"[\u00c2-\u00df]{_CONT}|[\u00e0-\u00ef]{_CONT}{{2}}|[\u00f0-\u00f4]{_CONT}{{3}}")
 
 
@@ -126,9 +143,15 @@ def _srt_seconds(t: str) -> float:
     return int(h) * 3600 + int(mi) * 60 + int(s) + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
-def meld_manifest(root: str | os.PathLike, audio_dirs: Mapping[str, str | os.PathLike] | None = None,
-                  ext: str = "wav", *, splits=("train", "dev", "test"), missing: Missing = "drop",
-                  probe_audio: bool = False) -> pd.DataFrame:
+def meld_manifest(
+    root: str | os.PathLike,
+    audio_dirs: Mapping[str, str | os.PathLike] | None = None,
+    ext: str = "wav",
+    *,
+    splits=("train", "dev", "test"),
+    missing: Missing = "drop",
+    probe_audio: bool = False,
+) -> pd.DataFrame:
     """MELD 7-class manifest from ``MELD.Raw`` (or its parent).
 
     ``audio_dirs`` maps an official split (``train``/``dev``/``test``; ``val`` is accepted for ``dev``) to its
@@ -165,31 +188,38 @@ def meld_manifest(root: str | os.PathLike, audio_dirs: Mapping[str, str | os.Pat
         end = raw.get("EndTime", pd.Series([""] * len(raw))).map(_srt_seconds)
         dur = (end - start).where(lambda x: x > 0)
 
-        def col(name):
+        def col(name, raw=raw):
             return raw[name].str.strip() if name in raw else pd.Series([None] * len(raw), dtype="object")
 
-        frames.append(pd.DataFrame({
-            "utt_id": [f"{off}_dia{d}_utt{u}" for d, u in zip(dia, utt)],
-            "path": paths,
-            "label": emo.to_numpy(),
-            "transcript": [clean_text(t) for t in raw["Utterance"]],
-            "speaker": col("Speaker").to_numpy(),
-            "split": MELD_SPLITS[off],
-            "dialogue_id": dia.to_numpy(),
-            "utterance_id": utt.to_numpy(),
-            "sentiment": col("Sentiment").str.lower().to_numpy(),
-            "season": pd.to_numeric(col("Season"), errors="coerce").astype("Int64").to_numpy(),
-            "episode": pd.to_numeric(col("Episode"), errors="coerce").astype("Int64").to_numpy(),
-            "start_time": col("StartTime").to_numpy(),
-            "end_time": col("EndTime").to_numpy(),
-            "duration_s": dur.round(3).to_numpy(),
-            "audio_exists": [exists.exists(p) for p in paths],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "utt_id": [f"{off}_dia{d}_utt{u}" for d, u in zip(dia, utt)],
+                    "path": paths,
+                    "label": emo.to_numpy(),
+                    "transcript": [clean_text(t) for t in raw["Utterance"]],
+                    "speaker": col("Speaker").to_numpy(),
+                    "split": MELD_SPLITS[off],
+                    "dialogue_id": dia.to_numpy(),
+                    "utterance_id": utt.to_numpy(),
+                    "sentiment": col("Sentiment").str.lower().to_numpy(),
+                    "season": pd.to_numeric(col("Season"), errors="coerce").astype("Int64").to_numpy(),
+                    "episode": pd.to_numeric(col("Episode"), errors="coerce").astype("Int64").to_numpy(),
+                    "start_time": col("StartTime").to_numpy(),
+                    "end_time": col("EndTime").to_numpy(),
+                    "duration_s": dur.round(3).to_numpy(),
+                    "audio_exists": [exists.exists(p) for p in paths],
+                }
+            )
+        )
     df = pd.concat(frames, ignore_index=True)
     dup = df["utt_id"].duplicated()
     if dup.any():
-        log.warning("MELD: %d duplicate (split, dialogue, utterance) rows dropped, e.g. %s", int(dup.sum()),
-                    df.loc[dup, "utt_id"].head(5).tolist())
+        log.warning(
+            "MELD: %d duplicate (split, dialogue, utterance) rows dropped, e.g. %s",
+            int(dup.sum()),
+            df.loc[dup, "utt_id"].head(5).tolist(),
+        )
         df = df[~dup].reset_index(drop=True)
     df["audio_exists"] = df["audio_exists"].astype(bool)
     df = apply_missing(df, missing, "MELD")

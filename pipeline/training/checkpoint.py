@@ -1,6 +1,7 @@
 """Checkpoint contents of a training run: the trainable weights (the Former + LoRA tensors), the best weights per
 stage, optimizer/scheduler state and the run state (history, stages done), written as one directory and handed to
 ``ray.train.report`` by rank 0; and reading them back on resume."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from emoq_model.io import join, write_text
 from pipeline.training.settings import BEST_FILE, CURRENT_FILE, METRICS_FILE, OPTIM_FILE, STATE_FILE, TrainSettings
+
 
 def trainable_state(model) -> dict:
     """Everything a stage can change: the whole Former state + the LoRA tensors (CPU copies)."""
@@ -24,12 +26,12 @@ def trainable_state(model) -> dict:
 def load_trainable_state(model, state: dict, former_only: bool = False) -> None:
     import torch
 
-    former = {k[len("former."):]: v for k, v in state.items() if k.startswith("former.")}
+    former = {k[len("former.") :]: v for k, v in state.items() if k.startswith("former.")}
     model.former.load_state_dict(former, strict=True)
     if former_only:
         return
     params = dict(model.llm.named_parameters())
-    lora = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
+    lora = {k[len("llm.") :]: v for k, v in state.items() if k.startswith("llm.")}
     missing = [n for n in params if "lora_" in n and n not in lora]
     if missing:
         raise KeyError(f"checkpoint lacks LoRA tensors, e.g. {missing[:3]}")
@@ -65,7 +67,9 @@ def write_state_files(d: str, state: dict, model, best_weights: dict, optim: dic
         torch.save(optim, os.path.join(d, OPTIM_FILE))
 
 
-def report_epoch(s: TrainSettings, rank: int, metrics: dict, state: dict, model, best_weights: dict, optim: dict) -> None:
+def report_epoch(
+    s: TrainSettings, rank: int, metrics: dict, state: dict, model, best_weights: dict, optim: dict
+) -> None:
     import ray.train
 
     if rank != 0:

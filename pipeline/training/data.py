@@ -10,6 +10,7 @@ of an isolated-utterance corpus), in training and validation alike, so the valid
 epoch is the deployment-faithful one; global statistics of the training speakers are the fallback saved with the
 bundle.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.training.settings import TrainSettings
+
 
 class WorkerData:
     """The worker's share of the feature cache, normalised, as lists of items for ``collate_features``."""
@@ -35,8 +37,9 @@ class WorkerData:
         ok = index["error"].isna()
         unknown = index[ok & ~index["label"].isin(names) & index["split"].isin([s.train_split, s.val_split])]
         if len(unknown):
-            raise ValueError(f"{len(unknown)} rows have labels outside {names}, e.g. "
-                             f"{unknown['label'].unique()[:5].tolist()}")
+            raise ValueError(
+                f"{len(unknown)} rows have labels outside {names}, e.g. {unknown['label'].unique()[:5].tolist()}"
+            )
         train = index[ok & (index["split"] == s.train_split)].reset_index(drop=True)
         val = index[ok & (index["split"] == s.val_split)].reset_index(drop=True)
         if s.limit_train:
@@ -78,8 +81,13 @@ class WorkerData:
         from emoq_model.features import model_frames
 
         frames = model_frames(np.asarray(it["frames"], dtype=np.float16), self.stacked)
-        return {"utt_id": it["utt_id"], "frames": frames, "label": names.index(it["label"]),
-                "transcript": it.get("transcript"), "speaker": it.get("speaker")}
+        return {
+            "utt_id": it["utt_id"],
+            "frames": frames,
+            "label": names.index(it["label"]),
+            "transcript": it.get("transcript"),
+            "speaker": it.get("speaker"),
+        }
 
 
 def collate(items: list[dict]):
@@ -87,8 +95,9 @@ def collate(items: list[dict]):
 
     from emoq_model.model import collate_features
 
-    batch = collate_features([{**it, "frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32))}
-                              for it in items])
+    batch = collate_features(
+        [{**it, "frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32))} for it in items]
+    )
     return batch
 
 
@@ -103,4 +112,4 @@ def drop_transcripts(items: list[dict], p: float, rng: np.random.Generator) -> l
 def batches(items: list, bs: int, rng: np.random.Generator | None = None):
     order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
     for i in range(0, len(items), bs):
-        yield [items[j] for j in order[i: i + bs]]
+        yield [items[j] for j in order[i : i + bs]]

@@ -10,6 +10,7 @@ exported bundle out of the final checkpoint.
 * every epoch: a line in ``<storage>/<name>/metrics.jsonl`` and a checkpoint (current weights, optimizer +
   scheduler, history, the best weights so far per stage).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,12 +31,16 @@ def check_cache_matches(cache, cfg) -> None:
     cm = cache.meta.get("encoder", {})
     for key in ("layer", "weighted_layers", "whisper_real_length", "whisper_tail_s", "prosody"):
         if key in cm and cm[key] != getattr(cfg.encoder, key):
-            raise ValueError(f"feature cache {cache.root} was extracted with encoder.{key}={cm[key]!r}, the config "
-                             f"says {getattr(cfg.encoder, key)!r}: re-extract or fix the config")
+            raise ValueError(
+                f"feature cache {cache.root} was extracted with encoder.{key}={cm[key]!r}, the config "
+                f"says {getattr(cfg.encoder, key)!r}: re-extract or fix the config"
+            )
     width, n_layers = encoder_dims(cfg)
     if (cache.dim, cache.n_layers) != (width, n_layers):
-        raise ValueError(f"feature cache {cache.root} holds {cache.n_layers} x {cache.dim} features, the config's "
-                         f"encoder gives {n_layers} x {width}")
+        raise ValueError(
+            f"feature cache {cache.root} holds {cache.n_layers} x {cache.dim} features, the config's "
+            f"encoder gives {n_layers} x {width}"
+        )
 
 
 def run_training(cfg, settings: TrainSettings) -> dict:
@@ -55,9 +60,13 @@ def run_training(cfg, settings: TrainSettings) -> dict:
         storage_path=settings.storage_path,
         failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.num_to_keep),
-        worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                                                     "EMOQ_CACHE", "TOKENIZERS_PARALLELISM")
-                                         if k in os.environ}},
+        worker_runtime_env={
+            "env_vars": {
+                k: os.environ[k]
+                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "EMOQ_CACHE", "TOKENIZERS_PARALLELISM")
+                if k in os.environ
+            }
+        },
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -79,6 +88,12 @@ def run_training(cfg, settings: TrainSettings) -> dict:
         history = json.loads(Path(d, STATE_FILE).read_text())["history"]
         best = json.loads(Path(d, STATE_FILE).read_text())["best"]
         out = publish_dir(src, out)
-    return {"bundle": out, "run_dir": settings.run_dir, "metrics_file": join(settings.run_dir, METRICS_FILE),
-            "history": history, "best": best, "seconds": round(time.perf_counter() - t0, 2),
-            "checkpoint": ckpt.path}
+    return {
+        "bundle": out,
+        "run_dir": settings.run_dir,
+        "metrics_file": join(settings.run_dir, METRICS_FILE),
+        "history": history,
+        "best": best,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "checkpoint": ckpt.path,
+    }

@@ -14,6 +14,7 @@ Works embedded (plain ``python``: starts a local Ray) and against a cluster (``R
 ``ray job submit --working-dir . -- python jobs/extract_features.py ...``); on a multi-node cluster ``OUT_DIR``
 must be shared storage (NFS or a pyarrow URI such as ``s3://bucket/features``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,18 @@ import pyarrow as pa
 
 from emoq_model import features as F
 
-DECODE_COLUMNS = ["utt_id", "path", "label", "transcript", "speaker", "split", "error", "num_samples",
-                  "duration_s", "audio"]
+DECODE_COLUMNS = [
+    "utt_id",
+    "path",
+    "label",
+    "transcript",
+    "speaker",
+    "split",
+    "error",
+    "num_samples",
+    "duration_s",
+    "audio",
+]
 SEGMENT_COLUMNS = ["channel", "segment_start_s", "segment_end_s"]  # optional: a turn of a longer recording
 MAX_SOURCE_S = 4 * 3600.0  # a segment row's source recording may be this long (the segment itself: max_duration_s)
 
@@ -82,8 +93,11 @@ def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -
                 audio.check_duration(mono.size / sample_rate, max_duration_s, "segment")
             if mono.size == 0:
                 raise audio.AudioError("recording has 0 samples after resampling")
-            out.update(num_samples=int(mono.size), duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
-                       audio=np.ascontiguousarray(mono, dtype="<f4").tobytes())
+            out.update(
+                num_samples=int(mono.size),
+                duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
+                audio=np.ascontiguousarray(mono, dtype="<f4").tobytes(),
+            )
         except FileNotFoundError:
             out["error"] = "file not found"
         except audio.AudioError as e:
@@ -97,8 +111,9 @@ def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -
 class EncodeActor:
     """Holds the frozen :class:`~emoq_model.encoder.SpeechEncoder`; turns decoded rows into feature rows."""
 
-    def __init__(self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None,
-                 asr_model: str | None = None):
+    def __init__(
+        self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None, asr_model: str | None = None
+    ):
         import torch
 
         from emoq_model.config import EncoderConfig
@@ -158,10 +173,12 @@ class EncodeActor:
         out = []
         for i, r in enumerate(rows):
             row = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split", "error")}
-            row["num_samples"] = None if r.get("num_samples") is None or pd.isna(r.get("num_samples")) else int(
-                r["num_samples"])
-            row["duration_s"] = None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(
-                r["duration_s"])
+            row["num_samples"] = (
+                None if r.get("num_samples") is None or pd.isna(r.get("num_samples")) else int(r["num_samples"])
+            )
+            row["duration_s"] = (
+                None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(r["duration_s"])
+            )
             row.update(n_layers=None, n_frames=None, dim=None, frames=None)
             if i in heard:
                 row["transcript"] = heard[i] or None
@@ -172,8 +189,8 @@ class EncodeActor:
                 if not np.isfinite(f).all():
                     row["error"] = "encode: non-finite encoder output"
                 else:
-                    data, (l, t, d) = F.encode_frames(f, self.dtype)
-                    row.update(n_layers=l, n_frames=t, dim=d, frames=data)
+                    data, (n_layers, t, d) = F.encode_frames(f, self.dtype)
+                    row.update(n_layers=n_layers, n_frames=t, dim=d, frames=data)
             elif row["error"] is None:
                 row["error"] = "no audio"
             out.append(row)
@@ -189,14 +206,18 @@ def read_manifest(path: str, splits: list[str] | None = None, limit: int | None 
 
     df = load_manifest(path)
     base = os.path.dirname(os.path.abspath(path))
-    df["path"] = [p if os.path.isabs(str(p)) or "://" in str(p) else os.path.normpath(os.path.join(base, str(p)))
-                  for p in df["path"]]
+    df["path"] = [
+        p if os.path.isabs(str(p)) or "://" in str(p) else os.path.normpath(os.path.join(base, str(p)))
+        for p in df["path"]
+    ]
     if splits:
         df = df[df["split"].isin(splits)]
     if limit:
         df = df.head(limit)
     if df["utt_id"].duplicated().any():
-        raise ValueError(f"{path}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}")
+        raise ValueError(
+            f"{path}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}"
+        )
     if len(df) == 0:
         raise ValueError(f"{path}: no rows to extract (splits={splits})")
     return df.reset_index(drop=True)
@@ -267,16 +288,28 @@ def extract_features(
     cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split", *SEGMENT_COLUMNS) if c in df]
     n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
     bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
-    parts = [df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
-             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    parts = [
+        df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if b > a
+    ]
     ds = ray.data.from_pandas(parts)
-    ds = ds.map_batches(decode_batch, batch_format="pandas", batch_size=batch_size, num_cpus=0.25,
-                        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s})
-    ds = ds.map_batches(EncodeActor, batch_format="pandas", batch_size=batch_size,
-                        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads,
-                                               "asr_model": asr_model},
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    ds = ds.map_batches(
+        decode_batch,
+        batch_format="pandas",
+        batch_size=batch_size,
+        num_cpus=0.25,
+        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s},
+    )
+    ds = ds.map_batches(
+        EncodeActor,
+        batch_format="pandas",
+        batch_size=batch_size,
+        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads, "asr_model": asr_model},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )
     ds.write_parquet(shards, min_rows_per_file=rows_per_file)
     t_encode = time.perf_counter() - t0
 
@@ -322,8 +355,11 @@ def asr_wer(manifest: pd.DataFrame, index: pd.DataFrame) -> float | None:
     from pipeline.labeling.asr import normalise_text, word_error_rate
 
     ref = manifest.set_index("utt_id")["transcript"] if "transcript" in manifest else pd.Series(dtype=object)
-    pairs = [(ref[u], h if isinstance(h, str) else None) for u, h in zip(index["utt_id"], index["transcript"])
-             if u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])]
+    pairs = [
+        (ref[u], h if isinstance(h, str) else None)
+        for u, h in zip(index["utt_id"], index["transcript"])
+        if u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])
+    ]
     if not pairs:
         return None
     return round(word_error_rate([r for r, _ in pairs], [h for _, h in pairs]), 4)

@@ -2,6 +2,7 @@
 checkpoint file names. Failure injection for tests: ``fail_once = {"stage", "epoch", "rank", "marker", "how"}`` (or
 ``EMOQ_FAIL_ONCE=stage:epoch:rank:marker[:exit|raise]``, read by the driver) makes that rank die (``os._exit``) or
 raise after the first step of that epoch, once (the marker file records that it happened)."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,11 @@ class TrainSettings:
 
     def __post_init__(self):
         self.stages = tuple(int(s) for s in self.stages)
-        if not self.stages or any(s not in (1, 2) for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
+        if (
+            not self.stages
+            or any(s not in (1, 2) for s in self.stages)
+            or list(self.stages) != sorted(set(self.stages))
+        ):
             raise ConfigError(f"stages must be (1,), (2,) or (1, 2), got {self.stages}")
         if self.num_workers < 1:
             raise ConfigError("num_workers must be >= 1")
@@ -87,5 +92,10 @@ def fail_once_from_env(value: str | None = None) -> dict | None:
     parts = value.split(":")
     if len(parts) < 4:
         raise ConfigError("EMOQ_FAIL_ONCE must be stage:epoch:rank:marker[:exit|raise]")
-    return {"stage": int(parts[0]), "epoch": int(parts[1]), "rank": int(parts[2]), "marker": parts[3],
-            "how": parts[4] if len(parts) > 4 else "exit"}
+    return {
+        "stage": int(parts[0]),
+        "epoch": int(parts[1]),
+        "rank": int(parts[2]),
+        "marker": parts[3],
+        "how": parts[4] if len(parts) > 4 else "exit",
+    }

@@ -11,6 +11,7 @@ last stage, calibration, the bundle as the final checkpoint).
 * seeds: model init from ``cfg.seed``; shuffling and dropout re-seeded from (seed, stage, epoch, rank) at every
   epoch start, so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.training.checkpoint import (load_st, load_trainable_state, report_epoch, trainable_state,
-                                          write_metrics, write_state_files)
+from pipeline.training.checkpoint import (
+    load_st,
+    load_trainable_state,
+    report_epoch,
+    trainable_state,
+    write_metrics,
+    write_state_files,
+)
 from pipeline.training.data import WorkerData, batches, collate, drop_transcripts
 from pipeline.training.settings import BEST_FILE, BUNDLE_DIR, CURRENT_FILE, OPTIM_FILE, STATE_FILE, TrainSettings
+
 
 @dataclass
 class RunState:
@@ -60,8 +68,12 @@ def resume(model, s: TrainSettings, rank: int) -> RunState:
                     run.best_weights[stage] = load_st(p)
             if os.path.exists(os.path.join(d, OPTIM_FILE)):
                 run.optim_state = torch.load(os.path.join(d, OPTIM_FILE), map_location="cpu", weights_only=True)
-        log(s, rank, f"resumed from checkpoint: stage {run.state['stage']} epoch {run.state['epoch']} "
-                     f"(stages done: {run.state['done']})")
+        log(
+            s,
+            rank,
+            f"resumed from checkpoint: stage {run.state['stage']} epoch {run.state['epoch']} "
+            f"(stages done: {run.state['done']})",
+        )
     run.state["starts"] = run.state.get("starts", -1) + 1  # worker-group starts of this run (0 = the first)
     return run
 
@@ -80,8 +92,9 @@ class StageRun:
     best: dict
 
 
-def start_stage(model, cfg, s: TrainSettings, stage: int, run: RunState, n_items: int, rank: int, world: int,
-                device) -> StageRun:
+def start_stage(
+    model, cfg, s: TrainSettings, stage: int, run: RunState, n_items: int, rank: int, world: int, device
+) -> StageRun:
     """Freeze what the stage does not train, wrap in DDP (frozen parameters and buffers not synchronised), build
     AdamW with linear warm-up + cosine decay; restore optimizer/scheduler when resuming inside this stage."""
     import torch
@@ -98,7 +111,8 @@ def start_stage(model, cfg, s: TrainSettings, stage: int, run: RunState, n_items
         frozen += [n for n, _ in model.named_buffers()]
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     else:
         ddp = model
     opt = st.make_optimizer(model, stage)
@@ -111,13 +125,18 @@ def start_stage(model, cfg, s: TrainSettings, stage: int, run: RunState, n_items
         sched.load_state_dict(run.optim_state["scheduler"])
     best = run.state["best"].get(str(stage), {"ua": -1.0, "loss": float("inf"), "epoch": -1})
     start_epoch = run.state["epoch"] + 1 if resuming else 0
-    log(s, rank, f"stage {stage}: epochs {start_epoch}..{sc.epochs - 1}, global batch {bs * world} "
-              f"({bs}/worker), {steps_per_epoch} steps/epoch, lr {sc.lr}")
+    log(
+        s,
+        rank,
+        f"stage {stage}: epochs {start_epoch}..{sc.epochs - 1}, global batch {bs * world} "
+        f"({bs}/worker), {steps_per_epoch} steps/epoch, lr {sc.lr}",
+    )
     return StageRun(stage, sc, ddp, opt, sched, bs, start_epoch, best)
 
 
-def train_epoch(model, sr: StageRun, items: list[dict], s: TrainSettings, seed: int, epoch: int,
-                rank: int) -> dict[str, float]:
+def train_epoch(
+    model, sr: StageRun, items: list[dict], s: TrainSettings, seed: int, epoch: int, rank: int
+) -> dict[str, float]:
     """One pass over this rank's shard; the loss terms averaged over all ranks."""
     import torch
 
@@ -154,9 +173,14 @@ def validate(model, items: list[dict], stage: int, s: TrainSettings, names: list
     if not y_true:  # no validation split
         return {"val_loss": None, "val_wa": None, "val_ua": None, "val_wf1": None}
     rep = classification_report(y_true, y_pred, names)
-    return {"val_loss": sum(p[2] for p in parts) / len(y_true), "val_wa": rep["wa"], "val_ua": rep["ua"],
-            "val_wf1": rep["weighted_f1"], "val_recall": {k: v["recall"] for k, v in rep["per_class"].items()},
-            "val_confusion": rep["confusion_matrix"]}
+    return {
+        "val_loss": sum(p[2] for p in parts) / len(y_true),
+        "val_wa": rep["wa"],
+        "val_ua": rep["ua"],
+        "val_wf1": rep["weighted_f1"],
+        "val_recall": {k: v["recall"] for k, v in rep["per_class"].items()},
+        "val_confusion": rep["confusion_matrix"],
+    }
 
 
 def _fmt(v) -> str:
@@ -179,8 +203,12 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
     parts = gather((vt, val_probs))
     y_val = np.array([t for p in parts for t in p[0]], dtype=int)
     p_val = np.array([q for p in parts for q in p[1]], dtype=np.float64).reshape(len(y_val), len(names))
-    metrics = {"final": True, "stage": last, "best_epoch": state["best"].get(str(last), {}).get("epoch", -1),
-               "best_val_ua": state["best"].get(str(last), {}).get("ua", None)}
+    metrics = {
+        "final": True,
+        "stage": last,
+        "best_epoch": state["best"].get(str(last), {}).get("epoch", -1),
+        "best_val_ua": state["best"].get(str(last), {}).get("ua", None),
+    }
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -195,11 +223,21 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
 
             cal = calibration_report(p_val, y_val)
             save_calibration(bundle, cal)
-            log(s, rank, f"calibration on {cal['n']} validation rows: T={cal['temperature']:.3f}, ECE "
-                         f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
-        train_info = {"settings": dataclasses.asdict(s), "features_meta_sha256": data.meta_sha256,
-                      "best": state["best"], "class_counts": data.counts,
-                      "n_train": data.n_train, "n_val": data.n_val, "history": history}
+            log(
+                s,
+                rank,
+                f"calibration on {cal['n']} validation rows: T={cal['temperature']:.3f}, ECE "
+                f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}",
+            )
+        train_info = {
+            "settings": dataclasses.asdict(s),
+            "features_meta_sha256": data.meta_sha256,
+            "best": state["best"],
+            "class_counts": data.counts,
+            "n_train": data.n_train,
+            "n_val": data.n_val,
+            "history": history,
+        }
         Path(bundle, "training.json").write_text(json.dumps(train_info, indent=1, default=str))
         write_state_files(tmp, state, model, run.best_weights, None)
         write_metrics(s, history)
@@ -215,7 +253,8 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from emoq_model.config import config_from_dict, validate as validate_config
+    from emoq_model.config import config_from_dict
+    from emoq_model.config import validate as validate_config
     from emoq_model.model import EmoQModel
 
     s = TrainSettings(**config["settings"])
@@ -235,9 +274,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     t_load = time.perf_counter()
     data = WorkerData(s, cfg, rank, world)
-    log(s, rank, f"data: {data.n_train} train / {data.n_val} val rows ({data.n_errors} error rows skipped), "
-                 f"{len(data.train)} per rank, class counts {dict(zip(names, data.counts))}, "
-                 f"norm={s.feature_norm}, loaded in {time.perf_counter() - t_load:.1f} s")
+    log(
+        s,
+        rank,
+        f"data: {data.n_train} train / {data.n_val} val rows ({data.n_errors} error rows skipped), "
+        f"{len(data.train)} per rank, class counts {dict(zip(names, data.counts))}, "
+        f"norm={s.feature_norm}, loaded in {time.perf_counter() - t_load:.1f} s",
+    )
 
     model = EmoQModel(cfg)
     model.set_class_counts(data.counts)
@@ -255,27 +298,48 @@ def train_loop_per_worker(config: dict) -> None:
         for epoch in range(sr.start_epoch, sr.sc.epochs):
             t0 = time.perf_counter()
             train_metrics = train_epoch(model, sr, data.train, s, cfg.seed, epoch, rank)
-            rec = {"stage": stage, "epoch": epoch, "start": state["starts"], "lr": float(sr.sched.get_last_lr()[0]),
-                   **{f"train_{k}": round(v, 6) for k, v in sorted(train_metrics.items())},
-                   **validate(model, data.val, stage, s, names)}
+            rec = {
+                "stage": stage,
+                "epoch": epoch,
+                "start": state["starts"],
+                "lr": float(sr.sched.get_last_lr()[0]),
+                **{f"train_{k}": round(v, 6) for k, v in sorted(train_metrics.items())},
+                **validate(model, data.val, stage, s, names),
+            }
             score = (rec["val_ua"], -rec["val_loss"]) if rec["val_ua"] is not None else (float(epoch), 0.0)
             is_best = score > (sr.best["ua"], -sr.best["loss"])  # no validation split: the last epoch is the best
             if is_best:
                 sr.best = {"ua": score[0], "loss": -score[1], "epoch": epoch}
                 run.best_weights[stage] = trainable_state(model)
-            rec.update(is_best=is_best, best_epoch=sr.best["epoch"], epoch_s=round(time.perf_counter() - t0, 2),
-                       world_size=world, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            rec.update(
+                is_best=is_best,
+                best_epoch=sr.best["epoch"],
+                epoch_s=round(time.perf_counter() - t0, 2),
+                world_size=world,
+                time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
             history.append(rec)
             state.update(stage=stage, epoch=epoch, history=history)
             state["best"][str(stage)] = sr.best
             if epoch == sr.sc.epochs - 1:
                 state["done"] = sorted(set(state["done"]) | {stage})
-            log(s, rank, f"stage {stage} epoch {epoch}: loss {rec.get('train_loss', float('nan')):.4f} "
-                         f"val UA {_fmt(rec['val_ua'])} WA {_fmt(rec['val_wa'])} loss {_fmt(rec['val_loss'])}"
-                         f"{' *' if is_best else ''} ({rec['epoch_s']} s)")
+            log(
+                s,
+                rank,
+                f"stage {stage} epoch {epoch}: loss {rec.get('train_loss', float('nan')):.4f} "
+                f"val UA {_fmt(rec['val_ua'])} WA {_fmt(rec['val_wa'])} loss {_fmt(rec['val_loss'])}"
+                f"{' *' if is_best else ''} ({rec['epoch_s']} s)",
+            )
             metrics = {k: v for k, v in rec.items() if not isinstance(v, (dict, list))}
-            report_epoch(s, rank, metrics, state, model, run.best_weights,
-                         {"optimizer": sr.opt.state_dict(), "scheduler": sr.sched.state_dict()})
+            report_epoch(
+                s,
+                rank,
+                metrics,
+                state,
+                model,
+                run.best_weights,
+                {"optimizer": sr.opt.state_dict(), "scheduler": sr.sched.state_dict()},
+            )
         state.update(stage=stage, epoch=sr.sc.epochs - 1)
         state["done"] = sorted(set(state["done"]) | {stage})
         del sr
@@ -294,11 +358,13 @@ def seed_all(*key: int) -> None:
 
     seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
-def evaluate_items(model, items: list[dict], stage: int, bs: int,
-              probs_out: list | None = None) -> tuple[list[int], list[int], float]:
+
+def evaluate_items(
+    model, items: list[dict], stage: int, bs: int, probs_out: list | None = None
+) -> tuple[list[int], list[int], float]:
     """(true, predicted, summed NLL) over ``items`` on this rank (stage 1: aux head; stage 2: the LLM); the
     probability rows are appended to ``probs_out`` when given."""
     import torch
@@ -343,6 +409,7 @@ def all_mean(values: dict[str, float], count: int) -> dict[str, float]:
     keys = set().union(*(v.keys() for v, _ in parts))
     return {k: sum(v.get(k, 0.0) for v, _ in parts) / total for k in keys}
 
+
 def maybe_fail(s: TrainSettings, stage: int, epoch: int, rank: int) -> None:
     f = s.fail_once
     if not f or (int(f["stage"]), int(f["epoch"]), int(f["rank"])) != (stage, epoch, rank):
@@ -364,6 +431,7 @@ def maybe_fail(s: TrainSettings, stage: int, epoch: int, rank: int) -> None:
         raise RuntimeError(f"injected failure (stage {stage}, epoch {epoch}, rank {rank})")
     os._exit(1)  # the worker process dies as in a crash / OOM kill
 
+
 def lr_lambda(total: int, warmup: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -372,6 +440,7 @@ def lr_lambda(total: int, warmup: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
 
     return f
+
 
 def log(s: TrainSettings, rank: int, msg: str) -> None:
     if s.verbose and rank == 0:

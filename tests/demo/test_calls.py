@@ -1,4 +1,5 @@
 """The synthetic call archive's scripts, speakers and lines (pipeline.demo.calls)."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,9 @@ import soundfile as sf
 from pipeline.demo import calls as dc
 from pipeline.demo.voices import make_speakers, max_speakers
 
-needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in ("espeak-ng", "flite", "sox")),
-                                 reason="needs espeak-ng, flite and sox")
+needs_tools = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("espeak-ng", "flite", "sox")), reason="needs espeak-ng, flite and sox"
+)
 
 MINUTES = 40 / 60  # 40 s calls: long enough for every phase of every script
 SEED = 0
@@ -39,12 +41,14 @@ def _training_manifest(path: Path) -> Path:
 
 # --- planning (no audio) ------------------------------------------------------------------------------------------
 
+
 def test_scripts_cycle_every_twelve_calls():
-    assert set(dc.SCRIPT_ORDER) == set(dc.ARCS) - {"mixed"} == {"calm", "escalate", "upset", "sad", "pleased",
-                                                                  "grieving"}
+    assert (
+        set(dc.SCRIPT_ORDER) == set(dc.ARCS) - {"mixed"} == {"calm", "escalate", "upset", "sad", "pleased", "grieving"}
+    )
     arcs = [s["arc"] for s in dc.plan_call_archive("/tmp/x", n_calls=40, minutes=1.0)]
     for i in range(len(arcs) - 11):
-        counts = Counter(arcs[i: i + 12])
+        counts = Counter(arcs[i : i + 12])
         assert set(counts) == set(dc.SCRIPT_ORDER) and min(counts.values()) >= 2, (i, counts)
     assert arcs[:3] == ["escalate", "sad", "pleased"]  # the archive's original arcs come first
     for lab, end_lo, end_hi in (p for phases in dc.ARCS.values() for p in phases):
@@ -112,13 +116,15 @@ def test_bad_options():
 
 # --- synthesized calls --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """One 20 s call per script (all six), speakers disjoint from a training manifest's voices."""
     root = tmp_path_factory.mktemp("calls")
     excluded = dc.exclude_voices_from(_training_manifest(root / "train_manifest.csv"))
-    m = dc.make_call_archive(root / "archive", n_calls=6, minutes=MINUTES, seed=SEED, workers=1,
-                             exclude_voices=excluded)
+    m = dc.make_call_archive(
+        root / "archive", n_calls=6, minutes=MINUTES, seed=SEED, workers=1, exclude_voices=excluded
+    )
     return dict(root=root, excluded=excluded, calls=pd.read_csv(m), segments=pd.read_csv(m.parent / "segments.csv"))
 
 
@@ -127,8 +133,9 @@ def test_script_label_patterns(archive):
     calls, segs = archive["calls"], archive["segments"]
     assert calls.customer_arc.tolist() == list(dc.SCRIPT_ORDER)
     cust = segs[segs.channel_name == "customer"].sort_values(["recording_id", "start_s"])
-    labels = {arc: cust[cust.recording_id == rid].label.tolist() for rid, arc in zip(calls.recording_id,
-                                                                                         calls.customer_arc)}
+    labels = {
+        arc: cust[cust.recording_id == rid].label.tolist() for rid, arc in zip(calls.recording_id, calls.customer_arc)
+    }
     assert all(len(v) >= 2 for v in labels.values()), labels
     assert set(labels["calm"]) == {"neutral"}
     assert set(labels["upset"]) == {"angry"}  # one emotion all call, the first turn too
@@ -177,7 +184,7 @@ def test_calls_and_segments_consistent(archive):
             assert (gc.start_s.to_numpy()[1:] >= gc.end_s.to_numpy()[:-1]).all()  # no overlap per channel
             mask = np.zeros(len(x), bool)
             for s, e in zip(gc.start_s, gc.end_s):
-                mask[int(s * 8000): int(e * 8000)] = True
+                mask[int(s * 8000) : int(e * 8000)] = True
             # between turns only the line noise, at its level after the channel gain
             outside = 20 * np.log10(np.sqrt(np.mean(x[~mask, c].astype(np.float64) ** 2)))
             assert outside == pytest.approx(noise_db, abs=1.5)
@@ -191,23 +198,40 @@ def test_calls_and_segments_consistent(archive):
 
 @needs_tools
 def test_call_zero_same_bytes_whatever_n_calls(archive, tmp_path):
-    m = dc.make_call_archive(tmp_path / "one", n_calls=1, minutes=MINUTES, seed=SEED, workers=1,
-                             exclude_voices=archive["excluded"])
+    m = dc.make_call_archive(
+        tmp_path / "one", n_calls=1, minutes=MINUTES, seed=SEED, workers=1, exclude_voices=archive["excluded"]
+    )
     one = pd.read_csv(m)
     first = archive["calls"].iloc[0]
     assert Path(one.path[0]).read_bytes() == Path(first.path).read_bytes()
     pd.testing.assert_frame_equal(one.drop(columns="path"), archive["calls"].iloc[:1].drop(columns="path"))
     s1 = pd.read_csv(m.parent / "segments.csv")
     s6 = archive["segments"]
-    pd.testing.assert_frame_equal(s1.drop(columns="path"),
-                                  s6[s6.recording_id == "call_000"].drop(columns="path").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        s1.drop(columns="path"), s6[s6.recording_id == "call_000"].drop(columns="path").reset_index(drop=True)
+    )
 
 
 @needs_tools
 def test_cli(archive, tmp_path, capsys):
     man = archive["root"] / "train_manifest.csv"
-    dc.main([str(tmp_path / "cli"), "--calls", "1", "--minutes", "0.25", "--workers", "1", "--scripts", "upset",
-             "--exclude-voices-from", str(man), "--encoding", "pcm16"])
+    dc.main(
+        [
+            str(tmp_path / "cli"),
+            "--calls",
+            "1",
+            "--minutes",
+            "0.25",
+            "--workers",
+            "1",
+            "--scripts",
+            "upset",
+            "--exclude-voices-from",
+            str(man),
+            "--encoding",
+            "pcm16",
+        ]
+    )
     out = Path(capsys.readouterr().out.strip())
     calls, segs = pd.read_csv(out), pd.read_csv(out.parent / "segments.csv")
     assert calls.customer_arc.tolist() == ["upset"] and calls.encoding.tolist() == ["pcm16"]
@@ -236,8 +260,15 @@ def test_cue_calls_make_words_matter(archive, tmp_path):
     with contradicting words; the audio of a cue-free call is unchanged and carries no cue line."""
     from pipeline.demo import cues as cues
 
-    m = dc.make_call_archive(tmp_path / "cues", n_calls=6, minutes=MINUTES, seed=SEED, workers=1,
-                             exclude_voices=archive["excluded"], cues=True)
+    m = dc.make_call_archive(
+        tmp_path / "cues",
+        n_calls=6,
+        minutes=MINUTES,
+        seed=SEED,
+        workers=1,
+        exclude_voices=archive["excluded"],
+        cues=True,
+    )
     segs = pd.read_csv(m.parent / "segments.csv")
     emotional = segs[segs.label != "neutral"]
     assert set(emotional.cue) <= set(cues.REALISATIONS) and {"both", "voice", "text"} <= set(emotional.cue)
@@ -254,14 +285,22 @@ def test_cue_calls_make_words_matter(archive, tmp_path):
         elif r.cue == "contradict":
             assert said(r.transcript, cues.CONTRADICTS[r.label]) and not said(r.transcript, r.label), r
     assert (archive["segments"].cue == "none").all()  # the cue-free archive
-    every_cue = {t for f in cues.CUE_LINES.values() for pools in (f["customer"], f["agent"]) for p in pools.values()
-                 for t in p}
+    every_cue = {
+        t for f in cues.CUE_LINES.values() for pools in (f["customer"], f["agent"]) for p in pools.values() for t in p
+    }
     assert not any(line in text for text in archive["segments"].transcript for line in every_cue)
     # the evaluation, training and validation families share no sentence
-    flat = {k: {t for pools in (f["customer"], f["agent"]) for p in pools.values() for t in p} | set(f["distractor"])
-            for k, f in cues.CUE_LINES.items()}
+    flat = {
+        k: {t for pools in (f["customer"], f["agent"]) for p in pools.values() for t in p} | set(f["distractor"])
+        for k, f in cues.CUE_LINES.items()
+    }
     assert set(flat) == {"calls", "training", "validation"}
-    assert not (flat["calls"] & flat["training"] or flat["calls"] & flat["validation"]
-                or flat["training"] & flat["validation"])
-    assert [cues.cue_family(x) for x in ("calls", "service", "training", "generic")] == \
-        ["calls", "validation", "training", "training"]
+    assert not (
+        flat["calls"] & flat["training"] or flat["calls"] & flat["validation"] or flat["training"] & flat["validation"]
+    )
+    assert [cues.cue_family(x) for x in ("calls", "service", "training", "generic")] == [
+        "calls",
+        "validation",
+        "training",
+        "training",
+    ]

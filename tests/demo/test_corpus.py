@@ -1,4 +1,5 @@
 """Synthetic emotional speech corpus and call archive (pipeline.demo.corpus, pipeline.demo.calls)."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,9 @@ from pipeline.demo.calls import make_call_archive
 from pipeline.demo.corpus import MANIFEST_COLUMNS, CorpusConfig, make_emotion_corpus
 from pipeline.demo.voices import LABELS
 
-pytestmark = pytest.mark.skipif(any(shutil.which(t) is None for t in ("espeak-ng", "flite", "sox")),
-                                reason="needs espeak-ng, flite and sox")
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("espeak-ng", "flite", "sox")), reason="needs espeak-ng, flite and sox"
+)
 
 N_SPK, N_SENT = 8, 3
 
@@ -43,6 +45,7 @@ def calls(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # --- small signal helpers, independent of the generator's own -------------------------------------------------
 
+
 def _mono(path: str) -> tuple[np.ndarray, int]:
     a = audio.load(path)
     return a.samples.mean(axis=0), a.sample_rate
@@ -56,12 +59,12 @@ def _frames(x: np.ndarray, rate: int, win_s: float = 0.04, hop_s: float = 0.01) 
 def _active_db(x: np.ndarray, rate: int) -> float:
     e = np.sqrt(np.mean(_frames(x, rate) ** 2, axis=1))
     act = e[e >= e.max() * 10 ** (-30 / 20)]
-    return float(20 * np.log10(np.sqrt(np.mean(act ** 2))))
+    return float(20 * np.log10(np.sqrt(np.mean(act**2))))
 
 
 def _median_f0(x: np.ndarray, rate: int, fmin: float = 60, fmax: float = 450) -> float:
     fr = _frames(x, rate)
-    e = np.sqrt(np.mean(fr ** 2, axis=1))
+    e = np.sqrt(np.mean(fr**2, axis=1))
     fr = fr[e >= 0.1 * e.max()]
     fr = fr - fr.mean(axis=1, keepdims=True)
     spec = np.fft.rfft(fr, 2 * fr.shape[1], axis=1)
@@ -74,6 +77,7 @@ def _median_f0(x: np.ndarray, rate: int, fmin: float = 60, fmax: float = 450) ->
 
 
 # --- corpus -------------------------------------------------------------------------------------------------------
+
 
 def test_manifest_contents(easy, tmp_path):
     assert list(easy.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS
@@ -118,8 +122,7 @@ def test_deterministic(easy, tmp_path):
     assert rel(easy, root_a).tolist() == rel(again, root_b.resolve()).tolist()
     for a, b in zip(easy.path, again.path):
         assert Path(a).read_bytes() == Path(b).read_bytes()
-    other = pd.read_csv(make_emotion_corpus(tmp_path / "other", _cfg(mode="easy", n_speakers=3, n_sentences=1,
-                                                                     seed=1)))
+    other = pd.read_csv(make_emotion_corpus(tmp_path / "other", _cfg(mode="easy", n_speakers=3, n_sentences=1, seed=1)))
     assert set(other.voice) != set(easy.voice[easy.speaker.isin(other.speaker)])
 
 
@@ -178,8 +181,11 @@ def test_telephone_and_other_formats(tmp_path):
 
 def test_espeak_variants_change_the_voice(tmp_path):
     def f0(voice):
-        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", "The next bus comes in ten minutes."],
-                             check=True, capture_output=True).stdout
+        wav = subprocess.run(
+            ["espeak-ng", "-v", voice, "--stdout", "The next bus comes in ten minutes."],
+            check=True,
+            capture_output=True,
+        ).stdout
         a = audio.decode(wav)
         return _median_f0(a.samples[0], a.sample_rate), wav
 
@@ -195,11 +201,21 @@ def test_espeak_variants_change_the_voice(tmp_path):
 
 # --- call archive -------------------------------------------------------------------------------------------------
 
+
 def test_call_archive(calls):
     manifest, segs = calls
     assert len(manifest) == 3 and (manifest.channels == "agent,customer").all()
-    assert list(segs.columns[:9]) == ["recording_id", "path", "channel", "channel_name", "segment", "start_s",
-                                      "end_s", "label", "transcript"]
+    assert list(segs.columns[:9]) == [
+        "recording_id",
+        "path",
+        "channel",
+        "channel_name",
+        "segment",
+        "start_s",
+        "end_s",
+        "label",
+        "transcript",
+    ]
     assert set(segs.label) == set(LABELS)
     assert (segs.channel_name == segs.channel.map({0: "agent", 1: "customer"})).all()
     assert segs.transcript.str.len().gt(0).all()
@@ -219,7 +235,7 @@ def test_call_archive(calls):
             assert (gc.start_s.to_numpy()[1:] >= gc.end_s.to_numpy()[:-1]).all()  # no overlap per channel
             mask = np.zeros(a.num_frames, bool)
             for s, e in zip(gc.start_s, gc.end_s):
-                mask[int(s * 8000): int(e * 8000)] = True
+                mask[int(s * 8000) : int(e * 8000)] = True
             x = a.samples[c]
             inside = np.sqrt(np.mean(x[mask] ** 2))
             outside = np.sqrt(np.mean(x[~mask] ** 2))
@@ -237,5 +253,6 @@ def test_call_archive_deterministic(calls, tmp_path):
     m2 = make_call_archive(tmp_path / "c2", n_calls=1, minutes=0.75, seed=0)
     assert Path(pd.read_csv(m2).path[0]).read_bytes() == Path(manifest.path[0]).read_bytes()
     s2 = pd.read_csv(m2.parent / "segments.csv")
-    pd.testing.assert_frame_equal(s2.drop(columns="path"),
-                                  segs[segs.recording_id == "call_000"].drop(columns="path").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        s2.drop(columns="path"), segs[segs.recording_id == "call_000"].drop(columns="path").reset_index(drop=True)
+    )

@@ -1,4 +1,6 @@
-"""pipeline/evaluation/archive.py and jobs/evaluate_archive.py on hand-written label outputs and truth tables (no Ray)."""
+"""pipeline/evaluation/archive.py and jobs/evaluate_archive.py on hand-written label outputs and truth tables
+(no Ray)."""
+
 import json
 import os
 
@@ -17,15 +19,41 @@ NAMES = ("agent", "customer")
 def seg(rid: str, ch: int, start: float, end: float, label: str | None, i: int = 0) -> dict:
     """One output row as the sink writes it (ch -1 = the mix)."""
     probs = [(lab, 0.7 if lab == label else 0.1) for lab in LABELS]
-    return dict(recording_id=rid, path=f"/a/{rid}.wav", channel=NAMES[ch] if ch >= 0 else "mix", channel_index=ch,
-                segment_index=i, start_s=start, end_s=end, label=label, confidence=0.7, probabilities=probs,
-                transcript=None, recording_duration_s=60.0, model_id="m", error=None)
+    return dict(
+        recording_id=rid,
+        path=f"/a/{rid}.wav",
+        channel=NAMES[ch] if ch >= 0 else "mix",
+        channel_index=ch,
+        segment_index=i,
+        start_s=start,
+        end_s=end,
+        label=label,
+        confidence=0.7,
+        probabilities=probs,
+        transcript=None,
+        recording_duration_s=60.0,
+        model_id="m",
+        error=None,
+    )
 
 
 def error_row(rid: str) -> dict:
-    return dict(recording_id=rid, path=f"/a/{rid}.wav", channel=None, channel_index=None, segment_index=None,
-                start_s=None, end_s=None, label=None, confidence=None, probabilities=None, transcript=None,
-                recording_duration_s=None, model_id="m", error="no speech detected")
+    return dict(
+        recording_id=rid,
+        path=f"/a/{rid}.wav",
+        channel=None,
+        channel_index=None,
+        segment_index=None,
+        start_s=None,
+        end_s=None,
+        label=None,
+        confidence=None,
+        probabilities=None,
+        transcript=None,
+        recording_duration_s=None,
+        model_id="m",
+        error="no speech detected",
+    )
 
 
 def write_labels(root, *parts: list[dict]) -> str:
@@ -42,16 +70,28 @@ def turn(rid: str, ch: int, start: float, end: float, label: str) -> dict:
 
 
 # the "known mix": agent turns all neutral, customer angry/sad; every turn 1 s, predicted exactly on its turn
-MIX_TRUTH = [("r1", 0, 0, "neutral", "neutral"), ("r1", 0, 2, "neutral", "neutral"), ("r1", 0, 4, "neutral", "neutral"),
-             ("r1", 0, 6, "neutral", "happy"), ("r1", 1, 1, "angry", "angry"), ("r1", 1, 3, "angry", "neutral"),
-             ("r1", 1, 5, "sad", "sad"), ("r1", 1, 7, "sad", "neutral")]
+MIX_TRUTH = [
+    ("r1", 0, 0, "neutral", "neutral"),
+    ("r1", 0, 2, "neutral", "neutral"),
+    ("r1", 0, 4, "neutral", "neutral"),
+    ("r1", 0, 6, "neutral", "happy"),
+    ("r1", 1, 1, "angry", "angry"),
+    ("r1", 1, 3, "angry", "neutral"),
+    ("r1", 1, 5, "sad", "sad"),
+    ("r1", 1, 7, "sad", "neutral"),
+]
 
 
 def test_perfect_predictions(tmp_path):
-    truth = [turn("r1", 0, 0.0, 2.0, "neutral"), turn("r1", 1, 2.5, 4.0, "angry"), turn("r1", 1, 5.0, 6.0, "sad"),
-             turn("r1", 0, 6.5, 7.25, "happy")]
-    labels = write_labels(tmp_path, [seg(t["recording_id"], t["channel"], t["start_s"], t["end_s"], t["label"])
-                                     for t in truth])
+    truth = [
+        turn("r1", 0, 0.0, 2.0, "neutral"),
+        turn("r1", 1, 2.5, 4.0, "angry"),
+        turn("r1", 1, 5.0, 6.0, "sad"),
+        turn("r1", 0, 6.5, 7.25, "happy"),
+    ]
+    labels = write_labels(
+        tmp_path, [seg(t["recording_id"], t["channel"], t["start_s"], t["end_s"], t["label"]) for t in truth]
+    )
     rep = evaluate_archive(labels, pd.DataFrame(truth))
     assert rep["labels"] == LABELS  # from the probabilities' keys, not sorted
     assert rep["segment"]["ua"] == 1.0 and rep["segment"]["accuracy"] == 1.0 and rep["coverage"] == 1.0
@@ -82,19 +122,24 @@ def test_known_mix_majority_channels_calm(tmp_path):
     # dominant: agent neutral == neutral; customer angry (tie with sad, label order) != neutral (2 s predicted)
     assert rep["channel_dominant_accuracy"] == 0.5
     text = format_archive_report(rep)
-    assert text.splitlines()[0] == ("segment UA 0.583, accuracy 0.625, macro-F1 0.500 (always-majority 'neutral': "
-                                    "accuracy 0.500, UA 0.333) | time-weighted UA 0.583 | coverage 1.000 | "
-                                    "false alarms 0")
+    assert text.splitlines()[0] == (
+        "segment UA 0.583, accuracy 0.625, macro-F1 0.500 (always-majority 'neutral': "
+        "accuracy 0.500, UA 0.333) | time-weighted UA 0.583 | coverage 1.000 | "
+        "false alarms 0"
+    )
     assert "customer" in text and "calm channels" in text
 
 
 def test_false_alarms(tmp_path):
-    labels = write_labels(tmp_path, [
-        seg("r1", 0, 0.0, 1.0, "neutral"),   # truth [0.6, 1.0]: 0.4 s of 1 s -> false alarm at 0.5, scored at 0.3
-        seg("r1", 0, 2.0, 4.0, "angry"),     # truth [3, 5]: exactly half -> scored
-        seg("r1", 0, 10.0, 11.0, "sad"),     # silence
-        seg("r1", 1, 3.0, 4.0, "happy"),     # a channel without truth turns
-    ])
+    labels = write_labels(
+        tmp_path,
+        [
+            seg("r1", 0, 0.0, 1.0, "neutral"),  # truth [0.6, 1.0]: 0.4 s of 1 s -> false alarm at 0.5, scored at 0.3
+            seg("r1", 0, 2.0, 4.0, "angry"),  # truth [3, 5]: exactly half -> scored
+            seg("r1", 0, 10.0, 11.0, "sad"),  # silence
+            seg("r1", 1, 3.0, 4.0, "happy"),  # a channel without truth turns
+        ],
+    )
     truth = pd.DataFrame([turn("r1", 0, 0.6, 1.0, "neutral"), turn("r1", 0, 3.0, 5.0, "angry")])
     rep = evaluate_archive(labels, truth)
     assert (rep["n_pred_segments"], rep["n_scored"], rep["n_false_alarms"]) == (4, 1, 3)
@@ -132,10 +177,13 @@ def test_error_unmatched_missing_recordings(tmp_path):
     good = [seg("r1", 0, 0.0, 1.0, "neutral"), seg("rx", 0, 0.0, 1.0, "sad")]
     labels = write_labels(tmp_path, good, [error_row("r_err")])
     # a temporary file of an unfinished write is not a part file
-    pq.write_table(pa.Table.from_pylist([seg("r1", 0, 5.0, 6.0, "sad")], schema=SEGMENT_SCHEMA),
-                   os.path.join(labels, "segments", ".tmp-x-part-9.parquet"))
-    truth = pd.DataFrame([turn("r1", 0, 0.0, 1.0, "neutral"), turn("r_err", 0, 0.0, 5.0, "angry"),
-                          turn("r_missing", 1, 0.0, 5.0, "sad")])
+    pq.write_table(
+        pa.Table.from_pylist([seg("r1", 0, 5.0, 6.0, "sad")], schema=SEGMENT_SCHEMA),
+        os.path.join(labels, "segments", ".tmp-x-part-9.parquet"),
+    )
+    truth = pd.DataFrame(
+        [turn("r1", 0, 0.0, 1.0, "neutral"), turn("r_err", 0, 0.0, 5.0, "angry"), turn("r_missing", 1, 0.0, 5.0, "sad")]
+    )
     rep = evaluate_archive(labels, truth)
     assert (rep["n_pred_segments"], rep["n_scored"], rep["n_false_alarms"]) == (2, 1, 0)
     assert (rep["n_error_recordings"], rep["n_unmatched_recordings"]) == (1, 1)
@@ -145,8 +193,9 @@ def test_error_unmatched_missing_recordings(tmp_path):
 
 def test_uncovered_turn_lowers_coverage(tmp_path):
     labels = write_labels(tmp_path, [seg("r1", 0, 0.0, 2.0, "neutral"), seg("r1", 0, 5.0, 6.0, "sad")])
-    truth = pd.DataFrame([turn("r1", 0, 0.0, 2.0, "neutral"), turn("r1", 0, 3.0, 4.0, "angry"),
-                          turn("r1", 0, 5.0, 9.0, "sad")])
+    truth = pd.DataFrame(
+        [turn("r1", 0, 0.0, 2.0, "neutral"), turn("r1", 0, 3.0, 4.0, "angry"), turn("r1", 0, 5.0, 9.0, "sad")]
+    )
     rep = evaluate_archive(labels, truth)
     assert rep["coverage"] == pytest.approx(3 / 7)
     assert rep["coverage_per_class"] == pytest.approx({"neutral": 1.0, "happy": None, "angry": 0.0, "sad": 0.25})
@@ -155,10 +204,23 @@ def test_uncovered_turn_lowers_coverage(tmp_path):
 
 
 def test_time_weighted_differs_from_segment(tmp_path):
-    labels = write_labels(tmp_path, [seg("r1", 1, 0.0, 8.0, "neutral"), seg("r1", 1, 8.0, 10.0, "angry"),
-                                     seg("r1", 1, 10.0, 14.0, "neutral"), seg("r1", 1, 14.0, 15.0, "angry")])
-    truth = pd.DataFrame([turn("r1", 1, 0.0, 8.0, "neutral"), turn("r1", 1, 8.0, 10.0, "angry"),
-                          turn("r1", 1, 10.0, 14.0, "angry"), turn("r1", 1, 14.0, 15.0, "angry")])
+    labels = write_labels(
+        tmp_path,
+        [
+            seg("r1", 1, 0.0, 8.0, "neutral"),
+            seg("r1", 1, 8.0, 10.0, "angry"),
+            seg("r1", 1, 10.0, 14.0, "neutral"),
+            seg("r1", 1, 14.0, 15.0, "angry"),
+        ],
+    )
+    truth = pd.DataFrame(
+        [
+            turn("r1", 1, 0.0, 8.0, "neutral"),
+            turn("r1", 1, 8.0, 10.0, "angry"),
+            turn("r1", 1, 10.0, 14.0, "angry"),
+            turn("r1", 1, 14.0, 15.0, "angry"),
+        ]
+    )
     rep = evaluate_archive(labels, truth)
     assert rep["segment"]["ua"] == pytest.approx((1 + 2 / 3) / 2) and rep["segment"]["accuracy"] == 0.75
     tw = rep["time_weighted"]
@@ -182,10 +244,12 @@ def test_cli_writes_json_png_parquet(tmp_path, capsys):
     pd.DataFrame([turn(r, c, s, s + 1, t) for r, c, s, t, _ in MIX_TRUTH]).to_csv(tmp_path / "t.csv", index=False)
     rep = main([labels, str(tmp_path / "t.csv"), "--name", "demo eval"])
     out = os.path.join(labels, "eval")
-    assert rep["files"] == {"json": os.path.join(out, "demo_eval.json"),
-                            "png": os.path.join(out, "demo_eval_confusion.png"),
-                            "segments": os.path.join(out, "demo_eval_segments.parquet"),
-                            "timelines": [os.path.join(out, "timelines", "r1.png")]}  # r2 failed: not evaluated
+    assert rep["files"] == {
+        "json": os.path.join(out, "demo_eval.json"),
+        "png": os.path.join(out, "demo_eval_confusion.png"),
+        "segments": os.path.join(out, "demo_eval_segments.parquet"),
+        "timelines": [os.path.join(out, "timelines", "r1.png")],
+    }  # r2 failed: not evaluated
     files = [rep["files"][k] for k in ("json", "png", "segments")] + rep["files"]["timelines"]
     assert all(os.path.getsize(p) > 0 for p in files)
     saved = json.load(open(rep["files"]["json"]))
@@ -198,7 +262,9 @@ def test_cli_writes_json_png_parquet(tmp_path, capsys):
     assert df["true_label"].tolist()[:8] == [x[3] for x in MIX_TRUTH] and df["overlap_s"].iloc[8] == 0.0
     assert t.column("true_label")[8].as_py() is None and t.column("scored").to_pylist() == [True] * 8 + [False]
     assert capsys.readouterr().out.startswith("segment UA 0.583, accuracy 0.625")
-    assert main([labels, str(tmp_path / "t.csv"), "--out", str(tmp_path / "e0"), "--timelines", "0"])["files"][
-        "timelines"] == []
+    assert (
+        main([labels, str(tmp_path / "t.csv"), "--out", str(tmp_path / "e0"), "--timelines", "0"])["files"]["timelines"]
+        == []
+    )
     with pytest.raises(SystemExit):
         main([labels, str(tmp_path / "t.csv"), "--timelines", "-1"])

@@ -1,4 +1,5 @@
 """jobs/evaluate.py on a hand-written feature cache and an (untrained) bundle: no Ray, a few seconds."""
+
 import json
 import os
 
@@ -34,21 +35,58 @@ def cache(tmp_path_factory):
     for spk in ("s1", "s2", "s3"):
         for i in range(8):
             t = int(rng.integers(20, 60))
-            data, (l, tt, d) = F.encode_frames(rng.normal(size=(5, t, 384)).astype(np.float32))
-            rows.append(dict(utt_id=f"{spk}_{i}", path=f"/a/{spk}_{i}.wav", label=LABELS[i % 4], transcript=None,
-                             speaker=spk, split="test" if spk != "s1" else "train", error=None,
-                             num_samples=t * 320, duration_s=t / 50, n_layers=l, n_frames=tt, dim=d, frames=data))
-    rows.append(dict(utt_id="broken", path="/a/broken.wav", label="sad", transcript=None, speaker="s2",
-                     split="test", error="decode: bad", num_samples=None, duration_s=None, n_layers=None,
-                     n_frames=None, dim=None, frames=None))
+            data, (n_layers, tt, d) = F.encode_frames(rng.normal(size=(5, t, 384)).astype(np.float32))
+            rows.append(
+                dict(
+                    utt_id=f"{spk}_{i}",
+                    path=f"/a/{spk}_{i}.wav",
+                    label=LABELS[i % 4],
+                    transcript=None,
+                    speaker=spk,
+                    split="test" if spk != "s1" else "train",
+                    error=None,
+                    num_samples=t * 320,
+                    duration_s=t / 50,
+                    n_layers=n_layers,
+                    n_frames=tt,
+                    dim=d,
+                    frames=data,
+                )
+            )
+    rows.append(
+        dict(
+            utt_id="broken",
+            path="/a/broken.wav",
+            label="sad",
+            transcript=None,
+            speaker="s2",
+            split="test",
+            error="decode: bad",
+            num_samples=None,
+            duration_s=None,
+            n_layers=None,
+            n_frames=None,
+            dim=None,
+            frames=None,
+        )
+    )
     (root / "shards").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=F.feature_schema()), root / "shards" / "part0.parquet")
-    (root / "meta.json").write_text(json.dumps({"format": F.FORMAT, "dtype": "float16", "n_layers": 5, "dim": 384,
-                                                "encoder": {"layer": "weighted", "weighted_layers": None,
-                                                            "whisper_real_length": True}}))
+    (root / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": F.FORMAT,
+                "dtype": "float16",
+                "n_layers": 5,
+                "dim": 384,
+                "encoder": {"layer": "weighted", "weighted_layers": None, "whisper_real_length": True},
+            }
+        )
+    )
     return str(root)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_plot_predictions(bundle, cache, tmp_path):
     from pipeline.evaluation.clips import evaluate
 

@@ -5,6 +5,7 @@ into fewer angry labels; training-time and labeling-time features of the same tu
 
 The thresholds are real: an untrained, a label-shuffled or a normalise-everything-away model fails them.
 """
+
 import json
 import os
 
@@ -15,41 +16,76 @@ import pytest
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
 
-OVERRIDES = ["train.stage1.epochs=12", "train.stage1.batch_size=16", "train.stage2.epochs=4",
-             "train.stage2.batch_size=16"]
+OVERRIDES = [
+    "train.stage1.epochs=12",
+    "train.stage1.batch_size=16",
+    "train.stage2.epochs=4",
+    "train.stage2.batch_size=16",
+]
 
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
     """Labelled training and validation calls and a scripted evaluation archive, with disjoint voices."""
-    from pipeline.recipes import call_archive_manifest, write_manifest
     from pipeline.demo.calls import SCRIPT_ORDER, archive_voices, make_call_archive
+    from pipeline.recipes import call_archive_manifest, write_manifest
 
     root = tmp_path_factory.mktemp("quality")
-    train = make_call_archive(root / "train", n_calls=24, minutes=1.5, seed=31, scripts="mixed", lines="training",
-                              n_customers=10, id_prefix="train", workers=2)
-    val = make_call_archive(root / "val", n_calls=4, minutes=1.0, seed=32, scripts="mixed", lines="training",
-                            id_prefix="val", exclude_voices=archive_voices(train), workers=2)
+    train = make_call_archive(
+        root / "train",
+        n_calls=24,
+        minutes=1.5,
+        seed=31,
+        scripts="mixed",
+        lines="training",
+        n_customers=10,
+        id_prefix="train",
+        workers=2,
+    )
+    val = make_call_archive(
+        root / "val",
+        n_calls=4,
+        minutes=1.0,
+        seed=32,
+        scripts="mixed",
+        lines="training",
+        id_prefix="val",
+        exclude_voices=archive_voices(train),
+        workers=2,
+    )
     seen = archive_voices(train) | archive_voices(val)
-    archive = make_call_archive(root / "eval", n_calls=2 * len(SCRIPT_ORDER), minutes=1.0, seed=33,
-                                exclude_voices=seen, workers=2)
-    manifest = write_manifest(pd.concat([call_archive_manifest(train.parent / "segments.csv", "train"),
-                                         call_archive_manifest(val.parent / "segments.csv", "val")]),
-                              root / "manifest.csv", add_recording_id=False)
+    archive = make_call_archive(
+        root / "eval", n_calls=2 * len(SCRIPT_ORDER), minutes=1.0, seed=33, exclude_voices=seen, workers=2
+    )
+    manifest = write_manifest(
+        pd.concat(
+            [
+                call_archive_manifest(train.parent / "segments.csv", "train"),
+                call_archive_manifest(val.parent / "segments.csv", "val"),
+            ]
+        ),
+        root / "manifest.csv",
+        add_recording_id=False,
+    )
     return {"root": root, "manifest": manifest, "archive": archive, "truth": archive.parent / "segments.csv"}
 
 
 @pytest.fixture(scope="module")
 def trained(ray_session, archives):
     from emoq_model.config import demo_config_path, load_config
-    from pipeline.training.extract import extract_features
     from pipeline.training import TrainSettings, run_training
+    from pipeline.training.extract import extract_features
 
     cfg = load_config(demo_config_path(), OVERRIDES)
     features = archives["root"] / "features"
     meta = extract_features(str(archives["manifest"]), str(features), cfg, batch_size=16)
-    s = TrainSettings(features=str(features), storage_path=str(archives["root"] / "ray"), name="quality",
-                      bundle_out=str(archives["root"] / "bundle"), num_workers=2)
+    s = TrainSettings(
+        features=str(features),
+        storage_path=str(archives["root"] / "ray"),
+        name="quality",
+        bundle_out=str(archives["root"] / "bundle"),
+        num_workers=2,
+    )
     return {"summary": run_training(cfg, s), "features": features, "meta": meta, "cfg": cfg}
 
 
@@ -59,8 +95,19 @@ def labelled(trained, archives):
     from jobs.label_corpus import main as label_corpus
 
     out = archives["root"] / "labels"
-    label_corpus([str(archives["archive"]), "--bundle", trained["summary"]["bundle"], "--output", str(out),
-                  "--encode-cpus", "0.5", "--label-cpus", "0.5"])
+    label_corpus(
+        [
+            str(archives["archive"]),
+            "--bundle",
+            trained["summary"]["bundle"],
+            "--output",
+            str(out),
+            "--encode-cpus",
+            "0.5",
+            "--label-cpus",
+            "0.5",
+        ]
+    )
     return {"out": out, "report": evaluate_archive([str(out), str(archives["truth"])])}
 
 
@@ -86,8 +133,15 @@ def _turns(truth: pd.DataFrame, rid: str, channel: int, rate: int):
 
     t = truth[(truth.recording_id == rid) & (truth.channel == channel)].sort_values("start_s")
     segs = [{"start": r.start_s, "end": r.end_s, "channel": channel} for r in t.itertuples()]
-    row = prepare_recording({"recording_id": rid, "path": t.path.iloc[0], "channel_names": "agent,customer",
-                             "given_segments": json.dumps(segs)}, PrepareConfig(sample_rate=rate))
+    row = prepare_recording(
+        {
+            "recording_id": rid,
+            "path": t.path.iloc[0],
+            "channel_names": "agent,customer",
+            "given_segments": json.dumps(segs),
+        },
+        PrepareConfig(sample_rate=rate),
+    )
     assert row["error"] is None, row["error"]
     return [np.array(w) for w in split_segments(row)], t.label.tolist()
 
@@ -104,9 +158,12 @@ def _predict(model, norm, waves, groups):
     return [model.label_names[i] for i in probs.argmax(-1).tolist()]
 
 
-@pytest.mark.xfail(strict=False, reason="not yet robust: holds for the demo-size model (a customer angry all call: "
-                   "53 % angry, 9 % neutral) and in 2 of 3 runs of this small one; in the third the 8 angry turns "
-                   "alone were all called neutral (3 of 8 angry when mixed)")
+@pytest.mark.xfail(
+    strict=False,
+    reason="not yet robust: holds for the demo-size model (a customer angry all call: "
+    "53 % angry, 9 % neutral) and in 2 of 3 runs of this small one; in the third the 8 angry turns "
+    "alone were all called neutral (3 of 8 angry when mixed)",
+)
 def test_an_all_angry_channel_stays_angry(trained, archives):
     """The failure of plain per-channel normalisation: a channel that is angry all call has an angry average, so
     subtracting it makes every turn look neutral. Labelled alone (all angry) its turns must be called angry at
@@ -151,8 +208,7 @@ def test_training_and_labeling_normalise_the_same_audio_the_same(trained, archiv
     groups = F.norm_groups(cache, rows, "channels")
     stats = F.group_stats(cache, groups)
     norm = F.FeatureNorm.load(bundle)
-    train_items = norm.apply([dict(it, speaker=groups[it["utt_id"]]) for it in cache.load(utt_ids=rows.utt_id)],
-                             stats)
+    train_items = norm.apply([dict(it, speaker=groups[it["utt_id"]]) for it in cache.load(utt_ids=rows.utt_id)], stats)
     # labeling side: the same turns cut from the call, encoded and normalised by the label stage
     truth = pd.concat([pd.read_csv(archives["root"] / d / "segments.csv") for d in ("train", "val")])
     rec, ch_name = rid.split("/")

@@ -1,4 +1,5 @@
 """pipeline/evaluation/timeline.py on hand-made segments and a hand-written labeling output (no Ray)."""
+
 import os
 
 import numpy as np
@@ -19,21 +20,56 @@ NAMES = ("agent", "customer")
 
 def seg(rid: str, ch: int, start: float, end: float, label: str, conf: float = 0.9, i: int = 0) -> dict:
     probs = [(lab, conf if lab == label else (1 - conf) / 3) for lab in LABELS]
-    return dict(recording_id=rid, path=f"/a/{rid}.wav", channel=NAMES[ch], channel_index=ch, segment_index=i,
-                start_s=start, end_s=end, label=label, confidence=conf, probabilities=probs, label_mass=0.9,
-                transcript=None, recording_duration_s=12.0, model_id="m", error=None)
+    return dict(
+        recording_id=rid,
+        path=f"/a/{rid}.wav",
+        channel=NAMES[ch],
+        channel_index=ch,
+        segment_index=i,
+        start_s=start,
+        end_s=end,
+        label=label,
+        confidence=conf,
+        probabilities=probs,
+        label_mass=0.9,
+        transcript=None,
+        recording_duration_s=12.0,
+        model_id="m",
+        error=None,
+    )
 
 
 def error_row(rid: str) -> dict:
-    return dict(recording_id=rid, path=f"/a/{rid}.wav", channel=None, channel_index=None, segment_index=None,
-                start_s=None, end_s=None, label=None, confidence=None, probabilities=None, label_mass=None,
-                transcript=None, recording_duration_s=None, model_id="m", error="file not found")
+    return dict(
+        recording_id=rid,
+        path=f"/a/{rid}.wav",
+        channel=None,
+        channel_index=None,
+        segment_index=None,
+        start_s=None,
+        end_s=None,
+        label=None,
+        confidence=None,
+        probabilities=None,
+        label_mass=None,
+        transcript=None,
+        recording_duration_s=None,
+        model_id="m",
+        error="file not found",
+    )
 
 
-CALL = [seg("c1", 0, 0.5, 3.0, "neutral", 0.95), seg("c1", 1, 3.5, 6.0, "angry", 1.0, 1),
-        seg("c1", 1, 7.0, 9.5, "angry", 0.3, 2)]
-TRUTH = pd.DataFrame([dict(recording_id="c1", channel=0, channel_name="agent", start_s=0.4, end_s=3.1, label="neutral"),
-                      dict(recording_id="c1", channel=1, channel_name="customer", start_s=3.4, end_s=9.6, label="sad")])
+CALL = [
+    seg("c1", 0, 0.5, 3.0, "neutral", 0.95),
+    seg("c1", 1, 3.5, 6.0, "angry", 1.0, 1),
+    seg("c1", 1, 7.0, 9.5, "angry", 0.3, 2),
+]
+TRUTH = pd.DataFrame(
+    [
+        dict(recording_id="c1", channel=0, channel_name="agent", start_s=0.4, end_s=3.1, label="neutral"),
+        dict(recording_id="c1", channel=1, channel_name="customer", start_s=3.4, end_s=9.6, label="sad"),
+    ]
+)
 
 
 def near(img: np.ndarray, hex_colour: str, alpha: float, tol: float = 0.03) -> np.ndarray:
@@ -94,8 +130,11 @@ def labeling_output(root) -> str:
     out = str(root / "out")
     ok = CALL + [seg("a/b", 0, 0.0, 2.0, "happy"), seg("z9", 1, 1.0, 2.0, "sad")]
     for rows in (ok, [error_row("b0")]):
-        write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out),
-                     name=part_name({r["recording_id"] for r in rows}))
+        write_atomic(
+            pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA),
+            segments_dir(out),
+            name=part_name({r["recording_id"] for r in rows}),
+        )
     return out
 
 

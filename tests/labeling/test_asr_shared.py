@@ -1,6 +1,7 @@
 """Shared-encoder ASR on real speech (the Debian asterisk prompts): Whisper's decoder on the emotion encoder's
 real-length states gives the separate ASR stage's transcripts, and a label run with a text bundle writes the
 transcript its Former read."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,8 @@ from emoq_model.assets.speech_samples import asterisk_sounds_dir, asterisk_trans
 from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
 from emoq_model.config import EncoderConfig
 from emoq_model.encoder import SpeechEncoder
-from pipeline.labeling.asr import Transcribe, WhisperDecoder, same_checkpoint
 from pipeline.audio import load_mono
+from pipeline.labeling.asr import Transcribe, WhisperDecoder, same_checkpoint
 
 N_PROMPTS = 16
 
@@ -70,9 +71,16 @@ def text_bundle(tmp_path_factory):
     from emoq_model.model import EmoQModel
     from emoq_model.testing import tiny_config
 
-    cfg = tiny_config([f"encoder.path={build_whisper_tiny_en()}", "encoder.layer=weighted", "encoder.whisper_tail_s=0.5",
-                       "former.text_fusion=concat", f"former.text_encoder={build_minilm()}",
-                       "prompt.include_transcript=false"])
+    cfg = tiny_config(
+        [
+            f"encoder.path={build_whisper_tiny_en()}",
+            "encoder.layer=weighted",
+            "encoder.whisper_tail_s=0.5",
+            "former.text_fusion=concat",
+            f"former.text_encoder={build_minilm()}",
+            "prompt.include_transcript=false",
+        ]
+    )
     return str(save_bundle(EmoQModel(cfg), tmp_path_factory.mktemp("tb") / "bundle"))
 
 
@@ -84,11 +92,19 @@ def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text
     names, _, refs = prompts
     root = asterisk_sounds_dir()
     man = tmp_path / "m.csv"
-    pd.DataFrame({"recording_id": names[:4], "path": [str(root / f"{n}.wav") for n in names[:4]]}).to_csv(man, index=False)
-    cfg = LabelJobConfig(inputs=[str(man)], output=str(tmp_path / "out"), bundle=text_bundle, batch_recordings=2,
-                         asr_model=str(build_whisper_tiny_en()), encode=StageResources(1, 0.5),
-                         label=StageResources(1, 0.5),
-                         engine={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64})
+    pd.DataFrame({"recording_id": names[:4], "path": [str(root / f"{n}.wav") for n in names[:4]]}).to_csv(
+        man, index=False
+    )
+    cfg = LabelJobConfig(
+        inputs=[str(man)],
+        output=str(tmp_path / "out"),
+        bundle=text_bundle,
+        batch_recordings=2,
+        asr_model=str(build_whisper_tiny_en()),
+        encode=StageResources(1, 0.5),
+        label=StageResources(1, 0.5),
+        engine={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64},
+    )
     rep = run(cfg, log=lambda *a: None)
     assert rep["labeled"] == 4 and rep["asr"] == "shared"
     df = pq.read_table(segments_dir(str(tmp_path / "out"))).to_pandas()
@@ -101,8 +117,9 @@ def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text
 def test_extraction_wer_against_the_manifest():
     from pipeline.training.extract import asr_wer
 
-    manifest = pd.DataFrame({"utt_id": ["a", "b", "c", "d"],
-                             "transcript": ["Thank you, so much!", "I am fed up", None, "two words"]})
+    manifest = pd.DataFrame(
+        {"utt_id": ["a", "b", "c", "d"], "transcript": ["Thank you, so much!", "I am fed up", None, "two words"]}
+    )
     index = pd.DataFrame({"utt_id": ["a", "b", "c", "d"], "transcript": ["thank you so much", "i am fed", "x", None]})
     # a: 0 errors / 4 words, b: 1 deletion / 4, c: no reference (skipped), d: nothing heard = 2 errors / 2
     assert asr_wer(manifest, index) == round(3 / 10, 4)

@@ -1,14 +1,45 @@
 """The label job's command line maps onto LabelJobConfig (what `ray job submit -- python jobs/label_corpus.py` runs)."""
+
 from jobs.label_corpus import config_from_args, parse_args
 
 
 def test_flags_reach_the_job_config():
-    cfg = config_from_args(parse_args([
-        "calls/", "more.csv", "--bundle", "b", "--output", "o", "--batch-recordings", "16",
-        "--encode-actors", "2", "--encode-gpus", "0.5", "--label-cpus", "2", "--label-gpus", "1",
-        "--label-resources", '{"label_node": 1}', "--fuse-model-stages", "--batch-overhead-s", "2.5",
-        "--max-held-seconds", "120", "--merged", "--engine", "max_num_seqs=64", "tensor_parallel_size=2",
-        "--max-attempts", "5", "--retry-failed"]))
+    cfg = config_from_args(
+        parse_args(
+            [
+                "calls/",
+                "more.csv",
+                "--bundle",
+                "b",
+                "--output",
+                "o",
+                "--batch-recordings",
+                "16",
+                "--encode-actors",
+                "2",
+                "--encode-gpus",
+                "0.5",
+                "--label-cpus",
+                "2",
+                "--label-gpus",
+                "1",
+                "--label-resources",
+                '{"label_node": 1}',
+                "--fuse-model-stages",
+                "--batch-overhead-s",
+                "2.5",
+                "--max-held-seconds",
+                "120",
+                "--merged",
+                "--engine",
+                "max_num_seqs=64",
+                "tensor_parallel_size=2",
+                "--max-attempts",
+                "5",
+                "--retry-failed",
+            ]
+        )
+    )
     assert cfg.inputs == ["calls/", "more.csv"] and cfg.batch_recordings == 16
     assert (cfg.encode.actors, cfg.encode.num_gpus) == (2, 0.5)
     assert (cfg.label.num_cpus, cfg.label.num_gpus, cfg.label.resources) == (2.0, 1.0, {"label_node": 1})

@@ -1,5 +1,6 @@
 """The labeling flow's column contract: plans are checked before anything runs, and the real stages produce
 exactly the columns they declare."""
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,8 +10,11 @@ from pipeline.labeling.columns import PlanError, check_plan
 
 
 def test_every_real_plan_fits_and_ends_in_the_report_rows():
-    for plan in ([C.PREPARE, C.ENCODE, C.LABEL, C.WRITE], [C.PREPARE, C.TRANSCRIBE, C.ENCODE, C.LABEL, C.WRITE],
-                 [C.PREPARE, C.ENCODE_AND_LABEL, C.WRITE]):
+    for plan in (
+        [C.PREPARE, C.ENCODE, C.LABEL, C.WRITE],
+        [C.PREPARE, C.TRANSCRIBE, C.ENCODE, C.LABEL, C.WRITE],
+        [C.PREPARE, C.ENCODE_AND_LABEL, C.WRITE],
+    ):
         assert check_plan(plan) == set(C.WRITTEN)
 
 
@@ -33,11 +37,17 @@ def test_the_stages_carry_their_contract():
     from pipeline.labeling.prepare import prepare_batch
     from pipeline.labeling.sink import write_parts
 
-    assert (prepare_batch.columns, Transcribe.columns, EncodePrompts.columns, LabelWithVLLM.columns,
-            EncodeAndLabel.columns, write_parts.columns) == (C.PREPARE, C.TRANSCRIBE, C.ENCODE, C.LABEL,
-                                                             C.ENCODE_AND_LABEL, C.WRITE)
+    assert (
+        prepare_batch.columns,
+        Transcribe.columns,
+        EncodePrompts.columns,
+        LabelWithVLLM.columns,
+        EncodeAndLabel.columns,
+        write_parts.columns,
+    ) == (C.PREPARE, C.TRANSCRIBE, C.ENCODE, C.LABEL, C.ENCODE_AND_LABEL, C.WRITE)
 
 
+@pytest.mark.slow
 def test_real_prepare_and_encode_add_what_they_declare(tmp_path):
     """prepare_batch on real audio bytes, then EncodePrompts of a tiny bundle: the output columns are exactly the
     contract's (nothing undeclared flows on, nothing declared is missing)."""

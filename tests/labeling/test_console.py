@@ -1,4 +1,5 @@
 """What a person sees: progress lines, the final table, library logs in a file (and the label CLI's console)."""
+
 import io
 import logging
 import os
@@ -26,7 +27,7 @@ class Clock:
 def test_progress_lines_are_throttled_and_carry_counts_and_eta():
     clock, out = Clock(), io.StringIO()
     p = Progress(10, phase="label", stream=out, interactive=False, interval_s=10.0, clock=clock)
-    for i in range(4):  # 4 recordings within 6 s: no line yet
+    for _ in range(4):  # 4 recordings within 6 s: no line yet
         clock.t += 1.5
         p.update(1, segments=5, audio_s=90.0)
     assert out.getvalue() == ""
@@ -48,8 +49,9 @@ def test_progress_lines_are_throttled_and_carry_counts_and_eta():
     p.close()
     p.close()  # once only
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and lines[2] == ("[label] 10/10 recordings · 28 segments · 0.16 h audio · 3 failed · "
-                                            "21 s elapsed · done")
+    assert len(lines) == 3 and lines[2] == (
+        "[label] 10/10 recordings · 28 segments · 0.16 h audio · 3 failed · 21 s elapsed · done"
+    )
 
 
 def test_progress_eta_in_minutes_and_before_the_first_file():
@@ -72,23 +74,51 @@ def test_progress_bar_on_a_terminal():
     assert "[label]" in text and "3/3" in text and "6 segments" in text
 
 
-REPORT = {"recordings_found": 96, "already_done": 10, "labeled": 80, "failed": 6, "segments": 2345,
-          "audio_s": 7200.0, "speech_s": 3600.0, "output": "/out", "model_id": "b@1", "retried_failed": 0,
-          "isolated": 4, "crashed": 1, "asr": None, "duplicate_recordings": 0, "wall_s": 123.4, "audio_hours": 2.0,
-          "audio_s_per_s": 58.35, "segments_dir": "/out/segments", "summary": "/out/summary.parquet",
-          "recordings_in_output": 96}
+REPORT = {
+    "recordings_found": 96,
+    "already_done": 10,
+    "labeled": 80,
+    "failed": 6,
+    "segments": 2345,
+    "audio_s": 7200.0,
+    "speech_s": 3600.0,
+    "output": "/out",
+    "model_id": "b@1",
+    "retried_failed": 0,
+    "isolated": 4,
+    "crashed": 1,
+    "asr": None,
+    "duplicate_recordings": 0,
+    "wall_s": 123.4,
+    "audio_hours": 2.0,
+    "audio_s_per_s": 58.35,
+    "segments_dir": "/out/segments",
+    "summary": "/out/summary.parquet",
+    "recordings_in_output": 96,
+}
 
 
 def test_final_table_has_every_field_aligned():
     text = final_table(REPORT, log_path="/out/logs/label.log")
     lines = text.splitlines()
-    for name, value in [("recordings found", "96"), ("already done", "10"), ("labelled", "80"), ("failed", "6"),
-                        ("segments", "2345"), ("audio", "2.000 h"), ("speech", "1.000 h"), ("wall time", "123.4 s"),
-                        ("speed", "58.4 audio s/s"), ("output", "/out"), ("summary", "/out/summary.parquet"),
-                        ("log file", "/out/logs/label.log"), ("retried one by one", "4"),
-                        ("failed every attempt", "1")]:
+    for name, value in [
+        ("recordings found", "96"),
+        ("already done", "10"),
+        ("labelled", "80"),
+        ("failed", "6"),
+        ("segments", "2345"),
+        ("audio", "2.000 h"),
+        ("speech", "1.000 h"),
+        ("wall time", "123.4 s"),
+        ("speed", "58.4 audio s/s"),
+        ("output", "/out"),
+        ("summary", "/out/summary.parquet"),
+        ("log file", "/out/logs/label.log"),
+        ("retried one by one", "4"),
+        ("failed every attempt", "1"),
+    ]:
         row = next(ln for ln in lines if ln.strip().startswith(name + " "))
-        assert row.split()[-len(value.split()):] == value.split(), row
+        assert row.split()[-len(value.split()) :] == value.split(), row
     starts = {re.match(r"\s+\S+(?: \S+)*\s{2,}", ln).end() for ln in lines[1:]}
     assert len(starts) == 1  # one value column
     assert "retried (failed before)" not in text  # zero counters of rare events are left out
@@ -134,7 +164,7 @@ def test_quiet_logs_send_library_logs_to_the_file(noisy_loggers, tmp_path, capfd
         logging.getLogger("ray.data").info("ray data says hello")
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("a deprecation nobody asked for", DeprecationWarning)
+            warnings.warn("a deprecation nobody asked for", DeprecationWarning, stacklevel=2)
         import ray.data
 
         assert ray.data.DataContext.get_current().enable_progress_bars is False
@@ -202,6 +232,7 @@ def test_follow_train_metrics_prints_new_epochs_only(tmp_path):
 
 # ---------------------------------------------------------------- the label CLI, end to end (real Ray + vLLM)
 
+
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     from emoq_model.bundle import save_bundle
@@ -218,9 +249,23 @@ def tiny_job(tmp_path_factory):
 def label_cli(job: dict, out: Path, *extra: str) -> list[str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, str(REPO / "jobs" / "label_corpus.py"), job["manifest"], "--bundle", job["bundle"],
-           "--output", str(out), "--encode-cpus", "0.5", "--label-cpus", "0.5",
-           "--engine", "max_model_len=512", "max_num_seqs=64", *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "label_corpus.py"),
+        job["manifest"],
+        "--bundle",
+        job["bundle"],
+        "--output",
+        str(out),
+        "--encode-cpus",
+        "0.5",
+        "--label-cpus",
+        "0.5",
+        "--engine",
+        "max_model_len=512",
+        "max_num_seqs=64",
+        *extra,
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return (r.stdout + r.stderr).splitlines()

@@ -1,4 +1,5 @@
 """Encoder batching of the label stage: the cost-model split of length-sorted segments, and its outputs."""
+
 import itertools
 
 import numpy as np
@@ -36,8 +37,7 @@ def test_cost_split_is_optimal_on_small_inputs(seed):
     for cuts in itertools.product([0, 1], repeat=n - 1):
         bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
         bs = [order[a:b] for a, b in zip(bounds, bounds[1:])]
-        if all(len(b) <= max_items and (len(b) == 1 or max(lengths[i] for i in b) * len(b) <= max_samples)
-               for b in bs):
+        if all(len(b) <= max_items and (len(b) == 1 or max(lengths[i] for i in b) * len(b) <= max_samples) for b in bs):
             best = min(best, cost(lengths, bs, overhead))
     assert cost(lengths, got, overhead) == pytest.approx(best)
 
@@ -67,8 +67,12 @@ def test_encode_prompts_same_for_any_batching(tmp_path):
     stage = EncodePrompts(bundle)
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 9) / 16000
-    waves = [(0.2 * np.sin(2 * np.pi * (150 + 40 * k) * t[: int(16000 * s)]) + 0.01 * rng.standard_normal(
-        int(16000 * s))).astype(np.float32) for k, s in enumerate([1.0, 8.5, 1.5, 2.0, 7.0, 1.2])]
+    waves = [
+        (
+            0.2 * np.sin(2 * np.pi * (150 + 40 * k) * t[: int(16000 * s)]) + 0.01 * rng.standard_normal(int(16000 * s))
+        ).astype(np.float32)
+        for k, s in enumerate([1.0, 8.5, 1.5, 2.0, 7.0, 1.2])
+    ]
     groups = ["a", "a", "a", "b", "b", "b"]
     stage.overhead = None
     one_call = stage.encode(waves, [None] * 6, groups)
@@ -92,8 +96,10 @@ def test_encode_prompts_two_pass_equals_held(tmp_path):
     stage = EncodePrompts(bundle, max_batch_segments=2)
     stage.norm = FeatureNorm("speaker", group_key="speaker", min_frames=100)
     rng = np.random.default_rng(1)
-    waves = [(0.1 * rng.standard_normal(int(16000 * s)) * (1 + k % 3)).astype(np.float32)
-             for k, s in enumerate([1.0, 2.5, 1.5, 0.8, 3.0, 1.2, 2.0])]
+    waves = [
+        (0.1 * rng.standard_normal(int(16000 * s)) * (1 + k % 3)).astype(np.float32)
+        for k, s in enumerate([1.0, 2.5, 1.5, 0.8, 3.0, 1.2, 2.0])
+    ]
     groups = ["rec1\x000", "rec1\x001", "rec1\x000", "rec2\x000", "rec1\x001", "rec2\x000", "rec1\x000"]
     stage.max_held_samples = 10**9
     held = stage.encode(waves, [None] * len(waves), groups)
@@ -132,15 +138,15 @@ def test_encode_prompts_parts_of_a_block_same_prompts(tmp_path):
     from emoq_model.config import demo_config_path, load_config
     from emoq_model.features import FeatureNorm
     from emoq_model.model import EmoQModel
+    from pipeline.labeling.encode import EncodePrompts, held_parts
     from pipeline.labeling.prepare import PrepareConfig, prepare_batch
     from pipeline.labeling.sources import discover
-    from pipeline.labeling.encode import EncodePrompts, held_parts
 
     clips = sorted(asterisk_sounds_dir().glob("*.wav"))[:40]
     rows = []
     for r in range(3):  # three recordings of a few prompts each, with pauses between them (VAD segments)
         parts = []
-        for p in clips[r * 6:(r + 1) * 6]:
+        for p in clips[r * 6 : (r + 1) * 6]:
             x, rate = sf.read(p, dtype="float32")
             parts += [x, np.zeros(rate // 2, np.float32)]
         path = tmp_path / f"rec{r}.wav"
@@ -156,8 +162,10 @@ def test_encode_prompts_parts_of_a_block_same_prompts(tmp_path):
     owner = [r for r, o in enumerate(block["seg_offsets"]) for _ in range(len(o) - 1)]
     lengths = [int(n) for o in block["seg_offsets"] for n in np.diff(o)]
     two = sum(n for n, r in zip(lengths, owner) if r < 2) / stage.sample_rate + 0.01  # recordings 0 and 1
-    assert [sorted(set(owner[i] for i in p)) for p in held_parts(owner, lengths, int(two * stage.sample_rate))] \
-        == [[0, 1], [2]]
+    assert [sorted(set(owner[i] for i in p)) for p in held_parts(owner, lengths, int(two * stage.sample_rate))] == [
+        [0, 1],
+        [2],
+    ]
     outs = []
     for held_s in (1e6, two, 0.0):  # all at once; parts of two and one recordings; two passes per recording
         stage.max_held_samples = int(held_s * stage.sample_rate)

@@ -1,4 +1,5 @@
 """End-to-end labeling with real Ray Data and the real vLLM engine (CPU) on real audio files."""
+
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from pipeline.labeling.job import LabelJobConfig, StageResources, run
 from pipeline.labeling.segment import overlap_scores
 from pipeline.labeling.sink import segments_dir
 
-
 pytestmark = pytest.mark.slow  # real Ray + vLLM end to end: `pytest -m 'not slow'` skips it
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -47,8 +48,12 @@ def corpus(tmp_path_factory):
     rows.append({"recording_id": "missing", "path": str(bad / "does-not-exist.wav"), "channels": None})
     man = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(man, index=False)
-    return {"manifest": str(man), "n": len(rows), "calls": calls,
-            "truth": pd.read_csv(root / "archive" / "segments.csv")}
+    return {
+        "manifest": str(man),
+        "n": len(rows),
+        "calls": calls,
+        "truth": pd.read_csv(root / "archive" / "segments.csv"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +67,17 @@ def job(corpus, bundle, out):
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
 
     # the tiny bundle fuses transcripts (tiny_config default): segments get them from the Whisper ASR stage
-    return LabelJobConfig(inputs=[corpus["manifest"]], output=str(out), bundle=bundle, batch_recordings=2,
-                          asr_model=str(build_whisper_tiny_en()), asr=StageResources(1, 0.5),
-                          encode=StageResources(1, 0.5), label=StageResources(1, 0.5),
-                          engine={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64})
+    return LabelJobConfig(
+        inputs=[corpus["manifest"]],
+        output=str(out),
+        bundle=bundle,
+        batch_recordings=2,
+        asr_model=str(build_whisper_tiny_en()),
+        asr=StageResources(1, 0.5),
+        encode=StageResources(1, 0.5),
+        label=StageResources(1, 0.5),
+        engine={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 64},
+    )
 
 
 def read_segments(out) -> pd.DataFrame:
@@ -157,6 +169,7 @@ def test_fused_model_stages_same_output(labelled, corpus, bundle, tmp_path):
     key = ["recording_id", "channel", "segment_index"]
     a = labelled["segments"].sort_values(key).reset_index(drop=True)
     b = read_segments(out).sort_values(key).reset_index(drop=True)
+
     def keys(d):  # None / NaN (error rows) as one value
         return d[key].astype(object).where(d[key].notna(), "").astype(str)
 

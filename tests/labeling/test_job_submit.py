@@ -1,4 +1,5 @@
 """The labeling job through ``ray job submit`` against a ``ray start --head`` cluster (real Ray, real vLLM)."""
+
 import os
 import shutil
 import socket
@@ -34,13 +35,37 @@ def ray_head(tmp_path):
     env = dict(os.environ, RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token")
     log = open(tmp_path / "head.log", "w")
     # every listening port explicit: other Ray instances on the host (tests, users) hold the defaults
-    ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    proc = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
-                             "--disable-usage-stats", f"--temp-dir={ray_tmp}", *ports],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    ]
+    proc = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={ray_tmp}",
+            *ports,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
@@ -81,10 +106,31 @@ def test_label_corpus_via_job_submit(ray_head, tmp_path):
         sf.write(audio / f"rec{i}.flac", np.concatenate([np.zeros(8000, np.float32), voiced]), 16000)
     (audio / "broken.wav").write_bytes(b"RIFF\x00\x00")
     out = tmp_path / "out"
-    cmd = [RAY, "job", "submit", "--address", url, "--working-dir", str(REPO),
-           "--runtime-env-json", '{"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}}', "--",
-           sys.executable, "jobs/label_corpus.py", str(audio), "--bundle", str(bundle), "--output", str(out),
-           "--encode-cpus", "0.5", "--label-cpus", "0.5", "--engine", "max_model_len=512"]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        '{"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}}',
+        "--",
+        sys.executable,
+        "jobs/label_corpus.py",
+        str(audio),
+        "--bundle",
+        str(bundle),
+        "--output",
+        str(out),
+        "--encode-cpus",
+        "0.5",
+        "--label-cpus",
+        "0.5",
+        "--engine",
+        "max_model_len=512",
+    ]
     for _ in range(30):  # the head's job agent comes up a little after its HTTP server
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if "No available agent" not in r.stderr + r.stdout:

@@ -1,4 +1,5 @@
 """Decode, segment and source discovery on real audio bytes (no model involved)."""
+
 import json
 
 import numpy as np
@@ -10,7 +11,14 @@ import soundfile as sf
 from pipeline import audio
 from pipeline.labeling.prepare import PrepareConfig, prepare_recording, split_segments
 from pipeline.labeling.segment import overlap_scores
-from pipeline.labeling.sink import completed_recordings, segment_rows, summarize, write_atomic, SEGMENT_SCHEMA, segments_dir
+from pipeline.labeling.sink import (
+    SEGMENT_SCHEMA,
+    completed_recordings,
+    segment_rows,
+    segments_dir,
+    summarize,
+    write_atomic,
+)
 from pipeline.labeling.sources import ManifestError, discover
 
 SR = 8000
@@ -36,8 +44,15 @@ def call_file(tmp_path):
 
 
 def row_for(path, **kw):
-    return {"recording_id": "r", "path": str(path), "transcript": None, "channel_names": None,
-            "given_segments": None, "error": None, **kw}
+    return {
+        "recording_id": "r",
+        "path": str(path),
+        "transcript": None,
+        "channel_names": None,
+        "given_segments": None,
+        "error": None,
+        **kw,
+    }
 
 
 def test_vad_finds_turns_per_channel(call_file):
@@ -50,7 +65,7 @@ def test_vad_finds_turns_per_channel(call_file):
     assert overlap_scores(ch1, [(3.2, 4.4)])["f1"] > 0.8
     # waveforms are at the encoder rate and match the segment times
     waves = split_segments(out)
-    for (c, s, e), w in zip(segs, waves):
+    for (_, s, e), w in zip(segs, waves):
         assert abs(len(w) / 16000 - (e - s)) < 1e-3
 
 
@@ -65,13 +80,16 @@ def test_given_segments_and_long_split(call_file):
     assert json.loads(out["seg_transcript"]) == ["hi", None, None]
 
 
-@pytest.mark.parametrize("make,expect", [
-    (lambda p: p.write_bytes(b""), "empty file"),
-    (lambda p: p.write_bytes(b"this is not audio at all"), "not a readable audio file"),
-    (lambda p: sf.write(p, np.zeros(SR * 3, np.float32), SR), "no speech detected"),
-    (lambda p: sf.write(p, np.full(SR, np.nan, np.float32), SR, subtype="FLOAT"), "NaN"),
-    (lambda p: sf.write(p, np.zeros((SR, 6), np.float32) + voiced(1)[:, None], SR), "6 channels"),
-])
+@pytest.mark.parametrize(
+    "make,expect",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_bytes(b"this is not audio at all"), "not a readable audio file"),
+        (lambda p: sf.write(p, np.zeros(SR * 3, np.float32), SR), "no speech detected"),
+        (lambda p: sf.write(p, np.full(SR, np.nan, np.float32), SR, subtype="FLOAT"), "NaN"),
+        (lambda p: sf.write(p, np.zeros((SR, 6), np.float32) + voiced(1)[:, None], SR), "6 channels"),
+    ],
+)
 def test_bad_inputs_become_error_rows(tmp_path, make, expect):
     p = tmp_path / "x.wav"
     make(p)
@@ -92,8 +110,10 @@ def test_truncated_and_too_long(tmp_path):
     assert "not found" in prepare_recording(row_for(tmp_path / "gone.wav"), PrepareConfig())["error"]
 
 
-@pytest.mark.parametrize("fmt,subtype", [("FLAC", None), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None),
-                                          ("WAV", "ALAW"), ("WAV", "GSM610")])
+@pytest.mark.parametrize(
+    "fmt,subtype",
+    [("FLAC", None), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None), ("WAV", "ALAW"), ("WAV", "GSM610")],
+)
 def test_formats_decode(tmp_path, fmt, subtype):
     p = tmp_path / f"a.{fmt.lower()}"
     sr = 48000 if subtype == "OPUS" else SR
@@ -109,7 +129,7 @@ def test_discover_manifest_and_folder(tmp_path, call_file):
     recs = discover([str(tmp_path)])
     assert sorted(r.recording_id for r in recs) == ["call", "sub/b"]
     man = tmp_path / "m.csv"
-    man.write_text("path,recording_id,channels\ncall.wav,c1,\"agent,customer\"\n,c2,\ncall.wav,c1,\n")
+    man.write_text('path,recording_id,channels\ncall.wav,c1,"agent,customer"\n,c2,\ncall.wav,c1,\n')
     recs = discover([str(man)])
     assert recs[0].path == str(call_file) and recs[0].channel_names == ["agent", "customer"]
     assert "missing" in recs[1].error
@@ -124,8 +144,9 @@ def test_sink_atomic_resume_and_summary(tmp_path, call_file):
     labels = ["neutral", "angry"]
     rec = prepare_recording(row_for(call_file, channel_names="agent,customer"), PrepareConfig())
     n = len(rec["seg_start_s"])
-    rec.update(labels=["angry"] * (n - 1) + ["neutral"], confidence=np.full(n, 0.9),
-               probabilities=np.tile([0.1, 0.9], (n, 1)))
+    rec.update(
+        labels=["angry"] * (n - 1) + ["neutral"], confidence=np.full(n, 0.9), probabilities=np.tile([0.1, 0.9], (n, 1))
+    )
     bad = prepare_recording(dict(row_for(tmp_path / "nope.wav"), recording_id="bad"), PrepareConfig())
     rows = segment_rows(rec, labels, "m") + segment_rows(bad, labels, "m")
     write_atomic(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), segments_dir(out), b"x")

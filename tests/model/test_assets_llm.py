@@ -1,4 +1,5 @@
 """Offline model assets: the tiny Qwen2 LLM (transformers + a real vLLM CPU engine) and the tiny speech encoders."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from emoq_model.assets.paths import read_spec
 from emoq_model.assets.tiny_encoders import (
     FAMILIES,
     build_tiny_encoder,
@@ -33,7 +35,6 @@ from emoq_model.assets.tiny_llm import (
     label_token_ids,
     labels_are_single_tokens,
 )
-from emoq_model.assets.paths import read_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,8 +63,14 @@ def hf_model(llm_dir):
 
 def test_llm_directory_and_config(llm_dir, tokenizer, hf_model):
     names = {p.name for p in llm_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "emoq_asset.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "emoq_asset.json",
+    } <= names
     assert not [p for p in llm_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
     cfg = hf_model.config
     assert type(hf_model).__name__ == "Qwen2ForCausalLM" and cfg.model_type == "qwen2"
@@ -118,11 +125,15 @@ def test_tokenizer_specials_and_chat_template(tokenizer):
     assert tokenizer.encode("hi") == tokenizer.encode("hi", add_special_tokens=False)  # nothing added
     assert sorted(tokenizer.get_vocab().values()) == list(range(len(tokenizer)))
 
-    msgs = [{"role": "system", "content": "You recognise emotions."},
-            {"role": "user", "content": "How does the speaker feel?"}]
+    msgs = [
+        {"role": "system", "content": "You recognise emotions."},
+        {"role": "user", "content": "How does the speaker feel?"},
+    ]
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    assert text == ("<|im_start|>system\nYou recognise emotions.<|im_end|>\n"
-                    "<|im_start|>user\nHow does the speaker feel?<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou recognise emotions.<|im_end|>\n"
+        "<|im_start|>user\nHow does the speaker feel?<|im_end|>\n<|im_start|>assistant\n"
+    )
     prompt_ids = tokenizer.encode(text)
     assert prompt_ids.count(50257) == 3 and prompt_ids.count(50258) == 2
 
@@ -132,7 +143,7 @@ def test_tokenizer_specials_and_chat_template(tokenizer):
     angry = label_token_ids(tokenizer, ["angry"])[0]
     # the prompt's tokens are a prefix of the full conversation's; the answer is label + <|im_end|>
     assert ids[: len(prompt_ids)] == prompt_ids
-    assert ids[len(prompt_ids):] == [angry, 50258, tokenizer.encode("\n")[0]]
+    assert ids[len(prompt_ids) :] == [angry, 50258, tokenizer.encode("\n")[0]]
     assert [i for i, m in zip(ids, mask) if m] == [angry, 50258]
     assert tokenizer.decode(ids, skip_special_tokens=True).strip().endswith("angry")
 
@@ -192,7 +203,11 @@ def vllm_run(llm_dir, tmp_path_factory):
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "model" / "vllm_tiny_llm_check.py"), str(llm_dir), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():

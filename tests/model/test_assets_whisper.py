@@ -1,4 +1,5 @@
 """Real Whisper tiny.en converted from CTranslate2: loads cleanly, transcribes real speech, tokenizer round-trips."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,16 @@ from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en, read_ct2_model
 
 # Asterisk prompts of 2-5 s with plain words only (no digits, no elided "..." openings).
 PROMPTS = [
-    "tt-weasels", "vm-mismatch", "conf-enteringno", "vm-starmain", "demo-nomatch", "confbridge-pin",
-    "vm-rec-name", "vm-dialout", "vm-nobox", "conf-getchannel",
+    "tt-weasels",
+    "vm-mismatch",
+    "conf-enteringno",
+    "vm-starmain",
+    "demo-nomatch",
+    "confbridge-pin",
+    "vm-rec-name",
+    "vm-dialout",
+    "vm-nobox",
+    "conf-getchannel",
 ]
 
 

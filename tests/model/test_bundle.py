@@ -1,4 +1,5 @@
 """Bundle round trip (LoRA and merged), serving front end, and HF vs real vLLM parity on the same weights."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 def trained(tmp_path_factory):
     """A briefly trained model (both stages, so the Former, projector and LoRA all differ from init), its bundle
     (with a merged LLM) and a held-out batch."""
-    model = EmoQModel(tiny_config([*SHORT_PROMPT, "former.text_fusion=concat", "prompt.include_transcript=true",
-                                   "llm.device=cpu"]))
+    model = EmoQModel(
+        tiny_config([*SHORT_PROMPT, "former.text_fusion=concat", "prompt.include_transcript=true", "llm.device=cpu"])
+    )
     model.set_class_counts([4, 4, 4, 4])
     train = collate_features(synthetic_items(16, 4, width=48, layers=3, transcripts=True, seed=0, frames=(8, 24)))
     for stage, steps in ((1, 5), (2, 12)):
@@ -105,17 +107,40 @@ def test_vllm_parity(trained, tmp_path):
     assert kw["enable_lora"] is False and kw["enable_prompt_embeds"]  # merged bundle -> no LoRA needed ...
     kw = engine_kwargs(bundle, use_merged=False)
     assert kw["enable_lora"] and kw["max_lora_rank"] >= model.cfg.lora.r  # ... but the test serves the adapter
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-m", "emoq_model.serving", str(bundle), str(feats), str(out),
-                          "--modes", "tokens,choice", "--dtype", "float32"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emoq_model.serving",
+            str(bundle),
+            str(feats),
+            str(out),
+            "--modes",
+            "tokens,choice",
+            "--dtype",
+            "float32",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     res = json.loads(out.read_text())
     tokens, choice = res["modes"]["tokens"], res["modes"]["choice"]
     got = np.array(tokens["probs"])
-    print(f"vLLM engine {res['engine_s']:.1f} s, generate {res['generate_s']:.2f} s; max |p_vllm - p_hf| = "
-          f"{np.abs(got - want).max():.2e}; HF labels {want.argmax(1).tolist()}")
+    print(
+        f"vLLM engine {res['engine_s']:.1f} s, generate {res['generate_s']:.2f} s; max |p_vllm - p_hf| = "
+        f"{np.abs(got - want).max():.2e}; HF labels {want.argmax(1).tolist()}"
+    )
     assert np.array_equal(got.argmax(1), want.argmax(1))
     assert np.allclose(got, want, atol=1e-3)
     assert tokens["generated"] == [model.label_token_ids[i] for i in want.argmax(1)]

@@ -1,4 +1,5 @@
 """Temperature calibration (emoq_model.calibration): fit, ECE, argmax invariance, bundle file."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Config loading, overrides, placeholders and validation errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,11 @@ def test_defaults_without_asset_checks():
 def test_demo_config_resolves_assets_and_overrides():
     from emoq_model.assets import cache_dir
 
-    cfg = load_config(demo_config_path(), ["former.num_layers=3", "lora.target_modules=[q_proj, v_proj]",
-                                           "encoder.layer=2", "loss.alpha=[1, 2, 3, 4]"], check_assets=False)
+    cfg = load_config(
+        demo_config_path(),
+        ["former.num_layers=3", "lora.target_modules=[q_proj, v_proj]", "encoder.layer=2", "loss.alpha=[1, 2, 3, 4]"],
+        check_assets=False,
+    )
     assert cfg.encoder.path == str(cache_dir() / "whisper-tiny.en")
     assert cfg.llm.path == str(cache_dir() / "tiny-qwen2")
     assert cfg.former.num_layers == 3 and cfg.lora.target_modules == ["q_proj", "v_proj"]
@@ -55,24 +59,27 @@ def test_placeholders(tmp_path, monkeypatch, tiny):
         load_config(p)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["former.num_layer=2"], "unknown key 'num_layer'"),
-    (["nosection.x=1"], "unknown key 'nosection'"),
-    (["former.num_layers=two"], "former.num_layers: expected an integer"),
-    (["former.num_layers=true"], "former.num_layers: expected an integer"),
-    (["former.text_fusion=cross"], "not one of"),
-    (["former.hidden=100", "former.num_heads=8"], "multiple of former.num_heads"),
-    (["former.cross_attention_frequency=5"], "cross_attention_frequency"),
-    (["former.num_layers"], "not of the form"),
-    (["labels.names=[neutral]"], "at least 2 labels"),
-    (["labels.names=[neutral, neutral]"], "duplicates"),
-    (["loss.alpha=[1, 2]"], "2 weights for 4 labels"),
-    (["loss.alpha=balanced"], "loss.alpha must be"),
-    (["llm.dtype=float64"], "llm.dtype must be one of"),
-    (["llm.device=gpu"], "llm.device must be"),
-    (["encoder.layer=middle"], "encoder.layer must be"),
-    (["train.stage2.mal_weight=0.5"], "former_trainable"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["former.num_layer=2"], "unknown key 'num_layer'"),
+        (["nosection.x=1"], "unknown key 'nosection'"),
+        (["former.num_layers=two"], "former.num_layers: expected an integer"),
+        (["former.num_layers=true"], "former.num_layers: expected an integer"),
+        (["former.text_fusion=cross"], "not one of"),
+        (["former.hidden=100", "former.num_heads=8"], "multiple of former.num_heads"),
+        (["former.cross_attention_frequency=5"], "cross_attention_frequency"),
+        (["former.num_layers"], "not of the form"),
+        (["labels.names=[neutral]"], "at least 2 labels"),
+        (["labels.names=[neutral, neutral]"], "duplicates"),
+        (["loss.alpha=[1, 2]"], "2 weights for 4 labels"),
+        (["loss.alpha=balanced"], "loss.alpha must be"),
+        (["llm.dtype=float64"], "llm.dtype must be one of"),
+        (["llm.device=gpu"], "llm.device must be"),
+        (["encoder.layer=middle"], "encoder.layer must be"),
+        (["train.stage2.mal_weight=0.5"], "former_trainable"),
+    ],
+)
 def test_validation_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides, check_assets=False)

@@ -1,4 +1,5 @@
 """SpeechEncoder: masks vs lengths, layer selection, batch-vs-single consistency, Whisper real-length mode."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +45,7 @@ def _check_batch_vs_single(enc, waves, atol):
         assert single.mask.all()
         assert torch.allclose(out.item(i), single.item(0), atol=atol, rtol=1e-4), i
         if enc.per_item:  # items run alone and are zero-padded
-            assert not out.hidden[..., i, int(out.lengths[i]):, :].any()
+            assert not out.hidden[..., i, int(out.lengths[i]) :, :].any()
     return out
 
 
@@ -120,8 +121,7 @@ def _speech(lengths):
 def test_whisper_real_length(whisper_dir):
     waves, real_speech = _speech([48000, 30000, 17777, 640])
     real = SpeechEncoder(EncoderConfig(path=str(whisper_dir), layer="weighted", device="cpu"))
-    std = SpeechEncoder(EncoderConfig(path=str(whisper_dir), layer="weighted", device="cpu",
-                                      whisper_real_length=False))
+    std = SpeechEncoder(EncoderConfig(path=str(whisper_dir), layer="weighted", device="cpu", whisper_real_length=False))
     assert real.sample_rate == 16000 and real.hidden_size == 384 and real.num_hidden_states == 5
     out = _check_batch_vs_single(real, waves, atol=2e-4)
     want = [whisper_frames(len(w)) for w in waves]
@@ -134,9 +134,11 @@ def test_whisper_real_length(whisper_dir):
         a, b = out.item(i)[-1], ref.item(i)[-1]
         cos = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
         rel = float((a - b).norm() / b.norm())
-        print(f"whisper real-length vs 30 s window, {len(waves[i]) / 16000:.2f} s "
-              f"{'speech' if real_speech else 'chirp'}: last layer mean frame cosine {cos:.3f}, relative L2 "
-              f"difference {rel:.3f}")
+        print(
+            f"whisper real-length vs 30 s window, {len(waves[i]) / 16000:.2f} s "
+            f"{'speech' if real_speech else 'chirp'}: last layer mean frame cosine {cos:.3f}, relative L2 "
+            f"difference {rel:.3f}"
+        )
         assert cos > (0.85 if real_speech else 0.7)
     # 30 s clip: the real-length path IS the standard path
     long = _waves([480000], seed=2)
@@ -159,5 +161,5 @@ def test_wav2vec2_inputs_equal_the_feature_extractor_per_clip(tiny_family):
         ref = fe(w, sampling_rate=16000, return_tensors="np")["input_values"][0]
         assert int(mask[i].sum()) == len(ref)
         np.testing.assert_allclose(x[i, : len(ref)].numpy(), ref, rtol=1e-5, atol=2e-6)
-        assert not x[i, len(ref):].any()
+        assert not x[i, len(ref) :].any()
     print(family, "do_normalize", fe.do_normalize)

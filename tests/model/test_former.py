@@ -1,4 +1,5 @@
 """EmoQFormer shapes, masking and text fusion."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,27 @@ D, LLM, C = 48, 96, 4
 
 def _former(text_fusion="concat", layers=3, **kw):
     torch.manual_seed(0)
-    cfg = FormerConfig(num_queries=6, num_layers=3, num_heads=4, hidden=32, intermediate=64,
-                       cross_attention_frequency=2, text_fusion=text_fusion, dropout=0.0, **kw)
-    return EmoQFormer(cfg, encoder_dim=D, llm_dim=LLM, num_labels=C, num_encoder_layers=layers, text_dim=LLM,
-                      max_text_tokens=10, llm_embed_rms=0.02).eval()
+    cfg = FormerConfig(
+        num_queries=6,
+        num_layers=3,
+        num_heads=4,
+        hidden=32,
+        intermediate=64,
+        cross_attention_frequency=2,
+        text_fusion=text_fusion,
+        dropout=0.0,
+        **kw,
+    )
+    return EmoQFormer(
+        cfg,
+        encoder_dim=D,
+        llm_dim=LLM,
+        num_labels=C,
+        num_encoder_layers=layers,
+        text_dim=LLM,
+        max_text_tokens=10,
+        llm_embed_rms=0.02,
+    ).eval()
 
 
 def _inputs(b=3, t=20, layers=3):

@@ -1,4 +1,5 @@
 """Shared I/O: every write lands whole or not at all, and leaves no temporary behind."""
+
 import os
 
 import pyarrow as pa

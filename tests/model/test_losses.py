@@ -1,4 +1,5 @@
 """MAL: SupCon and focal loss against independent references; distributed SupCon over 2 gloo processes."""
+
 from __future__ import annotations
 
 import pytest
@@ -95,6 +96,6 @@ def test_distributed_supcon_sees_all_ranks(tmp_path):
     for r, out in enumerate(ranks):
         assert torch.allclose(out["metric"], want.detach(), atol=1e-5)  # reported value: the global loss
         assert torch.allclose(out["loss"] / 2, want.detach(), atol=1e-5)  # backward value: world x global
-        assert torch.allclose(out["grad"] / 2, full.grad[r * 8:(r + 1) * 8], atol=1e-5)  # DDP averages by 2
-        local = ref_supcon(emb[r * 8:(r + 1) * 8], labels[r * 8:(r + 1) * 8], 0.1)
+        assert torch.allclose(out["grad"] / 2, full.grad[r * 8 : (r + 1) * 8], atol=1e-5)  # DDP averages by 2
+        local = ref_supcon(emb[r * 8 : (r + 1) * 8], labels[r * 8 : (r + 1) * 8], 0.1)
         assert abs(float(local) - float(want.detach())) > 0.1

@@ -1,6 +1,6 @@
 """Reduced-precision options (encoder.dtype bfloat16 / int8, former.dtype bfloat16) run and give the float32 prompts
 within their stated tolerance, on the real Whisper tiny.en weights and real speech."""
-import numpy as np
+
 import pytest
 import soundfile as sf
 import torch
@@ -9,8 +9,12 @@ from emoq_model.errors import ConfigError
 
 # stated tolerances: relative L2 error of all prompt embeddings against float32 (measured: 0.0007, 0.005, 0.0003;
 # label agreement on the demo archive is in BENCHMARKS.md)
-TOLERANCE = {("encoder.dtype=bfloat16",): 0.01, ("encoder.dtype=int8",): 0.03, ("former.dtype=bfloat16",): 0.01,
-             ("encoder.dtype=bfloat16", "former.dtype=bfloat16"): 0.015}
+TOLERANCE = {
+    ("encoder.dtype=bfloat16",): 0.01,
+    ("encoder.dtype=int8",): 0.03,
+    ("former.dtype=bfloat16",): 0.01,
+    ("encoder.dtype=bfloat16", "former.dtype=bfloat16"): 0.015,
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,9 @@ def test_precision_option_agrees_with_float32(setup, overrides):
     rel = float((a - b).norm() / b.norm())
     assert 0 < rel < TOLERANCE[overrides], rel  # > 0: the option really ran in another precision
     if "encoder.dtype=int8" in overrides:
-        assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in front.encoder.model.modules())
+        assert any(
+            type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in front.encoder.model.modules()
+        )
     if "encoder.dtype=bfloat16" in overrides:
         assert front.encoder.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in got)

@@ -1,4 +1,5 @@
 """The soft-prompt builder: chat format, label masking, training == serving prefix, HF loss equivalence."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,14 @@ def test_fixed_parts_follow_the_chat_template(model):
     tok, p = model.tokenizer, model.prompt
     q = "QQQ"
     user = p.cfg.instruction.replace("{labels}", ", ".join(model.label_names)) + p.cfg.speech_intro + q
-    chat = tok.apply_chat_template([{"role": "system", "content": p.cfg.system}, {"role": "user", "content": user},
-                                    {"role": "assistant", "content": "angry"}], tokenize=False)
+    chat = tok.apply_chat_template(
+        [
+            {"role": "system", "content": p.cfg.system},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": "angry"},
+        ],
+        tokenize=False,
+    )
     ours = tok.decode(p.prefix_ids) + q + tok.decode(p.suffix_ids) + tok.decode([p.label_ids[2], p.end_id])
     assert chat.rstrip("\n") == ours
     assert p.end_id == tok.convert_tokens_to_ids("<|im_end|>")
@@ -55,10 +62,11 @@ def test_training_and_serving_sequences(model, batch):
         emb = model.embed.weight
         k = len(model.prompt.prefix_ids)
         assert torch.equal(serve.embeds[i][:k], emb[model.prompt.prefix_ids])
-        assert torch.equal(serve.embeds[i][n - len(model.prompt.suffix_ids):], emb[model.prompt.suffix_ids])
+        assert torch.equal(serve.embeds[i][n - len(model.prompt.suffix_ids) :], emb[model.prompt.suffix_ids])
         if ids[i]:
-            assert torch.equal(serve.embeds[i][k + q + len(model.prompt.transcript_intro_ids):][:len(ids[i])],
-                               emb[ids[i]])
+            assert torch.equal(
+                serve.embeds[i][k + q + len(model.prompt.transcript_intro_ids) :][: len(ids[i])], emb[ids[i]]
+            )
     assert serve.labels is None and all(e.dim() == 2 for e in serve.embeds)  # vLLM prompt_embeds: [T, H]
 
 

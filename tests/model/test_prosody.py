@@ -1,4 +1,5 @@
 """Prosody tracks (emoq_model.prosody) and the encoder / Former channels they add."""
+
 import numpy as np
 import pytest
 import torch
@@ -63,9 +64,14 @@ def test_former_keeps_prosody_out_of_the_encoder_layernorm():
     from emoq_model.config import FormerConfig
     from emoq_model.former import EmoQFormer
 
-    f = EmoQFormer(FormerConfig(num_queries=4, num_layers=1, hidden=32, intermediate=64, text_fusion="none"),
-                   encoder_dim=24 + PROSODY_DIMS, llm_dim=16, num_labels=4, num_encoder_layers=3,
-                   prosody_dims=PROSODY_DIMS)
+    f = EmoQFormer(
+        FormerConfig(num_queries=4, num_layers=1, hidden=32, intermediate=64, text_fusion="none"),
+        encoder_dim=24 + PROSODY_DIMS,
+        llm_dim=16,
+        num_labels=4,
+        num_encoder_layers=3,
+        prosody_dims=PROSODY_DIMS,
+    )
     assert f.encoder_norm.normalized_shape == (24,) and f.prosody_scale.shape == (PROSODY_DIMS,)
     x = torch.randn(3, 2, 7, 24 + PROSODY_DIMS)
     out = f(x, torch.ones(2, 7, dtype=torch.bool))

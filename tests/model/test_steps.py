@@ -1,4 +1,5 @@
 """Both training stages learn a small fixed batch, and gradients reach exactly the stage's parameters."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,8 +57,12 @@ def test_stage1_learns_and_only_trains_the_former(model):
     want = {n for n, _ in trainable_named_parameters(model, 1)}
     assert got == want
     assert all(n.startswith("former.") and not n.startswith("former.projector") for n in want)
-    assert {"former.queries", "former.layer_weights.logits", "former.text_proj.weight",
-            "former.aux_head.weight"} <= want
+    assert {
+        "former.queries",
+        "former.layer_weights.logits",
+        "former.text_proj.weight",
+        "former.aux_head.weight",
+    } <= want
     assert not model.llm.training and model.former.training
 
 
@@ -78,8 +83,17 @@ def test_stage2_learns_and_only_trains_projector_and_lora(model):
 
 
 def test_stage2_with_trainable_former_and_mal():
-    m = EmoQModel(tiny_config([*SHORT_PROMPT, "former.text_fusion=concat", "train.stage2.former_trainable=true",
-                               "train.stage2.mal_weight=0.5", "loss.alpha=none"]))
+    m = EmoQModel(
+        tiny_config(
+            [
+                *SHORT_PROMPT,
+                "former.text_fusion=concat",
+                "train.stage2.former_trainable=true",
+                "train.stage2.mal_weight=0.5",
+                "loss.alpha=none",
+            ]
+        )
+    )
     batch = _batch(n=8, seed=2)
     _, got, out = _train(m, batch, 2, steps=2)
     assert {"lm", "label_ce", "supcon", "focal", "acc", "loss"} <= set(out)

@@ -1,5 +1,6 @@
 """The Former's pretrained text side: BLIP-2-style initialisation from a BERT-family checkpoint (all-MiniLM-L6-v2)
 and transcript embedding by the frozen text encoder."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,14 @@ def minilm() -> str:
 
 def _former(minilm_path: str | None, layers: int = 2, text_fusion: str = "concat", **sizes) -> EmoQFormer:
     torch.manual_seed(0)
-    cfg = FormerConfig(num_queries=4, num_layers=layers, cross_attention_frequency=1, text_fusion=text_fusion,
-                       dropout=0.0, **(sizes or MINILM))
+    cfg = FormerConfig(
+        num_queries=4,
+        num_layers=layers,
+        cross_attention_frequency=1,
+        text_fusion=text_fusion,
+        dropout=0.0,
+        **(sizes or MINILM),
+    )
     f = EmoQFormer(cfg, encoder_dim=48, llm_dim=64, num_labels=4, text_dim=384)
     if minilm_path:
         f.init_from_text_encoder(minilm_path)
@@ -41,12 +48,14 @@ def test_minilm_init_copies_exactly_self_attention_and_feed_forwards(minilm):
     assert len(names) == 2 + 3 * 22  # input LayerNorm + per layer: self-attention (10), text and query FFNs (6 each)
     for i in range(3):
         bert = f"encoder.layer.{i}."
-        pairs = {"attention.attention.query.weight": "attention.self.query.weight",
-                 "attention.output.LayerNorm.bias": "attention.output.LayerNorm.bias",
-                 "intermediate.dense.weight": "intermediate.dense.weight",
-                 "intermediate_query.dense.weight": "intermediate.dense.weight",
-                 "output_query.dense.bias": "output.dense.bias",
-                 "output_query.LayerNorm.weight": "output.LayerNorm.weight"}
+        pairs = {
+            "attention.attention.query.weight": "attention.self.query.weight",
+            "attention.output.LayerNorm.bias": "attention.output.LayerNorm.bias",
+            "intermediate.dense.weight": "intermediate.dense.weight",
+            "intermediate_query.dense.weight": "intermediate.dense.weight",
+            "output_query.dense.bias": "output.dense.bias",
+            "output_query.LayerNorm.weight": "output.LayerNorm.weight",
+        }
         for dst, src in pairs.items():
             assert torch.equal(q_params[bert + dst].detach(), state[bert + src]), (dst, src)
     assert torch.equal(q_params["layernorm.weight"].detach(), state["embeddings.LayerNorm.weight"])
@@ -67,9 +76,21 @@ def test_minilm_init_refuses_mismatched_sizes(minilm):
 
 
 def _front(minilm, overrides=()):
-    cfg = tiny_config(["former.text_fusion=concat", f"former.text_encoder={minilm}", "former.init_from_text_encoder=true",
-                       "former.hidden=384", "former.num_heads=12", "former.intermediate=1536", "former.num_layers=2",
-                       "former.dropout=0.0", "prompt.include_transcript=false", "llm.device=cpu", *overrides])
+    cfg = tiny_config(
+        [
+            "former.text_fusion=concat",
+            f"former.text_encoder={minilm}",
+            "former.init_from_text_encoder=true",
+            "former.hidden=384",
+            "former.num_heads=12",
+            "former.intermediate=1536",
+            "former.num_layers=2",
+            "former.dropout=0.0",
+            "prompt.include_transcript=false",
+            "llm.device=cpu",
+            *overrides,
+        ]
+    )
     from emoq_model.llm import load_input_embeddings, load_tokenizer
 
     return EmoQFrontEnd(cfg, load_tokenizer(cfg.llm), load_input_embeddings(cfg.llm)).eval(), cfg
@@ -81,8 +102,10 @@ def _items(cfg, transcripts, seed=0):
     width, layers = encoder_dims(cfg)
     g = np.random.default_rng(seed)
     shape = (lambda t: (layers, t, width)) if cfg.encoder.layer == "weighted" else (lambda t: (t, width))
-    return [{"frames": g.standard_normal(shape(t)).astype(np.float32), "transcript": tx}
-            for t, tx in zip((20, 13, 9), transcripts)]
+    return [
+        {"frames": g.standard_normal(shape(t)).astype(np.float32), "transcript": tx}
+        for t, tx in zip((20, 13, 9), transcripts)
+    ]
 
 
 def _prompts(front, items):

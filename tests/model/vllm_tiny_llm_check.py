@@ -9,6 +9,7 @@ which needs the ``__main__`` guard, and keeping the engine out of the pytest pro
 * one-step decoding restricted to the label tokens (``allowed_token_ids`` + ``logprob_token_ids``) from
   prompt embeddings.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,14 @@ def _dump(outputs) -> list[dict]:
     rows = []
     for o in outputs:
         c = o.outputs[0]
-        rows.append({"token_ids": list(c.token_ids), "text": c.text, "finish_reason": c.finish_reason,
-                     "logprobs": _logprobs(c.logprobs)})
+        rows.append(
+            {
+                "token_ids": list(c.token_ids),
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "logprobs": _logprobs(c.logprobs),
+            }
+        )
     return rows
 
 
@@ -102,8 +109,10 @@ def main(model_dir: str, out_json: str) -> None:
     greedy_s = time.perf_counter() - t0
 
     choice = SamplingParams(
-        temperature=0.0, max_tokens=16,
-        structured_outputs=StructuredOutputsParams(choice=labels), logprobs=len(labels),
+        temperature=0.0,
+        max_tokens=16,
+        structured_outputs=StructuredOutputsParams(choice=labels),
+        logprobs=len(labels),
     )
     t0 = time.perf_counter()
     by_choice = llm.generate([{"prompt_embeds": e} for e in embeds], choice, use_tqdm=False)

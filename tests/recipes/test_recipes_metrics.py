@@ -1,4 +1,5 @@
 """Metrics against hand-computed cases; IEMOCAP/MELD readers on fake layouts that mirror the real releases."""
+
 import csv
 import io
 import json
@@ -90,11 +91,20 @@ def test_save_report_json_and_png(tmp_path):
 # IEMOCAP fake release
 
 # (utterance suffix, code, transcript) per dialog; the M-prefixed script dialog has female utterances too.
-IMPRO = [("F000", "neu", "Excuse me."), ("M000", "xxx", "Do you have your forms?"),
-         ("F001", "exc", "Yeah: I have them right here, see?"), ("M001", "ang", "I need another form. [LAUGHTER]"),
-         ("F002", "fru", "This is ridiculous."), ("M002", "sad", "Okay.")]
-SCRIPT = [("F000", "hap", "Oh, this is great."), ("M000", "neu", "Sure."), ("F001", "sur", "What?"),
-          ("M001", "sad", "I don't know.")]
+IMPRO = [
+    ("F000", "neu", "Excuse me."),
+    ("M000", "xxx", "Do you have your forms?"),
+    ("F001", "exc", "Yeah: I have them right here, see?"),
+    ("M001", "ang", "I need another form. [LAUGHTER]"),
+    ("F002", "fru", "This is ridiculous."),
+    ("M002", "sad", "Okay."),
+]
+SCRIPT = [
+    ("F000", "hap", "Oh, this is great."),
+    ("M000", "neu", "Sure."),
+    ("F001", "sur", "What?"),
+    ("M001", "sad", "I don't know."),
+]
 KEPT = {"neu": "neutral", "exc": "happy", "hap": "happy", "ang": "angry", "sad": "sad"}
 
 
@@ -115,9 +125,15 @@ def _write_iemocap(base, crlf_sessions=(2,)):
                 utt = f"{dialog}_{suf}"
                 s, e = t, t + 1.5 + 0.25 * i
                 t = e + 0.4
-                ev += [f"[{s:.4f} - {e:.4f}]\t{utt}\t{code}\t[2.5000, 3.0000, 3.5000]",
-                       "C-E2:\tNeutral;\t()", "C-E3:\tNeutral;\tAnger;\t()", "C-F1:\tNeutral;\t(curious)",
-                       "A-E3:\tval 3; act 2; dom  2;\t()", "A-F1:\tval 3; act 2; dom  1;\t()", ""]
+                ev += [
+                    f"[{s:.4f} - {e:.4f}]\t{utt}\t{code}\t[2.5000, 3.0000, 3.5000]",
+                    "C-E2:\tNeutral;\t()",
+                    "C-E3:\tNeutral;\tAnger;\t()",
+                    "C-F1:\tNeutral;\t(curious)",
+                    "A-E3:\tval 3; act 2; dom  2;\t()",
+                    "A-F1:\tval 3; act 2; dom  1;\t()",
+                    "",
+                ]
                 tr.append(f"{utt} [{s:08.4f}-{e:08.4f}]: {text}")
                 sf.write(wavdir / f"{utt}.wav", np.zeros(800, np.int16), 16000, subtype="PCM_16")
             tr.insert(2, f"{dialog}_MXX0 [010.0000-010.5000]: Hello?")  # overlap tag, no wav, no label
@@ -157,7 +173,9 @@ def test_iemocap_labels_speakers_transcripts(iemocap_root):
     assert row.loc["Ses01F_impro01_F000", "duration_s"] == pytest.approx(1.5)
     assert row.loc["Ses01F_impro01_F000", "arousal"] == pytest.approx(3.0)
     p = row.loc["Ses04M_script01_1_M000", "path"]
-    assert p == str(iemocap_root / "Session4" / "sentences" / "wav" / "Ses04M_script01_1" / "Ses04M_script01_1_M000.wav")
+    assert p == str(
+        iemocap_root / "Session4" / "sentences" / "wav" / "Ses04M_script01_1" / "Ses04M_script01_1_M000.wav"
+    )
     # hap only (no exc) option
     assert len(ds.read_iemocap(iemocap_root, merge_excited=False)) == 5 * 6
     probed = ds.read_iemocap(iemocap_root, sessions=(1,), probe_audio=True)
@@ -228,18 +246,18 @@ TRAIN_ROWS = [
     b'5,No.,Ross,anger,negative,1,1,1,1,"00:01:02,000","00:01:03,000"',
     b'6,"I\x92m sorry\x85",Monica,sadness,negative,1,2,1,1,"00:01:03,100","00:01:05,100"',
     b'7,Ew.,Phoebe,disgust,negative,2,0,2,3,"00:02:00,000","00:02:00,800"',
-    b"8,What was that?,Monica,fear,negative,2,1,2,3,\"00:02:01,000\",\"00:02:00,000\"",  # end < start
-    b"9,Caf\xc3\xa9 au lait.,Ross,neutral,neutral,2,2,2,3,\"00:02:03,000\",\"00:02:04,000\"",  # correct UTF-8
+    b'8,What was that?,Monica,fear,negative,2,1,2,3,"00:02:01,000","00:02:00,000"',  # end < start
+    b'9,Caf\xc3\xa9 au lait.,Ross,neutral,neutral,2,2,2,3,"00:02:03,000","00:02:04,000"',  # correct UTF-8
 ]
 DEV_ROWS = [
-    b'1,"Oh my God, he' + MOJI + b's lost it. He' + MOJI + b's totally lost it.",Phoebe,sadness,negative,0,0,4,7,'
+    b'1,"Oh my God, he' + MOJI + b"s lost it. He" + MOJI + b's totally lost it.",Phoebe,sadness,negative,0,0,4,7,'
     b'"00:20:57,256","00:21:00,049"',
     b'2,What?,Monica,surprise,negative,0,1,4,7,"00:21:01,927","00:21:03,261"',
     b'3,"Or! Or, we could go to the bank, close our accounts and cut them off at the source.",Ross,neutral,'
     b'neutral,1,0,4,4,"00:12:24,660","00:12:30,915"',
 ]
 TEST_ROWS = [
-    b'1,Why do all you\x92re coffee mugs have numbers on the bottom?,Mark,surprise,positive,0,0,3,19,'
+    b"1,Why do all you\x92re coffee mugs have numbers on the bottom?,Mark,surprise,positive,0,0,3,19,"
     b'"00:14:38,127","00:14:40,378"',
     b"2,Oh. That\x92s so Monica can keep track. That way if one on them is missing she can be like,"
     b'Rachel,anger,negative,0,1,3,19,"00:14:40,629","00:14:47,385"',
@@ -251,9 +269,11 @@ def _write_meld(base, missing_train=("dia1_utt1",)):
     root = base / "MELD.Raw"
     root.mkdir(parents=True)
     dev_audio = base / "extracted" / "dev_wav"
-    for off, rows, nl, adir in (("train", TRAIN_ROWS, b"\n", root / "train_splits"),
-                                ("dev", DEV_ROWS, b"\r\n", dev_audio),
-                                ("test", TEST_ROWS, b"\n", root / "output_repeated_splits_test")):
+    for off, rows, nl, adir in (
+        ("train", TRAIN_ROWS, b"\n", root / "train_splits"),
+        ("dev", DEV_ROWS, b"\r\n", dev_audio),
+        ("test", TEST_ROWS, b"\n", root / "output_repeated_splits_test"),
+    ):
         (root / f"{off}_sent_emo.csv").write_bytes(nl.join([HEADER, *rows]) + nl)
         adir.mkdir(parents=True)
         for cells in csv.reader(io.StringIO(b"\n".join(rows).decode("latin-1"))):
@@ -280,8 +300,9 @@ def test_meld_manifest_splits_text_and_missing(meld, caplog):
     assert df["utt_id"].is_unique and {"train_dia0_utt0", "dev_dia0_utt0", "test_dia0_utt0"} <= set(df["utt_id"])
     r = df.set_index("utt_id")
     # raw cp1252 bytes, UTF-8 mojibake and correct UTF-8 all end up as the intended text
-    assert r.loc["train_dia0_utt0", "transcript"] == ("also I was the point person on my company\u2019s transition "
-                                                      "from the KL-5 to GR-6 system.")
+    assert r.loc["train_dia0_utt0", "transcript"] == (
+        "also I was the point person on my company\u2019s transition from the KL-5 to GR-6 system."
+    )
     assert r.loc["train_dia0_utt1", "transcript"] == "You must\u2019ve had your hands full."
     assert r.loc["train_dia1_utt2", "transcript"] == "I\u2019m sorry\u2026"
     assert r.loc["train_dia2_utt2", "transcript"] == "Caf\u00e9 au lait."
@@ -310,7 +331,9 @@ def test_meld_manifest_splits_text_and_missing(meld, caplog):
 def test_meld_rejects_unknown_emotion(tmp_path):
     root = tmp_path / "MELD.Raw"
     root.mkdir()
-    (root / "train_sent_emo.csv").write_bytes(HEADER + b'\n1,Hi.,Joey,contempt,neutral,0,0,1,1,"00:00:01,000","00:00:02,000"\n')
+    (root / "train_sent_emo.csv").write_bytes(
+        HEADER + b'\n1,Hi.,Joey,contempt,neutral,0,0,1,1,"00:00:01,000","00:00:02,000"\n'
+    )
     with pytest.raises(ValueError, match="contempt"):
         ds.meld_manifest(root, splits=("train",))
 

@@ -1,6 +1,7 @@
 """The hostile-input matrix: 20 kinds of bad (and good) recordings, built in a folder, each with the error it must
 give (None: it decodes). Shared by tests/reliability/test_inputs.py (no model) and test_job.py (through Ray + vLLM).
 """
+
 import os
 import struct
 from pathlib import Path
@@ -25,13 +26,28 @@ def speechlike(sec: float, sr: int = SR) -> np.ndarray:
 def wav_header(frames: int, sr: int = SR, channels: int = 1, bits: int = 16, data_size: int | None = None) -> bytes:
     block = channels * bits // 8
     size = frames * block if data_size is None else data_size
-    return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVE" + b"fmt " +
-            struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * block, block, bits) + b"data" + struct.pack("<I", size))
+    return (
+        b"RIFF"
+        + struct.pack("<I", (36 + size) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * block, block, bits)
+        + b"data"
+        + struct.pack("<I", size)
+    )
 
 
 def row(path, **kw) -> dict:
-    return {"recording_id": "r", "path": str(path), "raw_path": None, "transcript": None, "channel_names": None,
-            "given_segments": None, "error": None, **kw}
+    return {
+        "recording_id": "r",
+        "path": str(path),
+        "raw_path": None,
+        "transcript": None,
+        "channel_names": None,
+        "given_segments": None,
+        "error": None,
+        **kw,
+    }
 
 
 # --------------------------------------------------------------------------------------- the matrix
@@ -197,5 +213,3 @@ def build_matrix(d: Path) -> dict[str, tuple[Path, str | None]]:
         sub.mkdir(parents=True, exist_ok=True)
         out[name] = (make(sub), expect)
     return out
-
-

@@ -7,6 +7,7 @@ the actor on the other worker node; blocks lost with the node are rebuilt or, wh
 (outputs of actor tasks), their batches fail and the job's one-by-one pass labels those recordings again.
 The job must finish with every recording exactly once and no error rows.
 """
+
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from pipeline.labeling.sink import recording_counts, segments_dir
 pytestmark = pytest.mark.slow  # real Ray + vLLM end to end: `pytest -m 'not slow'` skips it
 
 REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -64,14 +66,34 @@ def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
     out = tmp_path / "out"
     # The job runs as the CLI in its own process (its own driver): whatever happens, this test process never
     # joins the cluster, so it can always tear it down.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                              "resources": {"label_node": 1}})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, "resources": {"label_node": 1}}
+    )
     workers = [cluster.add_node(num_cpus=1, resources={"encoder_node": 1}) for _ in range(2)]
-    cmd = [sys.executable, str(REPO / "jobs" / "label_corpus.py"), str(manifest), "--bundle", bundle,
-           "--output", str(out), "--address", cluster.address, "--batch-recordings", "1",
-           "--encode-cpus", "0.5", "--encode-resources", '{"encoder_node": 1}',
-           "--label-cpus", "0.5", "--label-resources", '{"label_node": 1}',
-           "--engine", "max_model_len=512", "max_num_seqs=64"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "label_corpus.py"),
+        str(manifest),
+        "--bundle",
+        bundle,
+        "--output",
+        str(out),
+        "--address",
+        cluster.address,
+        "--batch-recordings",
+        "1",
+        "--encode-cpus",
+        "0.5",
+        "--encode-resources",
+        '{"encoder_node": 1}',
+        "--label-cpus",
+        "0.5",
+        "--label-resources",
+        '{"label_node": 1}',
+        "--engine",
+        "max_model_len=512",
+        "max_num_seqs=64",
+    ]
     log = open(tmp_path / "driver.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     seg = Path(segments_dir(str(out)))
@@ -87,8 +109,9 @@ def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
             raylet = _encoder_actor_raylet()
             if raylet is None:
                 time.sleep(0.1)
-        assert proc.poll() is None and raylet is not None, \
+        assert proc.poll() is None and raylet is not None, (
             f"the job ended (or no encoder actor) before the node loss: {(tmp_path / 'driver.log').read_text()[-3000:]}"
+        )
         lost = next(n for n in workers if n.all_processes["raylet"][0].process.pid == raylet)
         done_before = len(list(seg.glob("part-*.parquet")))
         cluster.remove_node(lost, allow_graceful=False)

@@ -3,6 +3,7 @@
 The labeling job runs the same ``discover`` + ``prepare_recording`` inside Ray (``tests/reliability/test_job.py`` runs
 this matrix end to end through the real Ray + vLLM pipeline).
 """
+
 import json
 import os
 import subprocess
@@ -20,9 +21,18 @@ import soundfile as sf
 from pipeline import audio
 from pipeline.labeling.prepare import PrepareConfig, prepare_batch, prepare_recording
 from pipeline.labeling.sources import ManifestError, discover
-
 from tests.reliability.hostile_inputs import (  # noqa: F401
-    MATRIX, SR, build_matrix, make_good, make_hours_sparse, make_six_channels, make_truncated_data, row, speechlike, voiced, wav_header,
+    MATRIX,
+    SR,
+    build_matrix,
+    make_good,
+    make_hours_sparse,
+    make_six_channels,
+    make_truncated_data,
+    row,
+    speechlike,
+    voiced,
+    wav_header,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bad_input_matrix(tmp_path, name):
     path, expect = build_matrix(tmp_path)[name]
     result = {}
-    worker = threading.Thread(target=lambda: result.update(prepare_recording(row(path), PrepareConfig())),
-                              daemon=True)
+    worker = threading.Thread(target=lambda: result.update(prepare_recording(row(path), PrepareConfig())), daemon=True)
     t0 = time.perf_counter()
     worker.start()
     worker.join(60)
@@ -70,9 +79,11 @@ def test_multi_hour_file_is_refused_from_the_header(tmp_path):
         "from pipeline.labeling.prepare import PrepareConfig, prepare_recording\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "out = prepare_recording({'recording_id': 'x', 'path': sys.argv[1]}, PrepareConfig())\n"
-        "print(out['error']); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n")
-    res = subprocess.run([sys.executable, "-c", code, str(path), str(REPO)], capture_output=True, text=True,
-                         timeout=120)
+        "print(out['error']); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(REPO)], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     err, grew_mb = res.stdout.strip().splitlines()
     assert "over the limit" in err
@@ -156,8 +167,9 @@ def test_manifest_types_and_bad_rows(tmp_path):
     p = make_good(tmp_path)
     # CSV: every cell is text (no type inference), short rows are padded, long rows are errors
     csv = tmp_path / "m.csv"
-    csv.write_bytes(("\ufeffpath,recording_id,channels,transcript\n"
-                     f"{p},007,,1e3\n{p},008,a;b\n{p},009,,x,EXTRA\n,010,,\n").encode())
+    csv.write_bytes(
+        (f"\ufeffpath,recording_id,channels,transcript\n{p},007,,1e3\n{p},008,a;b\n{p},009,,x,EXTRA\n,010,,\n").encode()
+    )
     recs = discover([str(csv)])
     assert [r.recording_id for r in recs] == ["007", "008", "009", "010"]
     assert recs[0].error is None and recs[0].transcript == "1e3"
@@ -166,17 +178,22 @@ def test_manifest_types_and_bad_rows(tmp_path):
     assert "missing or non-text 'path'" in recs[3].error
     # JSONL: one bad line is one bad row, mixed types per row are fine
     jl = tmp_path / "m.jsonl"
-    jl.write_text("\n".join([
-        json.dumps({"path": str(p), "recording_id": 1, "channels": ["left"]}),
-        "{not json",
-        json.dumps({"path": 5, "recording_id": "two"}),
-        json.dumps(["not", "an", "object"]),
-        json.dumps({"path": str(p), "recording_id": "three", "segments": {"start": 0}}),
-        json.dumps({"path": str(p), "recording_id": "four", "segments": [[0, 1], [2, "x"]]}),
-        json.dumps({"path": str(p), "recording_id": "five", "transcript": ["a"]}),
-        json.dumps({"path": str(p), "recording_id": "six", "segments": [[0, True]]}),
-        json.dumps("just a string"),
-    ]) + "\n")
+    jl.write_text(
+        "\n".join(
+            [
+                json.dumps({"path": str(p), "recording_id": 1, "channels": ["left"]}),
+                "{not json",
+                json.dumps({"path": 5, "recording_id": "two"}),
+                json.dumps(["not", "an", "object"]),
+                json.dumps({"path": str(p), "recording_id": "three", "segments": {"start": 0}}),
+                json.dumps({"path": str(p), "recording_id": "four", "segments": [[0, 1], [2, "x"]]}),
+                json.dumps({"path": str(p), "recording_id": "five", "transcript": ["a"]}),
+                json.dumps({"path": str(p), "recording_id": "six", "segments": [[0, True]]}),
+                json.dumps("just a string"),
+            ]
+        )
+        + "\n"
+    )
     recs = discover([str(jl)])
     assert len(recs) == 9 and len({r.recording_id for r in recs}) == 9
     assert "line 9: not a JSON object" in recs[8].error

@@ -9,6 +9,7 @@
 
 Four vLLM engine starts in all (killed run, resume, matrix run + the restarted actor): ~3-5 min on 2 cores.
 """
+
 import os
 import shutil
 import signal
@@ -65,10 +66,12 @@ def corpus(tmp_path_factory):
     bad = [(name, str(p), None) for name, (p, expect) in m.items() if expect is not None]
     vanish = root / "vanish.wav"
     shutil.copy(m["good"][0], vanish)
-    bad += [("vanishes", str(vanish), None),
-            ("good", str(m["good"][0]), None),  # same id again -> good#dup1
-            ("good_again", str(m["good"][0]), None),  # same file, same options, another id
-            ("no_path", "", None)]
+    bad += [
+        ("vanishes", str(vanish), None),
+        ("good", str(m["good"][0]), None),  # same id again -> good#dup1
+        ("good_again", str(m["good"][0]), None),  # same file, same options, another id
+        ("no_path", "", None),
+    ]
 
     def write(path, rows, extra=b""):
         text = pd.DataFrame(rows, columns=["recording_id", "path", "channels"]).to_csv(index=False).encode()
@@ -82,8 +85,15 @@ def corpus(tmp_path_factory):
     bad_channels = b"bad_channels," + str(calls.path.iloc[0]).encode() + b',"a,b,c"\n'
     write(root / "matrix.csv", mixed, non_utf8_row + bad_channels)
     good_ids = [g[0] for g in good] + ["nonutf8"]
-    return {"root": root, "good_csv": str(root / "good.csv"), "matrix_csv": str(root / "matrix.csv"),
-            "good_ids": good_ids, "n_matrix": len(mixed) + 2, "vanish": vanish, "calls": calls}
+    return {
+        "root": root,
+        "good_csv": str(root / "good.csv"),
+        "matrix_csv": str(root / "matrix.csv"),
+        "good_ids": good_ids,
+        "n_matrix": len(mixed) + 2,
+        "vanish": vanish,
+        "calls": calls,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +103,11 @@ def faults_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_local(faults_dir):
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
-           if k in os.environ}
+    env = {
+        k: os.environ[k]
+        for k in ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM")
+        if k in os.environ
+    }
     env["EMOQ_FAULTS_DIR"] = str(faults_dir)
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True, runtime_env={"env_vars": env})
     yield
@@ -102,8 +115,16 @@ def ray_local(faults_dir):
 
 
 def job(manifest, bundle, out, batch=1, **kw):
-    return LabelJobConfig(inputs=[manifest], output=str(out), bundle=bundle, batch_recordings=batch,
-                          encode=StageResources(1, 0.5), label=StageResources(1, 0.5), engine=dict(ENGINE), **kw)
+    return LabelJobConfig(
+        inputs=[manifest],
+        output=str(out),
+        bundle=bundle,
+        batch_recordings=batch,
+        encode=StageResources(1, 0.5),
+        label=StageResources(1, 0.5),
+        engine=dict(ENGINE),
+        **kw,
+    )
 
 
 def segments(out) -> pd.DataFrame:
@@ -142,9 +163,24 @@ def alone(corpus, bundle, faults_dir, ray_local, tmp_path_factory):
     (faults_dir / "label.sleep").write_text("1.5")  # slow batches: the kill lands mid-run
     env = dict(os.environ, EMOQ_FAULTS_DIR=str(faults_dir))
     env.pop("RAY_ADDRESS", None)  # the CLI starts its own local Ray
-    cmd = [sys.executable, str(REPO / "jobs" / "label_corpus.py"), corpus["good_csv"], "--bundle", bundle,
-           "--output", str(out), "--batch-recordings", "1", "--encode-cpus", "0.5", "--label-cpus", "0.5",
-           "--engine", "max_model_len=512", "max_num_seqs=64"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "label_corpus.py"),
+        corpus["good_csv"],
+        "--bundle",
+        bundle,
+        "--output",
+        str(out),
+        "--batch-recordings",
+        "1",
+        "--encode-cpus",
+        "0.5",
+        "--label-cpus",
+        "0.5",
+        "--engine",
+        "max_model_len=512",
+        "max_num_seqs=64",
+    ]
     log = open(out.parent / "driver.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     seg = Path(segments_dir(str(out)))
@@ -200,8 +236,10 @@ def test_hostile_matrix_with_actor_kills(alone, corpus, bundle, faults_dir, tmp_
     fired = sorted(p.name for p in faults_dir.iterdir())
     assert fired == ["encode.fired", "encode.pid", "label.fired", "label.pid"], fired  # both actors were killed
     for stage in ("encode", "label"):  # ... and really gone
-        assert not psutil.pid_exists(int((faults_dir / f"{stage}.pid").read_text())) or \
-            psutil.Process(int((faults_dir / f"{stage}.pid").read_text())).status() == psutil.STATUS_ZOMBIE
+        assert (
+            not psutil.pid_exists(int((faults_dir / f"{stage}.pid").read_text()))
+            or psutil.Process(int((faults_dir / f"{stage}.pid").read_text())).status() == psutil.STATUS_ZOMBIE
+        )
     assert rep["object_store_limit_bytes"] == 64 * 1024 * 1024  # the budget the executor ran under
 
     # rows in = rows out, each exactly once

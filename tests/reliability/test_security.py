@@ -1,5 +1,6 @@
 """Security properties of the labeling path: no pickle loads, no remote code, output confined to the output
 directory, manifest values are data (never options, shell words or paths outside what they name)."""
+
 import ast
 import json
 import os
@@ -23,8 +24,11 @@ def _calls(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            name = (f"{getattr(f.value, 'id', getattr(f.value, 'attr', '?'))}.{f.attr}" if isinstance(f, ast.Attribute)
-                    else getattr(f, "id", "?"))
+            name = (
+                f"{getattr(f.value, 'id', getattr(f.value, 'attr', '?'))}.{f.attr}"
+                if isinstance(f, ast.Attribute)
+                else getattr(f, "id", "?")
+            )
             yield node, name
 
 
@@ -39,9 +43,23 @@ def test_no_pickle_loads_no_shell_no_remote_code_in_the_code_base():
     """Weights and features are read through safetensors / Parquet / JSON only. Flags, in every module of the
     project: pickle-family loads, torch.load without weights_only=True, np.load(allow_pickle=True),
     pd.read_pickle, trust_remote_code=True, shell=True, os.system, eval / exec."""
-    banned = {"pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load", "dill.load",
-              "dill.loads", "pd.read_pickle", "pandas.read_pickle", "os.system", "os.popen", "eval", "exec",
-              "marshal.loads", "shelve.open"}
+    banned = {
+        "pickle.load",
+        "pickle.loads",
+        "cloudpickle.load",
+        "cloudpickle.loads",
+        "joblib.load",
+        "dill.load",
+        "dill.loads",
+        "pd.read_pickle",
+        "pandas.read_pickle",
+        "os.system",
+        "os.popen",
+        "eval",
+        "exec",
+        "marshal.loads",
+        "shelve.open",
+    }
     problems, files = [], 0
     for d in CODE_DIRS:
         for path in sorted((REPO / d).rglob("*.py")):
@@ -103,8 +121,11 @@ def test_bundle_is_safetensors_only_and_no_remote_code(bundle, monkeypatch):
 def _labelled(path, rid, n_labels=2):
     rec = prepare_recording({"recording_id": rid, "path": str(path), "error": None}, PrepareConfig())
     n = len(rec["seg_start_s"])
-    rec.update(labels=["a"] * n, confidence=np.full(n, 0.75, np.float32),
-               probabilities=np.tile(np.array([0.75, 0.25], np.float32), (n, 1)))
+    rec.update(
+        labels=["a"] * n,
+        confidence=np.full(n, 0.75, np.float32),
+        probabilities=np.tile(np.array([0.75, 0.25], np.float32), (n, 1)),
+    )
     return rec
 
 
@@ -113,8 +134,19 @@ def test_recording_ids_cannot_steer_output_paths(tmp_path):
     wav = tmp_path / "in" / "x.wav"
     wav.parent.mkdir()
     sf.write(wav, (0.3 * np.sin(2 * np.pi * 200 * t) * (t > 0.5) * (t < 1.5)).astype(np.float32), 16000)
-    evil = ["../../etc/x", "/etc/passwd", "..", "a/../../b", "segments/../../up", "C:\\\\win", "\x00nul", "~root/x",
-            "part-0.parquet", ".tmp-x", "a\nb"]
+    evil = [
+        "../../etc/x",
+        "/etc/passwd",
+        "..",
+        "a/../../b",
+        "segments/../../up",
+        "C:\\\\win",
+        "\x00nul",
+        "~root/x",
+        "part-0.parquet",
+        ".tmp-x",
+        "a\nb",
+    ]
     out = tmp_path / "work" / "out"
     recs = [_labelled(wav, rid) for rid in evil]
     batch = {k: [r[k] for r in recs] for k in recs[0]}
@@ -149,20 +181,43 @@ def test_manifest_values_are_data_not_options(tmp_path, monkeypatch):
     good = tmp_path / "data" / "good.wav"
     good.parent.mkdir()
     sf.write(good, (0.3 * np.sin(2 * np.pi * 200 * t) * (t > 0.5) * (t < 2.0)).astype(np.float32), 16000)
-    nasty = [f"--output={canary}", f"; touch {canary}", f"$(touch {canary})", f"`touch {canary}`",
-             f"| touch {canary}", "-rf", "--bundle=/tmp"]
-    rows = [{"path": v, "recording_id": f"p{i}", "transcript": None, "output": str(canary), "bundle": "/tmp"}
-            for i, v in enumerate(nasty)]
-    rows.append({"path": "good.wav", "recording_id": "t", "transcript": f"; rm -rf {canary} && echo $HOME `id`",
-                 "output": str(canary), "bundle": "/tmp"})
+    nasty = [
+        f"--output={canary}",
+        f"; touch {canary}",
+        f"$(touch {canary})",
+        f"`touch {canary}`",
+        f"| touch {canary}",
+        "-rf",
+        "--bundle=/tmp",
+    ]
+    rows = [
+        {"path": v, "recording_id": f"p{i}", "transcript": None, "output": str(canary), "bundle": "/tmp"}
+        for i, v in enumerate(nasty)
+    ]
+    rows.append(
+        {
+            "path": "good.wav",
+            "recording_id": "t",
+            "transcript": f"; rm -rf {canary} && echo $HOME `id`",
+            "output": str(canary),
+            "bundle": "/tmp",
+        }
+    )
     man = tmp_path / "data" / "m.csv"
     pd.DataFrame(rows).to_csv(man, index=False)
     recs = discover([str(man)])
     assert len(recs) == len(rows)
     for rec, value in zip(recs[:-1], nasty):
         assert rec.path == os.path.normpath(str(man.parent / value))  # a file name next to the manifest
-        assert set(rec.to_row()) == {"recording_id", "path", "raw_path", "transcript", "channel_names",
-                                     "given_segments", "error"}  # extra columns ("output", "bundle") dropped
+        assert set(rec.to_row()) == {
+            "recording_id",
+            "path",
+            "raw_path",
+            "transcript",
+            "channel_names",
+            "given_segments",
+            "error",
+        }  # extra columns ("output", "bundle") dropped
         out = prepare_recording(rec.to_row(), PrepareConfig())
         assert "file not found" in out["error"]
     last = prepare_recording(recs[-1].to_row(), PrepareConfig())

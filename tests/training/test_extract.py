@@ -1,4 +1,5 @@
 """Feature cache format, statistics and normalisation (no Ray, no models: fast)."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,14 @@ def _items(rng, speakers=("a", "b"), n=3, L=2, D=5):
     for s_i, s in enumerate(speakers):
         for i in range(n):
             t = int(rng.integers(3, 9))
-            out.append({"utt_id": f"{s}{i}", "speaker": s, "label": "x",
-                        "frames": (rng.normal(size=(L, t, D)) * (1 + s_i) + 3 * s_i).astype(np.float32)})
+            out.append(
+                {
+                    "utt_id": f"{s}{i}",
+                    "speaker": s,
+                    "label": "x",
+                    "frames": (rng.normal(size=(L, t, D)) * (1 + s_i) + 3 * s_i).astype(np.float32),
+                }
+            )
     return out
 
 
@@ -87,8 +94,11 @@ def test_norm_on_torch_tensors_equals_numpy():
     items = _items(rng, n=4)
     as_torch = [dict(it, frames=torch.from_numpy(it["frames"])) for it in items]
     for mode in ("speaker", "utterance"):
-        norm = F.FeatureNorm(mode, min_frames=20, global_stats=F.GroupStats(
-            1000, np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32)))
+        norm = F.FeatureNorm(
+            mode,
+            min_frames=20,
+            global_stats=F.GroupStats(1000, np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32)),
+        )
         ref, got = norm.apply(items), norm.apply(as_torch)
         for r, g in zip(ref, got):
             assert torch.is_tensor(g["frames"]) and g["frames"].dtype == torch.float32
@@ -99,20 +109,49 @@ def test_cache_reader(tmp_path):
     rng = np.random.default_rng(2)
     rows = []
     for it in _items(rng):
-        data, (l, t, d) = F.encode_frames(it["frames"])
-        rows.append(dict(utt_id=it["utt_id"], path="/x.wav", label="happy", transcript=None, speaker=it["speaker"],
-                         split="train" if it["speaker"] == "a" else "test", error=None, num_samples=16000,
-                         duration_s=1.0, n_layers=l, n_frames=t, dim=d, frames=data))
-    rows.append(dict(utt_id="bad", path="/bad.wav", label="happy", transcript=None, speaker="a", split="train",
-                     error="decode: nope", num_samples=None, duration_s=None, n_layers=None, n_frames=None, dim=None,
-                     frames=None))
+        data, (n_layers, t, d) = F.encode_frames(it["frames"])
+        rows.append(
+            dict(
+                utt_id=it["utt_id"],
+                path="/x.wav",
+                label="happy",
+                transcript=None,
+                speaker=it["speaker"],
+                split="train" if it["speaker"] == "a" else "test",
+                error=None,
+                num_samples=16000,
+                duration_s=1.0,
+                n_layers=n_layers,
+                n_frames=t,
+                dim=d,
+                frames=data,
+            )
+        )
+    rows.append(
+        dict(
+            utt_id="bad",
+            path="/bad.wav",
+            label="happy",
+            transcript=None,
+            speaker="a",
+            split="train",
+            error="decode: nope",
+            num_samples=None,
+            duration_s=None,
+            n_layers=None,
+            n_frames=None,
+            dim=None,
+            frames=None,
+        )
+    )
     (tmp_path / "shards").mkdir()
     pq.write_table(pa.Table.from_pylist(rows[:4], schema=F.feature_schema()), tmp_path / "shards" / "0.parquet")
     pq.write_table(pa.Table.from_pylist(rows[4:], schema=F.feature_schema()), tmp_path / "shards" / "1.parquet")
     with pytest.raises(FileNotFoundError):
         F.FeatureCache(tmp_path)
-    (tmp_path / "meta.json").write_text(json.dumps({"format": F.FORMAT, "dtype": "float16", "n_layers": 2, "dim": 5,
-                                                    "encoder": {"layer": "weighted"}}))
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"format": F.FORMAT, "dtype": "float16", "n_layers": 2, "dim": 5, "encoder": {"layer": "weighted"}})
+    )
     cache = F.FeatureCache(str(tmp_path))
     assert cache.stacked and len(cache.index()) == 7
     assert [r["utt_id"] for r in cache.load(split="test")] == ["b0", "b1", "b2"]
@@ -128,9 +167,14 @@ def test_cache_reader(tmp_path):
 
 # ---------------------------------------------------------------------- deployment-faithful normalisation groups
 
+
 def _index(n_speakers=3, per_label=12, labels=("neutral", "happy", "angry", "sad")):
-    rows = [dict(utt_id=f"s{s}_{lab}_{i}", speaker=f"s{s}", label=lab, split="test")
-            for s in range(n_speakers) for lab in labels for i in range(per_label)]
+    rows = [
+        dict(utt_id=f"s{s}_{lab}_{i}", speaker=f"s{s}", label=lab, split="test")
+        for s in range(n_speakers)
+        for lab in labels
+        for i in range(per_label)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -165,6 +209,7 @@ def test_norm_groups_protocols(tmp_path):
 
 # ---------------------------------------------------------------------- training from a labelled call archive
 
+
 def test_call_archive_manifest_and_segment_cut(tmp_path):
     import soundfile as sf
 
@@ -173,18 +218,47 @@ def test_call_archive_manifest_and_segment_cut(tmp_path):
 
     rate = 8000
     x = np.zeros((2, 4 * rate), np.float32)
-    x[0, rate: 2 * rate] = 0.1 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
-    x[1, 2 * rate: 3 * rate + rate // 2] = 0.2 * np.sin(2 * np.pi * 300 * np.arange(rate + rate // 2) / rate)
+    x[0, rate : 2 * rate] = 0.1 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
+    x[1, 2 * rate : 3 * rate + rate // 2] = 0.2 * np.sin(2 * np.pi * 300 * np.arange(rate + rate // 2) / rate)
     wav = tmp_path / "call.wav"
     sf.write(wav, x.T, rate, subtype="PCM_16")
-    truth = pd.DataFrame([
-        dict(recording_id="c1", path=str(wav), channel=0, channel_name="agent", segment=0, start_s=1.0, end_s=2.0,
-             label="neutral", transcript="hello"),
-        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=1, start_s=2.0,
-             end_s=3.5, label="angry", transcript=None),
-        dict(recording_id="c1", path=str(wav), channel=1, channel_name="customer", segment=2, start_s=3.9,
-             end_s=6.0, label="angry", transcript=None),  # past the end of the file: an error row
-    ])
+    truth = pd.DataFrame(
+        [
+            dict(
+                recording_id="c1",
+                path=str(wav),
+                channel=0,
+                channel_name="agent",
+                segment=0,
+                start_s=1.0,
+                end_s=2.0,
+                label="neutral",
+                transcript="hello",
+            ),
+            dict(
+                recording_id="c1",
+                path=str(wav),
+                channel=1,
+                channel_name="customer",
+                segment=1,
+                start_s=2.0,
+                end_s=3.5,
+                label="angry",
+                transcript=None,
+            ),
+            dict(
+                recording_id="c1",
+                path=str(wav),
+                channel=1,
+                channel_name="customer",
+                segment=2,
+                start_s=3.9,
+                end_s=6.0,
+                label="angry",
+                transcript=None,
+            ),  # past the end of the file: an error row
+        ]
+    )
     m = call_archive_manifest(truth, splits={"c1": "train"})
     assert m["utt_id"].tolist() == ["c1/agent/0", "c1/customer/1", "c1/customer/2"]
     assert m["speaker"].tolist() == ["c1/agent", "c1/customer", "c1/customer"]  # the group labeling sees

@@ -4,6 +4,7 @@ worker, resume of an interrupted run, and evaluation of the exported bundle. Sma
 The three training runs use the same config and seeds, so the failure-recovered and the resumed run must end with
 the same weights as the uninterrupted one (deterministic shuffling / dropout per (seed, stage, epoch, rank)).
 """
+
 import json
 import os
 
@@ -19,8 +20,13 @@ from emoq_model import features as F  # noqa: E402
 from emoq_model.config import demo_config_path, load_config  # noqa: E402
 
 TRAIN_OVERRIDES = [
-    "former.num_queries=4", "former.num_layers=1", "former.intermediate=256",
-    "train.stage1.epochs=3", "train.stage1.batch_size=16", "train.stage2.epochs=2", "train.stage2.batch_size=16",
+    "former.num_queries=4",
+    "former.num_layers=1",
+    "former.intermediate=256",
+    "train.stage1.epochs=3",
+    "train.stage1.batch_size=16",
+    "train.stage2.epochs=2",
+    "train.stage2.batch_size=16",
 ]
 
 
@@ -80,9 +86,17 @@ def _settings(tmp_path_factory, features, name, **kw):
     from pipeline.training import TrainSettings
 
     root = tmp_path_factory.getbasetemp() / "train"
-    return TrainSettings(features=str(features[0]), storage_path=str(root / "ray"), name=name,
-                         bundle_out=str(root / f"bundle_{name}"), num_workers=2, cpus_per_worker=0.5,
-                         norm_min_frames=100, verbose=False, **kw)
+    return TrainSettings(
+        features=str(features[0]),
+        storage_path=str(root / "ray"),
+        name=name,
+        bundle_out=str(root / f"bundle_{name}"),
+        num_workers=2,
+        cpus_per_worker=0.5,
+        norm_min_frames=100,
+        verbose=False,
+        **kw,
+    )
 
 
 def _history(summary):
@@ -93,8 +107,9 @@ def _weights(bundle):
     from safetensors.numpy import load_file
 
     w = load_file(os.path.join(bundle, "former.safetensors"))
-    w.update({f"adapter.{k}": v for k, v in load_file(os.path.join(bundle, "adapter",
-                                                                  "adapter_model.safetensors")).items()})
+    w.update(
+        {f"adapter.{k}": v for k, v in load_file(os.path.join(bundle, "adapter", "adapter_model.safetensors")).items()}
+    )
     return w
 
 
@@ -151,9 +166,16 @@ def test_worker_killed_mid_training_recovers(full_run, features, cfg, tmp_path_f
     from pipeline.training import run_training
 
     marker = tmp_path_factory.getbasetemp() / "killed.marker"
-    s = run_training(cfg, _settings(tmp_path_factory, features, "killed", max_failures=1,
-                                    fail_once={"stage": 1, "epoch": 1, "rank": 1, "marker": str(marker),
-                                               "how": "exit"}))
+    s = run_training(
+        cfg,
+        _settings(
+            tmp_path_factory,
+            features,
+            "killed",
+            max_failures=1,
+            fail_once={"stage": 1, "epoch": 1, "rank": 1, "marker": str(marker), "how": "exit"},
+        ),
+    )
     assert marker.exists()  # rank 1 really died (os._exit) after the first step of stage 1 epoch 1
     assert _history(s) == _history(full_run)  # every epoch exactly once
     starts = [h["start"] for h in s["history"]]
@@ -168,8 +190,13 @@ def test_resume_interrupted_run(full_run, features, cfg, tmp_path_factory):
     from pipeline.training import run_training
 
     marker = tmp_path_factory.getbasetemp() / "interrupted.marker"
-    first = _settings(tmp_path_factory, features, "interrupted", max_failures=0,
-                      fail_once={"stage": 2, "epoch": 0, "rank": 0, "marker": str(marker), "how": "raise"})
+    first = _settings(
+        tmp_path_factory,
+        features,
+        "interrupted",
+        max_failures=0,
+        fail_once={"stage": 2, "epoch": 0, "rank": 0, "marker": str(marker), "how": "raise"},
+    )
     with pytest.raises(Exception, match="injected failure"):
         run_training(cfg, first)
     assert marker.exists()
