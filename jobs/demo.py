@@ -253,6 +253,11 @@ def _demo(a: argparse.Namespace, work: Path, t0: float, log_path: Path | None) -
         print("cached:", bundle)
 
     step("5/6 labeling the evaluation archive (Ray Data + vLLM)")
+    from pipeline.labeling.guards import output_model_ids
+    from pipeline.labeling.job import model_id
+
+    if output_model_ids(str(work / "labels")) - {model_id(str(bundle))}:  # labelled by an older bundle (or id format)
+        shutil.rmtree(work / "labels", ignore_errors=True)
     asr = ["--asr-model", str(build_whisper_tiny_en())] if a.modality != "speech" else []  # transcripts from ASR
     label_report = label_corpus.main(
         [

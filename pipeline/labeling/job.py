@@ -6,7 +6,6 @@ recordings and a rerun on the same output skips every recording already written 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -90,6 +89,7 @@ class LabelJobConfig:
     object_store_limit_mb: int | None = 1024  # cap on the streaming executor's object-store use
     resume: bool = True
     retry_failed: bool = False  # on resume, label again the recordings that got an error row last time
+    allow_other_model: bool = False  # add labels to an output that holds another model's (refused by default)
     max_attempts: int = 3  # tries per batch (worker crash, OOM kill, error) before its recordings are set aside
     isolate_failures: bool = True  # retry the recordings of failed batches one by one, to find the poison ones
     max_failed_batches: int = 16  # more failed batches than this (per pass) abort the job: something systemic
@@ -131,11 +131,13 @@ class LabelJobConfig:
 
 
 def model_id(bundle: str, overrides: list[str] | None = None) -> str:
-    """``<bundle name>@<digest>``; a deployment-precision override is part of the id (``+encoder.dtype=bfloat16``):
-    its labels may differ slightly from the float32 ones."""
-    meta = Path(bundle) / "bundle.json"
-    digest = hashlib.sha1(meta.read_bytes() + (Path(bundle) / "former.safetensors").read_bytes()[: 1 << 20]).hexdigest()
-    return f"{Path(bundle).resolve().name}@{digest[:10]}" + "".join(f"+{o}" for o in sorted(overrides or []))
+    """``<bundle name>@<digest>``: the digest covers every bundle file that changes labels or confidences
+    (:func:`pipeline.labeling.guards.bundle_digest`); a deployment-precision override is part of the id
+    (``+encoder.dtype=bfloat16``): its labels may differ slightly from the float32 ones."""
+    from pipeline.labeling.guards import bundle_digest
+
+    digest = bundle_digest(bundle)
+    return f"{Path(bundle).resolve().name}@{digest[:12]}" + "".join(f"+{o}" for o in sorted(overrides or []))
 
 
 def encoder_sample_rate(bundle: str) -> int:
@@ -329,14 +331,24 @@ def run(cfg: LabelJobConfig, log=print, progress: bool = True) -> dict:
     batch that failed ``cfg.max_attempts`` times (e.g. a file that crashes the decoder) are retried one per
     batch (``cfg.isolate_failures``); those failing alone too get an error row saying so.
     """
+    from pipeline.labeling.guards import OutputLock
+
+    out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
+    with OutputLock(out):  # one job per output: a second one refuses to start
+        return _run(cfg, log, progress)
+
+
+def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
     from emoq_model.bundle import read_meta
     from pipeline.labeling.asr import bundle_uses_text
+    from pipeline.labeling.guards import check_output_model
 
     t0 = time.perf_counter()
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
     bundle = str(Path(cfg.bundle).expanduser().resolve())
     meta = read_meta(bundle)
     labels, mid = list(meta["labels"]), model_id(bundle, cfg.model_overrides)
+    check_output_model(out, mid, cfg.allow_other_model)  # never mix two models' labels in one output
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
 
     records = discover(cfg.inputs)

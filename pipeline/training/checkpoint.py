@@ -82,3 +82,51 @@ def report_epoch(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_identity(cfg_dict: dict, features_meta_sha256: str) -> dict:
+    """What a checkpoint must have been trained on for a resume to continue it: the model config and the feature
+    cache (its ``meta.json``)."""
+    import hashlib
+
+    blob = json.dumps(cfg_dict, sort_keys=True, default=str).encode()
+    return {"config_sha256": hashlib.sha256(blob).hexdigest(), "features_meta_sha256": features_meta_sha256}
+
+
+def latest_state(run_dir: str) -> dict | None:
+    """The run state of the newest checkpoint under ``run_dir`` (Ray Train's ``checkpoint_<timestamp>``
+    folders), or None for a run that has none yet."""
+    from emoq_model.io import resolve
+
+    fs, root = resolve(run_dir)
+    import pyarrow.fs as pafs
+
+    infos = [
+        i
+        for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    ]
+    for info in sorted(infos, key=lambda i: i.base_name, reverse=True):
+        try:
+            with fs.open_input_stream(f"{info.path}/{STATE_FILE}") as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, ValueError):
+            continue  # a checkpoint being written or removed
+    return None
+
+
+def check_resume(run_dir: str, identity: dict, allow_changed: bool = False) -> None:
+    """Refuse to continue a run from a checkpoint trained on another config or feature cache."""
+    from emoq_model.errors import ConfigError
+
+    state = latest_state(run_dir)
+    if not state or "identity" not in state or allow_changed:
+        return
+    changed = [k for k, v in identity.items() if state["identity"].get(k) != v]
+    if changed:
+        what = {"config_sha256": "model/training config", "features_meta_sha256": "feature cache"}
+        raise ConfigError(
+            f"{run_dir} has checkpoints trained with a different {' and '.join(what[k] for k in changed)}; resuming "
+            "would silently mix the two. Use another run name, or allow_changed_resume (--allow-changed-resume) to "
+            "continue"
+        )

@@ -14,12 +14,14 @@ exported bundle out of the final checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 from emoq_model.io import join, publish_dir
+from pipeline.training.checkpoint import check_resume, run_identity
 from pipeline.training.settings import BUNDLE_DIR, METRICS_FILE, STATE_FILE, TrainSettings, fail_once_from_env
 from pipeline.training.worker import train_loop_per_worker
 
@@ -52,6 +54,8 @@ def run_training(cfg, settings: TrainSettings) -> dict:
     from emoq_model import features as F
 
     check_cache_matches(F.FeatureCache(settings.features), cfg)  # fail early on a missing / mismatched cache
+    meta_sha = hashlib.sha256(F.read_text(F.join(settings.features, F.META_FILE)).encode()).hexdigest()
+    check_resume(settings.run_dir, run_identity(cfg.to_dict(), meta_sha), settings.allow_changed_resume)
     if settings.fail_once is None:
         settings.fail_once = fail_once_from_env()
     t0 = time.perf_counter()

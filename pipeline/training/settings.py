@@ -48,6 +48,7 @@ class TrainSettings:
     init_bundle: str | None = None  # start from this bundle's Former (e.g. stage 2 alone after a stage-1 run)
     limit_train: int | None = None  # use only N training rows (smoke tests)
     fail_once: dict[str, Any] | None = None  # failure injection (tests)
+    allow_changed_resume: bool = False  # resume a run whose config or feature cache changed since its checkpoint
     verbose: bool = True  # per-epoch lines from rank 0
 
     def __post_init__(self):

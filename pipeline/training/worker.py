@@ -31,6 +31,7 @@ from pipeline.training.checkpoint import (
     load_st,
     load_trainable_state,
     report_epoch,
+    run_identity,
     trainable_state,
     write_metrics,
     write_state_files,
@@ -289,6 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         model.former.load_state_dict(load_st(os.path.join(s.init_bundle, FORMER_FILE)), strict=True)
     run = resume(model, s, rank)
+    run.state["identity"] = run_identity(config["cfg"], data.meta_sha256)  # checked by the driver on a resume
     state, history = run.state, run.state["history"]
 
     for stage in s.stages:

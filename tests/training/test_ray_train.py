@@ -200,6 +200,15 @@ def test_resume_interrupted_run(full_run, features, cfg, tmp_path_factory):
     with pytest.raises(Exception, match="injected failure"):
         run_training(cfg, first)
     assert marker.exists()
+    # a resume with another config is refused before anything starts (it would silently mix two trainings)
+    import copy
+
+    from emoq_model.errors import ConfigError
+
+    changed = copy.deepcopy(cfg)
+    changed.train.stage2.lr *= 2
+    with pytest.raises(ConfigError, match="different model/training config"):
+        run_training(changed, _settings(tmp_path_factory, features, "interrupted", max_failures=0))
     # the same name + storage path: Ray Train restores the latest checkpoint (end of stage 1)
     s = run_training(cfg, _settings(tmp_path_factory, features, "interrupted", max_failures=0))
     assert _history(s) == _history(full_run)
