@@ -65,11 +65,19 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def calibration_report(probs: np.ndarray, y: np.ndarray) -> dict:
-    """Fit ``T`` on (``probs``, ``y``) and report NLL and ECE before / after."""
+    """Fit ``T`` on (``probs``, ``y``) and report NLL and ECE before / after.
+
+    ``T`` minimises the NLL; on a small validation split that can still raise the binned ECE (measured: 55 rows,
+    ECE 0.081 -> 0.091 at T = 1.27). A temperature that makes calibration worse on the very data it was fitted on
+    is not kept: ``T = 1`` then (``kept_identity``). The choice uses the validation split only."""
     t = fit_temperature(probs, y)
     cal = apply_temperature(probs, t)
+    kept_identity = expected_calibration_error(cal, y) > expected_calibration_error(probs, y)
+    if kept_identity:
+        t, cal = 1.0, probs
     return {
         "temperature": t,
+        "kept_identity": bool(kept_identity),
         "n": int(len(y)),
         "nll_before": nll(probs, y),
         "nll_after": nll(cal, y),

@@ -60,7 +60,7 @@ def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
     calls = pd.read_csv(manifest)
     faults = tmp_path / "faults"
     faults.mkdir()
-    (faults / "encode.sleep").write_text("2")  # slow encoder batches: the node loss lands mid-job
+    (faults / "encode.sleep").write_text("4")  # slow encoder batches: the node loss lands mid-job
     monkeypatch.setenv("EMOQ_FAULTS_DIR", str(faults))  # inherited by the raylets and their workers
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "out"
@@ -99,16 +99,14 @@ def test_worker_node_lost_mid_job(bundle, tmp_path, monkeypatch):
     seg = Path(segments_dir(str(out)))
     try:
         deadline = time.time() + 400
-        while time.time() < deadline and proc.poll() is None and not list(seg.glob("part-*.parquet")):
-            time.sleep(0.2)
         raylet = None
-        # The actor's process title is read from /proc while Ray may be rewriting it (idle vs. running a task):
-        # look again for a while rather than trusting one snapshot.
-        until = time.time() + 60
-        while raylet is None and time.time() < until and proc.poll() is None:
-            raylet = _encoder_actor_raylet()
-            if raylet is None:
-                time.sleep(0.1)
+        # find the encoder actor's node while the job starts (its process title names the actor class), then wait
+        # for the first part file: the node loss lands after some recordings are written and before the rest
+        while time.time() < deadline and proc.poll() is None:
+            raylet = raylet or _encoder_actor_raylet()
+            if raylet is not None and list(seg.glob("part-*.parquet")):
+                break
+            time.sleep(0.2)
         assert proc.poll() is None and raylet is not None, (
             f"the job ended (or no encoder actor) before the node loss: {(tmp_path / 'driver.log').read_text()[-3000:]}"
         )
