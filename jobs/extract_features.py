@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "manifest", help="labelled manifest (CSV / Parquet): utt_id, path, label, transcript, speaker, split"
+        "manifest",
+        help="labelled manifest (CSV / JSONL / Parquet: utt_id, path, label, transcript, speaker, split) or tar "
+        "shards (a .tar, a folder or glob of them; labels from each sample's key.json); local or a URI (s3://...)",
     )
     ap.add_argument("out_dir", help="feature cache directory (local path or pyarrow URI)")
     ap.add_argument("--config", default=None, help="EmoQ YAML (default: emoq_model/configs/demo.yaml)")

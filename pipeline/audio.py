@@ -26,6 +26,7 @@ import soxr
 from emoq_model.errors import EmoQError
 
 BLOCK_FRAMES = 1 << 16  # frames per decode block
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".au", ".aiff", ".aif", ".gsm", ".m4a", ".webm")
 
 
 class AudioError(EmoQError, ValueError):

@@ -36,18 +36,19 @@ def field_comments(cls: type) -> dict[str, str]:
     import tokenize
 
     out: dict[str, str] = {}
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return out
-    current = None
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
-            current = tok.string
-        elif tok.type == tokenize.COMMENT and current is not None:
-            out.setdefault(current, tok.string.lstrip("#").strip())
-        elif tok.type == tokenize.NEWLINE:
-            current = None
+    for klass in cls.__mro__:  # a subclass's own comment wins over an inherited field's
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        current = None
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
+                current = tok.string
+            elif tok.type == tokenize.COMMENT and current is not None:
+                out.setdefault(current, tok.string.lstrip("#").strip())
+            elif tok.type == tokenize.NEWLINE:
+                current = None
     return out
 
 

@@ -10,6 +10,7 @@ Columns (one value per recording):
 ========================  =====================================================================================
 ``recording_id``          the recording's id (manifest, or the path relative to the input folder)
 ``path`` / ``raw_path``   URI of the audio / exact bytes of a local name that is not UTF-8
+``member``                a tar shard's member: JSON ``{name, offset, size}`` of its bytes in ``path``, or none
 ``transcript``            a manifest transcript for the whole recording (optional)
 ``channel_names``         comma-joined channel names (``agent,customer``), or none
 ``given_segments``        the manifest's segments as JSON (skip VAD), or none
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 from emoq_model.errors import EmoQError
 
-SOURCE = ("recording_id", "path", "raw_path", "transcript", "channel_names", "given_segments", "error")
+SOURCE = ("recording_id", "path", "raw_path", "member", "transcript", "channel_names", "given_segments", "error")
 PREPARED = (
     "recording_id",
     "path",
@@ -86,7 +87,7 @@ class StageColumns:
 
 PREPARE = StageColumns(
     "prepare",
-    needs=("recording_id", "path", "raw_path", "transcript", "channel_names", "given_segments", "error"),
+    needs=SOURCE,
     adds=PREPARED,
     replaces_all=True,
 )

@@ -4,108 +4,33 @@ One input row (a recording) yields one output row holding all its speech segment
 whole through the pipeline and output files only ever contain complete recordings (see ``sink``). A recording
 that cannot be used yields the same row with ``error`` set and no segments; it is never dropped.
 
-Memory: a file is checked from its header (size, rate, channels, duration, decoded size) before any sample is
-decoded, then decoded and resampled block by block (``audio.decode_file``); only the resampled recording and its
-speech segments are ever held whole. Non-regular files (FIFOs, devices) are refused without reading.
+Reading goes through :func:`pipeline.decode.load_recording`, the one decode path feature extraction uses too: a
+file is checked from its header (size, rate, channels, duration, decoded size) before any sample is decoded, then
+decoded and resampled block by block; only the resampled recording and its speech segments are ever held whole.
+Non-regular files (FIFOs, devices) are refused without reading; a tar shard's member is read through a window.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from emoq_model.io import resolve
 from pipeline import audio
+from pipeline.decode import DecodeLimits, MemberSpan, load_recording
 from pipeline.labeling import columns as C
 from pipeline.labeling.segment import VADConfig, detect_speech, split_long
 
 
 @dataclass
-class PrepareConfig:
-    sample_rate: int = 16000  # the encoder's rate
-    max_duration_s: float = 4 * 3600.0  # longer recordings are refused from the header, before decoding
-    max_bytes: int = 2 * 1024**3  # larger files are refused before reading
-    max_decoded_mb: float = 4096.0  # refuse if channels x duration at ``sample_rate`` (float32) is larger
-    max_channels: int = 4
-    min_sample_rate: int = 4000
-    max_sample_rate: int = 384000
-    allow_truncated: bool = False  # True: label what a truncated WAV holds instead of refusing it
+class PrepareConfig(DecodeLimits):
+    """The decode limits (:class:`~pipeline.decode.DecodeLimits`, shared with feature extraction) and VAD."""
+
     vad: VADConfig = field(default_factory=VADConfig)
 
 
 PREPARED_COLUMNS = C.PREPARED
-
-
-def _check_regular(st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        raise audio.AudioError("not a regular file (a directory)")
-    if not stat.S_ISREG(st.st_mode):  # FIFOs, devices, sockets: reading could block forever or never end
-        raise audio.AudioError("not a regular file (a pipe, device or socket)")
-
-
-def open_source(uri: str, max_bytes: int, raw_path: bytes | None = None):
-    """An open, seekable binary file for a recording, after checking it is a regular file within ``max_bytes``.
-
-    Local files are opened directly (``raw_path``: exact bytes of a name that is not UTF-8); URIs through
-    pyarrow. Raises :class:`audio.AudioError` with the reason (missing, vanished, broken link, not a file, ...).
-    """
-    fs, path = resolve(uri) if raw_path is None else (pafs.LocalFileSystem(), None)
-    if isinstance(fs, pafs.LocalFileSystem):
-        local = raw_path if raw_path is not None else path
-        try:
-            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused right after by fstat
-            fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            if os.path.lexists(local):
-                raise audio.AudioError("broken symbolic link (target missing)") from None
-            raise audio.AudioError("file not found (missing or vanished)") from None
-        except IsADirectoryError:
-            raise audio.AudioError("not a regular file (a directory)") from None
-        except OSError as e:
-            raise audio.AudioError(f"cannot read file: {e.strerror or e}") from None
-        try:
-            st = os.fstat(fd)
-            _check_regular(st)
-            os.set_blocking(fd, True)
-            size = st.st_size
-        except BaseException:
-            os.close(fd)
-            raise
-        f = os.fdopen(fd, "rb")
-    else:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise audio.AudioError("file not found (missing or vanished)")
-        if info.type != pafs.FileType.File:
-            raise audio.AudioError("not a regular file")
-        size = info.size
-        try:
-            f = fs.open_input_file(path)
-        except FileNotFoundError:
-            raise audio.AudioError("file not found (missing or vanished)") from None
-        except OSError as e:
-            raise audio.AudioError(f"cannot read file: {e}") from None
-    if size == 0:
-        f.close()
-        raise audio.AudioError("empty file (0 bytes)")
-    if size is not None and size > max_bytes:
-        f.close()
-        raise audio.AudioError(f"file is {size} bytes, over the limit of {max_bytes}")
-    return f
-
-
-def read_bytes(uri: str, max_bytes: int) -> bytes:
-    """The whole file (small files only; the pipeline itself streams through :func:`open_source`)."""
-    with open_source(uri, max_bytes) as f:
-        try:
-            return f.read()
-        except OSError as e:
-            raise audio.AudioError(f"cannot read file: {e}") from None
 
 
 def _given_segments(text: str, names: list[str], duration: float, transcript: str | None):
@@ -164,13 +89,12 @@ def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
     try:
         if out["error"]:
             raise audio.AudioError(out["error"])
-        with open_source(row["path"], cfg.max_bytes, row.get("raw_path")) as f:
-            h = audio.probe_file(f)
+        member = MemberSpan.from_json(row["member"]) if row.get("member") else None
+
+        def seen(h: audio.Header) -> None:
             out.update(duration_s=h.duration_s, source_sample_rate=h.sample_rate, num_channels=h.channels)
-            check_header(h, cfg)  # nothing decoded yet
-            rec = audio.decode_file(
-                f, cfg.max_duration_s, target_rate=cfg.sample_rate, allow_truncated=cfg.allow_truncated, header=h
-            )
+
+        _, rec = load_recording(row["path"], cfg, row.get("raw_path"), member, on_header=seen)
         out["duration_s"] = rec.duration_s
         names = (
             row["channel_names"].split(",")

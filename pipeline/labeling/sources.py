@@ -1,4 +1,4 @@
-"""Input discovery: folders, globs and manifests (CSV, JSONL, Parquet) of audio files on any pyarrow filesystem.
+"""Input discovery: folders, globs, manifests (CSV, JSONL, Parquet) and tar shards of audio on any pyarrow filesystem.
 
 Produces one :class:`SourceRecord` per input recording. Problems with individual rows (missing path, bad types,
 duplicate ids, bad given segments, an unparsable JSONL line) become records with ``error`` set, so every input
@@ -7,6 +7,10 @@ column) raise :class:`ManifestError` before any work starts.
 
 Manifest values are data, never options: CSV cells are read as text (no type inference: ``007`` stays ``007``),
 paths are only ever opened as files, and nothing is passed to a shell.
+
+A tar shard (``.tar``, given directly, matched by a glob or found in a folder) is expanded into one record per
+sample (:mod:`pipeline.shards`): ``recording_id`` ``<shard name>/<key>``, ``path`` the shard, ``member`` the audio
+member's byte span; the sample's ``key.json`` gives transcript, channels and segments as a manifest row would.
 
 File names that are not valid UTF-8 (possible on Linux) are kept: the record's ``path`` shows the name with the
 bad bytes escaped (``caf\\xe9.wav``) and ``raw_path`` holds the exact bytes used to open the file.
@@ -28,8 +32,9 @@ import pyarrow.parquet as pq
 
 from emoq_model.errors import EmoQError
 from emoq_model.io import resolve, uri_of
+from pipeline.audio import AUDIO_EXTENSIONS
+from pipeline.shards import index_shard, is_shard
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga", ".au", ".aiff", ".aif", ".gsm", ".m4a", ".webm")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
 MANIFEST_COLUMNS = {"path", "recording_id", "transcript", "channels", "segments"}
 MAX_MANIFEST_BYTES = 4 * 1024**3
@@ -48,14 +53,16 @@ class SourceRecord:
     channel_names: list[str] | None = None
     segments: str | None = None  # JSON list of {"start", "end", "channel"?, "transcript"?}
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # a manifest row's or sidecar's other fields (label, speaker, ...)
     raw_path: bytes | None = None  # exact local path bytes when the name is not valid UTF-8
+    member: str | None = None  # a tar shard's member: JSON MemberSpan of its bytes in ``path``
 
     def to_row(self) -> dict:
         return {
             "recording_id": self.recording_id,
             "path": self.path,
             "raw_path": self.raw_path,
+            "member": self.member,
             "transcript": self.transcript,
             "channel_names": ",".join(self.channel_names) if self.channel_names else None,
             "given_segments": self.segments,
@@ -111,8 +118,41 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _is_input(path: str) -> bool:
+    return path.lower().endswith(AUDIO_EXTENSIONS) or is_shard(path)
+
+
+def _expand(records: list[SourceRecord]) -> list[SourceRecord]:
+    """Each tar shard among ``records`` replaced by the records of its samples."""
+    out: list[SourceRecord] = []
+    for r in records:
+        out.extend(shard_records(r) if is_shard(r.path) and r.error is None else [r])
+    return out
+
+
+def shard_records(shard: SourceRecord) -> list[SourceRecord]:
+    """One record per sample of a tar shard (``shard``: the record the shard file itself would be)."""
+    records = []
+    for s in index_shard(shard.path, shard.raw_path):
+        rid = f"{shard.recording_id}/{s.key}" if s.key else shard.recording_id
+        rec = SourceRecord(rid, shard.path, raw_path=shard.raw_path, error=s.error)
+        if s.audio is not None:
+            rec.member = s.audio.to_json()
+        meta = dict(s.meta)
+        if isinstance(meta.get("recording_id"), str) and meta["recording_id"].strip():
+            rec.recording_id = clean_text(meta.pop("recording_id"))
+        _apply_fields(rec, meta, f"sample {s.key!r}")
+        records.append(rec)
+    return records
+
+
 def list_audio(uri: str) -> list[SourceRecord]:
-    """Records for a folder (recursive), a single audio file or a glob pattern (``*``, ``?``, ``[]``)."""
+    """Records for a folder (recursive), a single audio file or tar shard, or a glob pattern (``*``, ``?``,
+    ``[]``); tar shards are expanded into their samples."""
+    return _expand(_list_files(uri))
+
+
+def _list_files(uri: str) -> list[SourceRecord]:
     if _has_magic(uri):
         base = uri
         while _has_magic(base):
@@ -134,18 +174,14 @@ def list_audio(uri: str) -> list[SourceRecord]:
             raise ManifestError(f"input not found: {uri}")
         if not os.path.isdir(root):
             return [_local_record(root, _recording_id_from_path(root, ""))]
-        return [
-            _local_record(p, _recording_id_from_path(p, root))
-            for p in _walk_local(root)
-            if p.lower().endswith(AUDIO_EXTENSIONS)
-        ]
+        return [_local_record(p, _recording_id_from_path(p, root)) for p in _walk_local(root) if _is_input(p)]
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise ManifestError(f"input not found: {uri}")
     if info.type == pafs.FileType.File:
         return [SourceRecord(_recording_id_from_path(root, ""), uri_of(fs, root))]
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(AUDIO_EXTENSIONS))
+    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and _is_input(i.path))
     return [SourceRecord(_recording_id_from_path(p, root), uri_of(fs, p)) for p in paths]
 
 
@@ -304,23 +340,34 @@ def read_manifest(uri: str) -> list[SourceRecord]:
             rec = _local_record(p, rid or _recording_id_from_path(p, base))
         else:
             rec = SourceRecord(clean_text(rid or _recording_id_from_path(p, base)), uri_of(fs, clean_text(p)))
-        tr = row.get("transcript")
-        rec.transcript = _str_or_none(tr) if not isinstance(tr, (list, dict)) else None
-        if isinstance(tr, (list, dict)):
-            rec.error = f"manifest row {i}: 'transcript' must be text"
-        rec.channel_names = _channels(row.get("channels"))
-        seg = row.get("segments")
-        if seg is not None and not isinstance(seg, str):
-            try:
-                seg = json.dumps(seg)
-            except (TypeError, ValueError):
-                seg = None
-                rec.error = rec.error or f"manifest row {i}: 'segments' is not JSON-serialisable"
-        rec.segments = _str_or_none(seg)
-        if rec.segments and not rec.error:
-            rec.error = validate_segments(rec.segments)
+        _apply_fields(rec, row, f"manifest row {i}")
         records.append(rec)
     return records
+
+
+def _apply_fields(rec: SourceRecord, row: dict, where: str) -> None:
+    """A manifest row's or sidecar's transcript, channels and segments onto ``rec`` (a bad value is the record's
+    error); the remaining fields go to ``rec.extra`` as text."""
+    tr = row.get("transcript")
+    rec.transcript = _str_or_none(tr) if not isinstance(tr, (list, dict)) else None
+    if isinstance(tr, (list, dict)):
+        rec.error = rec.error or f"{where}: 'transcript' must be text"
+    rec.channel_names = _channels(row.get("channels"))
+    seg = row.get("segments")
+    if seg is not None and not isinstance(seg, str):
+        try:
+            seg = json.dumps(seg)
+        except (TypeError, ValueError):
+            seg = None
+            rec.error = rec.error or f"{where}: 'segments' is not JSON-serialisable"
+    rec.segments = _str_or_none(seg)
+    if rec.segments and not rec.error:
+        rec.error = validate_segments(rec.segments)
+    rec.extra = {
+        k: _str_or_none(v) if not isinstance(v, (list, dict)) else json.dumps(v)
+        for k, v in row.items()
+        if k not in MANIFEST_COLUMNS and k != ROW_ERROR
+    }
 
 
 def validate_segments(text: str) -> str | None:
@@ -348,7 +395,7 @@ def _input_key(r: SourceRecord) -> tuple:
     path = r.raw_path or r.path
     if r.raw_path is None and "://" not in r.path:
         path = os.path.normpath(r.path)
-    return (path, r.transcript, tuple(r.channel_names or ()), r.segments)
+    return (path, r.member, r.transcript, tuple(r.channel_names or ()), r.segments)
 
 
 def discover(inputs: list[str]) -> list[SourceRecord]:

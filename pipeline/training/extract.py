@@ -3,11 +3,12 @@ The CLI: ``jobs/extract_features.py``.
 
 manifest rows (utt_id, path, label, transcript, speaker, split; optionally ``channel``, ``segment_start_s``,
 ``segment_end_s`` to cut one turn out of a longer recording, e.g. a labelled call archive:
-:func:`pipeline.recipes.call_archive_manifest`) -> read + decode + channel or mono mix + cut + resample (Ray tasks,
-per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
+:func:`pipeline.recipes.call_archive_manifest`), or the samples of tar shards, read by the labeling job's readers ->
+open + decode + resample through the labeling job's decode path (:mod:`pipeline.decode`), channel or mono mix, cut
+(Ray tasks, per-file error rows) -> encoder (actor pool of :class:`EncodeActor`, GPU actors with ``--gpus-per-actor``,
 fractional CPUs otherwise) -> Parquet shards under ``OUT_DIR/shards`` (layout in :mod:`emoq_model.features`:
-``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be
-read or encoded becomes a row with ``error`` set and no frames) -> ``meta.json`` and per-speaker frame statistics
+``[L, T, D]`` float16 frames per utterance with lengths, label, transcript, speaker, split; a file that cannot be read
+or encoded becomes a row with ``error`` set and no frames) -> ``meta.json`` and per-speaker frame statistics
 ``speaker_stats.parquet`` (for per-speaker feature normalisation in training / evaluation).
 
 Works embedded (plain ``python``: starts a local Ray) and against a cluster (``RAY_ADDRESS`` / ``--address`` /
@@ -17,6 +18,7 @@ must be shared storage (NFS or a pyarrow URI such as ``s3://bucket/features``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from emoq_model import features as F
+from pipeline.decode import DecodeLimits
 
 DECODE_COLUMNS = [
     "utt_id",
@@ -40,6 +43,7 @@ DECODE_COLUMNS = [
     "duration_s",
     "audio",
 ]
+ROW_COLUMNS = ("utt_id", "path", "raw_path", "member", "label", "transcript", "speaker", "split")
 SEGMENT_COLUMNS = ["channel", "segment_start_s", "segment_end_s"]  # optional: a turn of a longer recording
 MAX_SOURCE_S = 4 * 3600.0  # a segment row's source recording may be this long (the segment itself: max_duration_s)
 
@@ -71,20 +75,34 @@ def _channel(samples: np.ndarray, channel) -> np.ndarray:
     return samples[int(c)]
 
 
-def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -> pd.DataFrame:
-    """Read, decode, mix to mono and resample each file; failures become rows with ``error`` set."""
+def decode_batch(
+    batch: pd.DataFrame, sample_rate: int, max_duration_s: float, limits: DecodeLimits | None = None
+) -> pd.DataFrame:
+    """Read, decode and resample each file through the labeling job's decode path
+    (:func:`pipeline.decode.load_recording`: header-first limits, FIFOs refused, URIs and tar members), then take
+    the row's channel (or the mix) and cut its turn; failures become rows with ``error`` set."""
     from pipeline import audio
+    from pipeline.decode import MemberSpan, load_recording
 
+    base = limits or DecodeLimits()
     rows = []
     for r in batch.to_dict("records"):
         out = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split")}
-        out.update(error=None, num_samples=None, duration_s=None, audio=None)
+        out.update(error=_s(r.get("error")), num_samples=None, duration_s=None, audio=None)
+        if out["error"] is not None:  # the reader could not use the row (bad manifest row, bad sidecar, ...)
+            out["error"] = f"input: {out['error']}"
+            rows.append(out)
+            continue
         try:
             start, end = _f(r.get("segment_start_s")), _f(r.get("segment_end_s"))
             cut = start is not None or end is not None
-            a = audio.load(out["path"], max_duration_s=MAX_SOURCE_S if cut else max_duration_s)
-            mono = audio.resample(_channel(a.samples, r.get("channel")), a.sample_rate, sample_rate)
-            if cut:  # one turn of a longer recording: resampled whole, then cut, exactly as labeling cuts segments
+            longest = max(MAX_SOURCE_S, max_duration_s) if cut else max_duration_s
+            lim = dataclasses.replace(base, sample_rate=sample_rate, max_duration_s=longest)
+            raw = r.get("raw_path")
+            member = MemberSpan.from_json(r["member"]) if _s(r.get("member")) else None
+            _, a = load_recording(out["path"], lim, bytes(raw) if raw is not None else None, member)
+            mono = _channel(a.samples, r.get("channel"))  # resampled with all channels, as labeling does
+            if cut:  # one turn of a longer recording: cut from the resampled recording, exactly as labeling cuts
                 i0 = int(round((start or 0.0) * sample_rate))
                 i1 = mono.size if end is None else int(round(end * sample_rate))
                 if not 0 <= i0 < i1 <= mono.size + sample_rate // 100:  # 10 ms of rounding slack at the end
@@ -98,8 +116,6 @@ def decode_batch(batch: pd.DataFrame, sample_rate: int, max_duration_s: float) -
                 duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
                 audio=np.ascontiguousarray(mono, dtype="<f4").tobytes(),
             )
-        except FileNotFoundError:
-            out["error"] = "file not found"
         except audio.AudioError as e:
             out["error"] = f"decode: {e}"
         except Exception as e:  # any other per-file failure is a row, never a crash
@@ -200,26 +216,58 @@ class EncodeActor:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def read_manifest(path: str, splits: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
-    """A labelled manifest (CSV / Parquet) with absolute paths (relative ones are taken from its folder)."""
-    from pipeline.recipes import load_manifest
+def read_manifest(uri: str, splits: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    """The rows to extract, read by the labeling job's readers (:mod:`pipeline.labeling.sources`):
 
-    df = load_manifest(path)
-    base = os.path.dirname(os.path.abspath(path))
-    df["path"] = [
-        p if os.path.isabs(str(p)) or "://" in str(p) else os.path.normpath(os.path.join(base, str(p)))
-        for p in df["path"]
-    ]
+    * a labelled manifest (CSV / JSONL / Parquet, local or on any pyarrow filesystem such as ``s3://``; relative
+      paths are taken from its folder; names that are not UTF-8 are kept, as ``raw_path``), or
+    * tar shards (a ``.tar``, or a folder or glob of them; :mod:`pipeline.shards`): one row per sample, with
+      label, speaker, split (and optionally a turn: channel, segment_start_s, segment_end_s) from its ``key.json``.
+
+    A row the reader cannot use (a bad manifest line, a bad sidecar, a member cut off by a truncated shard) is kept
+    with ``error`` set, so it is counted in the cache, never dropped. ``splits`` keeps those splits (and every
+    error row)."""
+    from pipeline.labeling.sources import MANIFEST_EXTENSIONS, list_audio, read_manifest_rows
+    from pipeline.labeling.sources import read_manifest as read_records
+    from pipeline.recipes.common import MANIFEST_COLUMNS
+
+    if uri.lower().endswith(MANIFEST_EXTENSIONS):
+        cols, _ = read_manifest_rows(uri)
+        missing = [c for c in MANIFEST_COLUMNS if c not in cols]
+        if missing:
+            raise ValueError(f"{uri}: manifest lacks required columns {missing}")
+        records = read_records(uri)
+    else:
+        records = list_audio(uri)
+    rows = []
+    for r in records:
+        x = r.extra
+        row = {
+            "utt_id": x.get("utt_id") or r.recording_id,
+            "path": r.path,
+            "raw_path": r.raw_path,
+            "member": r.member,
+            "label": x.get("label"),
+            "transcript": r.transcript,
+            "speaker": x.get("speaker"),
+            "split": x.get("split"),
+            "error": r.error,
+        }
+        row.update({k: x[k] for k in (*SEGMENT_COLUMNS, "duration_s") if x.get(k) is not None})
+        rows.append(row)
+    df = pd.DataFrame(rows)
     if splits:
-        df = df[df["split"].isin(splits)]
+        df = df[df["split"].isin(splits) | df["error"].notna()]
     if limit:
         df = df.head(limit)
     if df["utt_id"].duplicated().any():
         raise ValueError(
-            f"{path}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}"
+            f"{uri}: duplicate utt_id values, e.g. {df.loc[df['utt_id'].duplicated(), 'utt_id'].head(3).tolist()}"
         )
     if len(df) == 0:
-        raise ValueError(f"{path}: no rows to extract (splits={splits})")
+        raise ValueError(f"{uri}: no rows to extract (splits={splits})")
+    if "duration_s" in df:
+        df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce")
     return df.reset_index(drop=True)
 
 
@@ -239,11 +287,14 @@ def extract_features(
     rows_per_file: int = 512,
     max_duration_s: float = 600.0,
     asr_model: str | None = None,
+    limits: DecodeLimits | None = None,
 ) -> dict:
     """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
     Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
     the encoder is that checkpoint, as labeling does), so a text bundle trains on ASR errors; ``meta.json`` records
-    the WER against the manifest's transcripts."""
+    the WER against the manifest's transcripts. ``manifest``: anything :func:`read_manifest` reads (a manifest or
+    tar shards, local or a URI). ``limits``: the decode limits (the labeling job's defaults; ``max_duration_s``
+    bounds each utterance, a cut turn's source may be up to 4 h)."""
     import ray
 
     from emoq_model.config import load_config
@@ -285,7 +336,7 @@ def extract_features(
     if threads is None and gpus_per_actor <= 0:
         threads = max(1, (os.cpu_count() or 1) // actors)
 
-    cols = [c for c in ("utt_id", "path", "label", "transcript", "speaker", "split", *SEGMENT_COLUMNS) if c in df]
+    cols = [c for c in (*ROW_COLUMNS, "error", *SEGMENT_COLUMNS) if c in df]
     n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
     bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
     parts = [
@@ -299,7 +350,7 @@ def extract_features(
         batch_format="pandas",
         batch_size=batch_size,
         num_cpus=0.25,
-        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s},
+        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s, "limits": limits},
     )
     ds = ds.map_batches(
         EncodeActor,
@@ -316,6 +367,7 @@ def extract_features(
     meta = {
         "format": F.FORMAT,
         "manifest": os.path.abspath(manifest) if "://" not in manifest else manifest,
+        "n_input_errors": int(df["error"].notna().sum()),
         "encoder": {k: v for k, v in vars(cfg.encoder).items()},
         "sample_rate": sample_rate,
         "dtype": dtype,

@@ -213,6 +213,7 @@ def test_manifest_values_are_data_not_options(tmp_path, monkeypatch):
             "recording_id",
             "path",
             "raw_path",
+            "member",
             "transcript",
             "channel_names",
             "given_segments",
