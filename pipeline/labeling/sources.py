@@ -319,15 +319,14 @@ def read_manifest(uri: str) -> list[SourceRecord]:
         raw_path = row.get("path")
         rid = _str_or_none(row.get("recording_id")) if not isinstance(row.get("recording_id"), (list, dict)) else None
         if ROW_ERROR in row:
-            records.append(SourceRecord(clean_text(rid) if rid else f"row-{i}", "", error=row[ROW_ERROR]))
+            records.append(
+                SourceRecord(clean_text(rid) if rid else f"row-{i}", "", error=row[ROW_ERROR], extra=_extra(row))
+            )
             continue
         if not isinstance(raw_path, str) or not raw_path.strip():
             shown = "" if raw_path is None else clean_text(raw_path if isinstance(raw_path, str) else repr(raw_path))
-            records.append(
-                SourceRecord(
-                    rid or f"row-{i}", shown, error=f"manifest row {i}: missing or non-text 'path' ({shown or 'empty'})"
-                )
-            )
+            why = f"manifest row {i}: missing or non-text 'path' ({shown or 'empty'})"
+            records.append(SourceRecord(rid or f"row-{i}", shown, error=why, extra=_extra(row)))
             continue
         p = (
             raw_path
@@ -363,7 +362,12 @@ def _apply_fields(rec: SourceRecord, row: dict, where: str) -> None:
     rec.segments = _str_or_none(seg)
     if rec.segments and not rec.error:
         rec.error = validate_segments(rec.segments)
-    rec.extra = {
+    rec.extra = _extra(row)
+
+
+def _extra(row: dict) -> dict:
+    """A row's fields other than the labeling columns, as text (label, speaker, split, utt_id, ...)."""
+    return {
         k: _str_or_none(v) if not isinstance(v, (list, dict)) else json.dumps(v)
         for k, v in row.items()
         if k not in MANIFEST_COLUMNS and k != ROW_ERROR

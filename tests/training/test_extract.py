@@ -271,3 +271,41 @@ def test_call_archive_manifest_and_segment_cut(tmp_path):
     assert "outside the recording" in out["error"][2]
     with pytest.raises(ValueError, match="lacks columns"):
         call_archive_manifest(truth.drop(columns=["label"]))
+
+
+def test_extraction_decodes_through_the_labeling_path(tmp_path):
+    """Extraction's reader and decode are labeling's: a FIFO is refused without blocking, a name that is not UTF-8
+    is read by its exact bytes, header limits apply, and a bad manifest row is an error row, not a crash."""
+    import os
+
+    import soundfile as sf
+
+    from pipeline.decode import DecodeLimits
+    from pipeline.training.extract import decode_batch, read_manifest
+
+    t = np.arange(8000) / 8000
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.wav"
+    with open(raw, "wb") as f:
+        sf.write(f, tone, 8000, format="WAV")
+    sf.write(tmp_path / "long.wav", np.tile(tone, 5), 8000)
+    os.mkfifo(tmp_path / "pipe.wav")
+    man = tmp_path / "m.csv"
+    man.write_bytes(
+        b"utt_id,path,label,transcript,speaker,split\n"
+        b"u1,caf\xe9.wav,happy,hi,s1,train\n"
+        b"u2,pipe.wav,sad,,s1,train\n"
+        b"u3,long.wav,angry,,s2,val\n"
+        b"u4,,neutral,,s2,val\n"
+    )
+    df = read_manifest(str(man))
+    assert list(df["utt_id"]) == ["u1", "u2", "u3", "u4"] and df.loc[0, "raw_path"] == raw
+    assert "missing or non-text 'path'" in df.loc[3, "error"]
+    out = decode_batch(df, 16000, 600.0, DecodeLimits(max_duration_s=3.0)).set_index("utt_id")
+    assert pd.isna(out.loc["u1", "error"]) and out.loc["u1", "num_samples"] == 16000
+    assert out.loc["u1", "path"].endswith("caf\\xe9.wav")  # shown escaped, opened by its bytes
+    assert "not a regular file" in out.loc["u2", "error"]
+    assert pd.isna(out.loc["u3", "error"])  # a whole clip: bounded by the utterance limit (600 s) ...
+    short = decode_batch(df.iloc[[2]], 16000, 3.0).iloc[0]
+    assert "over the limit of 3 s" in short["error"]  # ... which refuses it from the header when lower
+    assert out.loc["u4", "error"].startswith("input: manifest row 3")
