@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from emoq_model.io import join, publish_dir
+from pipeline import faults
 from pipeline.training.checkpoint import check_resume, run_identity
 from pipeline.training.settings import BUNDLE_DIR, METRICS_FILE, STATE_FILE, TrainSettings, fail_once_from_env
 from pipeline.training.worker import train_loop_per_worker
@@ -67,7 +68,7 @@ def run_training(cfg, settings: TrainSettings) -> dict:
         worker_runtime_env={
             "env_vars": {
                 k: os.environ[k]
-                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "EMOQ_CACHE", "TOKENIZERS_PARALLELISM")
+                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "EMOQ_CACHE", "TOKENIZERS_PARALLELISM", faults.ENV)
                 if k in os.environ
             }
         },

@@ -30,6 +30,7 @@ class TrainSettings:
     bundle_out: str | None = None  # copy the exported bundle here (default <storage>/<name>/bundle)
     merge_llm: bool = True  # also export the LoRA-merged LLM (vLLM serves it ~6x faster than base + LoRA on CPU)
     num_workers: int = 2  # Ray Train workers (DDP ranks)
+    min_workers: int | None = None  # elastic: after losing nodes, go on from the last checkpoint with this many
     use_gpu: bool = False  # one GPU per worker (or gpus_per_worker)
     cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang silently on 2-core machines (measured)
     gpus_per_worker: float = 1.0  # with use_gpu
@@ -61,6 +62,8 @@ class TrainSettings:
             raise ConfigError(f"stages must be (1,), (2,) or (1, 2), got {self.stages}")
         if self.num_workers < 1:
             raise ConfigError("num_workers must be >= 1")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ConfigError(f"min_workers must be in [1, num_workers={self.num_workers}], got {self.min_workers}")
         if self.feature_norm not in ("none", "speaker", "utterance"):
             raise ConfigError(f"feature_norm must be none, speaker or utterance, got {self.feature_norm!r}")
         from emoq_model.features import NORM_GROUPS
@@ -76,7 +79,10 @@ class TrainSettings:
             res = {"CPU": self.cpus_per_worker}
             if self.use_gpu:
                 res["GPU"] = self.gpus_per_worker
-        return ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu, resources_per_worker=res)
+        n = self.num_workers
+        if self.min_workers is not None and self.min_workers < n:  # Ray Train elastic: a (min, max) worker range
+            n = (self.min_workers, self.num_workers)
+        return ScalingConfig(num_workers=n, use_gpu=self.use_gpu, resources_per_worker=res)
 
     @property
     def run_dir(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.training.checkpoint import (
     load_st,
     load_trainable_state,
@@ -160,6 +161,7 @@ def train_epoch(
         n_seen += len(chunk)
         if i == 0:
             maybe_fail(s, sr.stage, epoch, rank)
+        faults.maybe_die("train")  # off unless a reliability test arms it (EMOQ_FAULTS_DIR)
     return all_mean(sums, n_seen)
 
 
