@@ -1,9 +1,21 @@
 """A worker's training data: its shard of the feature cache, normalised as labeling normalises, as lists of items
 for ``collate_features``; batching and modality dropout.
 
-Every worker reads **its shard** of the cached features straight from the Parquet cache (per-rank split of a
-seeded permutation of the training rows, padded by wrap-around so that all ranks run the same number of steps,
-like ``DistributedSampler``); the validation rows are split rank-strided and the predictions gathered. Frames are
+Two ways to feed the training rows (``TrainSettings.data``):
+
+* ``memory`` (default): every worker reads **its shard** of the cached features straight from the Parquet cache
+  once (per-rank split of a seeded permutation of the training rows, padded by wrap-around so that all ranks run
+  the same number of steps, like ``DistributedSampler``) and keeps it in RAM; epoch orders are seeded per (seed,
+  stage, epoch, rank), so a resumed run continues bit for bit.
+* ``stream``: the driver hands Ray Train a Ray Data dataset of the cache's training rows (block order re-shuffled
+  at every epoch from the run's seed: a global shuffle at block granularity); each rank iterates its
+  ``ray.train.get_dataset_shard("train")`` every epoch through a seeded local shuffle buffer, decoding and
+  normalising batch by batch. A rank's memory is the buffer plus a few blocks, whatever the cache's size. The
+  streaming split balances blocks across ranks dynamically (same row count per rank), so runs are reproducible
+  in distribution, not bit for bit.
+
+The validation rows are split rank-strided, kept in memory (they are scored every epoch), and the predictions
+gathered. Frames are
 normalised once at load time (:class:`emoq_model.features.FeatureNorm`): per-speaker statistics over the
 population labeling normalises over (``norm_groups="channels"``: call channels, or label-skewed simulated channels
 of an isolated-utterance corpus), in training and validation alike, so the validation score that picks the best
@@ -24,10 +36,12 @@ from pipeline.training.settings import TrainSettings
 class WorkerData:
     """The worker's share of the feature cache, normalised, as lists of items for ``collate_features``."""
 
-    def __init__(self, s: TrainSettings, cfg, rank: int, world: int):
+    def __init__(self, s: TrainSettings, cfg, rank: int, world: int, shard=None):
         from emoq_model import features as F
 
         cache = F.FeatureCache(s.features)
+        self.shard, self.dtype, self.shuffle_buffer = shard, cache.dtype, s.shuffle_buffer
+        self.names = list(cfg.labels.names)
         self.stacked = cache.stacked
         import hashlib
 
@@ -55,27 +69,49 @@ class WorkerData:
         per_rank = math.ceil(len(train) / world)
         padded = np.concatenate([perm, perm[: per_rank * world - len(perm)]]) if per_rank * world > len(perm) else perm
         mine = padded[rank::world]
-        train_ids = train["utt_id"].to_numpy()[mine].tolist()
+        train_ids = train["utt_id"].to_numpy()[mine].tolist() if shard is None else []
+        # stream: the split gives every rank the same number of rows (the remainder is dropped)
+        self.n_per_rank = len(train_ids) if shard is None else len(train) // world
         val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
         rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(val_ids))}
         # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or
         # simulated, in train and val alike -- the population labeling normalises over), computed over whole
         # groups whatever this rank's share; global stats of the training speakers as the small-group fallback
         self.norm = F.FeatureNorm(s.feature_norm, group_key="norm_group", min_frames=s.norm_min_frames)
-        stats = {}
+        stats, self.groups = {}, {}
         if self.norm.enabled:
             speaker_stats = cache.speaker_stats()
             if s.feature_norm == "speaker":
-                groups = F.norm_groups(cache, pd.concat([train, val]), s.norm_groups, cfg.seed)
+                self.groups = F.norm_groups(cache, pd.concat([train, val]), s.norm_groups, cfg.seed)
                 for u, it in rows.items():
-                    it["norm_group"] = groups[u]
-                stats = F.group_stats(cache, groups)
+                    it["norm_group"] = self.groups[u]
+                stats = F.group_stats(cache, self.groups)
             spk_train = set(train["speaker"].astype(str))
             pool = [v for k, v in speaker_stats.items() if k in spk_train]
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
+        self.stats = stats
         items = {k: self._prepare(it, names) for k, it in zip(rows, self.norm.apply(list(rows.values()), stats))}
         self.train = [items[u] for u in train_ids]  # duplicates (padding) share the arrays
         self.val = [items[u] for u in val_ids]
+
+    def epoch_batches(self, bs: int, rng: np.random.Generator):
+        """This rank's training batches for one epoch (lists of items), in an order drawn from ``rng``."""
+        if self.shard is None:
+            yield from batches(self.train, bs, rng)
+            return
+        from emoq_model.features import row_to_item
+
+        seed = int(rng.integers(2**31 - 1))
+        for table in self.shard.iter_batches(
+            batch_size=bs,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=max(bs, self.shuffle_buffer),
+            local_shuffle_seed=seed,
+        ):
+            rows = [row_to_item(r, self.dtype) for r in table.to_pylist()]
+            for it in rows:
+                it["norm_group"] = self.groups.get(it["utt_id"])
+            yield [self._prepare(it, self.names) for it in self.norm.apply(rows, self.stats)]
 
     def _prepare(self, it: dict, names: list[str]) -> dict:
         from emoq_model.features import model_frames

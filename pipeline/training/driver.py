@@ -46,6 +46,25 @@ def check_cache_matches(cache, cfg) -> None:
         )
 
 
+def training_rows(settings: TrainSettings, seed: int):
+    """``data="stream"``: the cache's usable training rows as a Ray Data dataset, read lazily from its Parquet
+    shards; the block order is re-drawn from ``seed`` at every execution (every epoch). Ray Train splits it across
+    the workers (``streaming_split(equal=True)``: the same number of rows per rank)."""
+    import pyarrow.compute as pc
+    import ray.data
+
+    from emoq_model import features as F
+
+    split = settings.train_split
+
+    def keep(t):  # error rows and other splits never reach a worker
+        return t.filter(pc.and_(pc.equal(t["split"], split), pc.is_null(t["error"])))
+
+    ds = ray.data.read_parquet(F.join(settings.features, F.SHARDS_DIR))
+    ds = ds.map_batches(keep, batch_format="pyarrow", batch_size=None)
+    return ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+
+
 def run_training(cfg, settings: TrainSettings) -> dict:
     """Train (Ray must be initialised), copy the bundle to ``settings.bundle_out`` and return a summary:
     ``bundle``, ``run_dir``, ``metrics_file``, ``history``, ``best``, ``seconds``."""
@@ -78,6 +97,7 @@ def run_training(cfg, settings: TrainSettings) -> dict:
         train_loop_config={"cfg": cfg.to_dict(), "settings": dataclasses.asdict(settings)},
         scaling_config=settings.scaling_config(),
         run_config=run_config,
+        datasets={"train": training_rows(settings, cfg.seed)} if settings.data == "stream" else None,
     )
     result = trainer.fit()
     if result.error is not None:

@@ -30,6 +30,8 @@ class TrainSettings:
     bundle_out: str | None = None  # copy the exported bundle here (default <storage>/<name>/bundle)
     merge_llm: bool = True  # also export the LoRA-merged LLM (vLLM serves it ~6x faster than base + LoRA on CPU)
     num_workers: int = 2  # Ray Train workers (DDP ranks)
+    data: str = "memory"  # memory: each rank loads its share once | stream: Ray Data streams the rows every epoch
+    shuffle_buffer: int = 256  # stream: rows in each rank's seeded local shuffle buffer (blocks are shuffled too)
     min_workers: int | None = None  # elastic: after losing nodes, go on from the last checkpoint with this many
     use_gpu: bool = False  # one GPU per worker (or gpus_per_worker)
     cpus_per_worker: float = 0.5  # fractional: 2 x 1-CPU workers hang silently on 2-core machines (measured)
@@ -62,6 +64,8 @@ class TrainSettings:
             raise ConfigError(f"stages must be (1,), (2,) or (1, 2), got {self.stages}")
         if self.num_workers < 1:
             raise ConfigError("num_workers must be >= 1")
+        if self.data not in ("memory", "stream"):
+            raise ConfigError(f"data must be memory or stream, got {self.data!r}")
         if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
             raise ConfigError(f"min_workers must be in [1, num_workers={self.num_workers}], got {self.min_workers}")
         if self.feature_norm not in ("none", "speaker", "utterance"):

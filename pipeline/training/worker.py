@@ -137,7 +137,7 @@ def start_stage(
 
 
 def train_epoch(
-    model, sr: StageRun, items: list[dict], s: TrainSettings, seed: int, epoch: int, rank: int
+    model, sr: StageRun, data: WorkerData, s: TrainSettings, seed: int, epoch: int, rank: int
 ) -> dict[str, float]:
     """One pass over this rank's shard; the loss terms averaged over all ranks."""
     import torch
@@ -147,7 +147,7 @@ def train_epoch(
     model.train()
     sums: dict[str, float] = {}
     n_seen = 0
-    for i, chunk in enumerate(batches(items, sr.bs, rng)):
+    for i, chunk in enumerate(data.epoch_batches(sr.bs, rng)):
         batch = collate(drop_transcripts(chunk, sr.sc.text_dropout, rng))
         out = sr.ddp(batch, sr.stage)
         sr.opt.zero_grad(set_to_none=True)
@@ -162,7 +162,7 @@ def train_epoch(
         if i == 0:
             maybe_fail(s, sr.stage, epoch, rank)
         faults.maybe_die("train")  # off unless a reliability test arms it (EMOQ_FAULTS_DIR)
-    return all_mean(sums, n_seen)
+    return {**all_mean(sums, n_seen), "rows": float(n_seen)}  # rows: this rank's rows in the epoch
 
 
 def validate(model, items: list[dict], stage: int, s: TrainSettings, names: list[str]) -> dict:
@@ -276,12 +276,12 @@ def train_loop_per_worker(config: dict) -> None:
     names = list(cfg.labels.names)
 
     t_load = time.perf_counter()
-    data = WorkerData(s, cfg, rank, world)
+    data = WorkerData(s, cfg, rank, world, ray.train.get_dataset_shard("train") if s.data == "stream" else None)
     log(
         s,
         rank,
         f"data: {data.n_train} train / {data.n_val} val rows ({data.n_errors} error rows skipped), "
-        f"{len(data.train)} per rank, class counts {dict(zip(names, data.counts))}, "
+        f"{data.n_per_rank} per rank ({s.data}), class counts {dict(zip(names, data.counts))}, "
         f"norm={s.feature_norm}, loaded in {time.perf_counter() - t_load:.1f} s",
     )
 
@@ -298,10 +298,11 @@ def train_loop_per_worker(config: dict) -> None:
     for stage in s.stages:
         if stage in state["done"]:
             continue
-        sr = start_stage(model, cfg, s, stage, run, len(data.train), rank, world, device)
+        sr = start_stage(model, cfg, s, stage, run, data.n_per_rank, rank, world, device)
         for epoch in range(sr.start_epoch, sr.sc.epochs):
             t0 = time.perf_counter()
-            train_metrics = train_epoch(model, sr, data.train, s, cfg.seed, epoch, rank)
+            train_metrics = train_epoch(model, sr, data, s, cfg.seed, epoch, rank)
+            train_s = time.perf_counter() - t0
             rec = {
                 "stage": stage,
                 "epoch": epoch,
@@ -319,6 +320,8 @@ def train_loop_per_worker(config: dict) -> None:
                 is_best=is_best,
                 best_epoch=sr.best["epoch"],
                 epoch_s=round(time.perf_counter() - t0, 2),
+                train_s=round(train_s, 3),
+                max_rss_mb=round(peak_rss_mb(), 1),  # this worker's peak resident memory so far
                 world_size=world,
                 time=time.strftime("%Y-%m-%dT%H:%M:%S"),
             )
@@ -434,6 +437,13 @@ def maybe_fail(s: TrainSettings, stage: int, epoch: int, rank: int) -> None:
     if f.get("how", "exit") == "raise":
         raise RuntimeError(f"injected failure (stage {stage}, epoch {epoch}, rank {rank})")
     os._exit(1)  # the worker process dies as in a crash / OOM kill
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB; Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def lr_lambda(total: int, warmup: int):
