@@ -1,14 +1,16 @@
 """Streaming training data vs in-memory shards: per-worker peak memory as the feature cache grows 10x, and samples/s.
 
-    .venv/bin/python bench/train_streaming.py [--rows 300] [--scale 10] [--json bench/results/train_streaming.json]
+    .venv/bin/python bench/train_streaming.py [--rows 1000] [--scale 10] [--frames 50] [--json J]
 
-Two synthetic feature caches in the demo config's layout (5 stacked Whisper tiny.en layers x 384, float16, 2 s =
-100 frames per row, 8 speakers, random labels: memory and speed only), one with ``--rows`` training rows, one with
-``--scale`` times as many; both with the same 32 validation rows (validation stays in memory in both modes, so
-only the training rows grow). For each (mode, cache): ``run_training`` in a fresh process (own local Ray), stage 1
-only, 2 epochs, 2 workers x 1 torch thread. Reported from the run's metrics (rank 0): ``max_rss_mb`` (the worker's
-peak resident memory after the last epoch) and samples/s of epoch 1 (epoch 0 is warm-up) = rows trained over both
-ranks / ``train_s`` (the training pass alone, without validation).
+Two synthetic feature caches in the demo config's layout (5 stacked Whisper tiny.en layers x 384, float16,
+``--frames`` frames per row (50 = 1 s), 8 speakers, random labels: memory and speed only), one with ``--rows``
+training rows, one with ``--scale`` times as many; both with the same 32 validation rows (validation stays in memory
+in both modes, so only the training rows grow). For each (mode, cache): ``run_training`` in a fresh process (own
+local Ray), stage 1 only, 2 epochs, 2 workers x 1 torch thread. Reported from the run's metrics (rank 0):
+``peak_private_mb`` (the worker's peak private resident memory, ``RssAnon``, sampled every step), ``max_rss_mb``
+(peak RSS, which also counts the shared object-store pages that reading Ray Data blocks maps in) and samples/s of
+epoch 1 (epoch 0 is warm-up) = rows trained over both ranks / ``train_s`` (the training pass alone, without
+validation). Results: ``bench/results/train_streaming.{json,md}`` (``--json``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def cfg_():
 
 def synthetic_cache(n_train: int, n_val: int = 32, frames: int = 100) -> str:
     """A feature cache of random frames with the demo encoder's shape, written as extraction writes one."""
-    out = WORK / f"stream_cache_{n_train}"
+    out = WORK / f"stream_cache_{n_train}_{frames}"
     if (out / "_done").exists():
         return str(out)
     import numpy as np
@@ -114,6 +116,7 @@ def phase_train(a) -> dict:
     return {
         "wall_s": time.perf_counter() - t0,
         "max_rss_mb": h["max_rss_mb"],
+        "peak_private_mb": h["peak_private_mb"],
         "samples_per_s": 2 * h["train_rows"] / h["train_s"],
         "train_rows_per_rank": h["train_rows"],
         "history": [{k: x.get(k) for k in ("epoch", "train_s", "epoch_s", "max_rss_mb")} for x in summ["history"]],
@@ -126,14 +129,15 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--features")
     ap.add_argument("--mode", default="memory")
-    ap.add_argument("--rows", type=int, default=300)
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--frames", type=int, default=50, help="frames per row (50 = 1 s of Whisper frames)")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_streaming.json"))
     a = ap.parse_args()
     if a.phase != "driver":
         Path(a.out).write_text(json.dumps(phase_train(a), default=float))
         return
-    caches = {n: synthetic_cache(n) for n in (a.rows, a.rows * a.scale)}
+    caches = {n: synthetic_cache(n, frames=a.frames) for n in (a.rows, a.rows * a.scale)}
     res: dict[str, dict] = {}
     for mode in ("memory", "stream"):
         for n, path in caches.items():
@@ -153,22 +157,29 @@ def main() -> None:
             )
     small, big = a.rows, a.rows * a.scale
     ratios = {
-        "memory_peak_growth": res[f"memory_{big}"]["max_rss_mb"] / res[f"memory_{small}"]["max_rss_mb"],
-        "stream_peak_growth": res[f"stream_{big}"]["max_rss_mb"] / res[f"stream_{small}"]["max_rss_mb"],
+        "memory_private_peak_growth": res[f"memory_{big}"]["peak_private_mb"]
+        / res[f"memory_{small}"]["peak_private_mb"],
+        "stream_private_peak_growth": res[f"stream_{big}"]["peak_private_mb"]
+        / res[f"stream_{small}"]["peak_private_mb"],
+        "memory_rss_peak_growth": res[f"memory_{big}"]["max_rss_mb"] / res[f"memory_{small}"]["max_rss_mb"],
+        "stream_rss_peak_growth": res[f"stream_{big}"]["max_rss_mb"] / res[f"stream_{small}"]["max_rss_mb"],
         "stream_vs_memory_samples_per_s_small": res[f"stream_{small}"]["samples_per_s"]
         / res[f"memory_{small}"]["samples_per_s"],
         "stream_vs_memory_samples_per_s_big": res[f"stream_{big}"]["samples_per_s"]
         / res[f"memory_{big}"]["samples_per_s"],
     }
     md = [
-        "| data | train rows | cache MiB | worker peak MiB | samples/s (epoch 1) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| data | train rows | cache MiB | worker peak private MiB | worker peak RSS MiB | samples/s (epoch 1) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode in ("memory", "stream"):
         for n in (small, big):
             r = res[f"{mode}_{n}"]
             mib = sum(f.stat().st_size for f in Path(caches[n]).rglob("*.parquet")) / 2**20
-            md.append(f"| {mode} | {n} | {mib:.0f} | {r['max_rss_mb']:.0f} | {r['samples_per_s']:.1f} |")
+            md.append(
+                f"| {mode} | {n} | {mib:.0f} | {r['peak_private_mb']:.0f} | {r['max_rss_mb']:.0f} "
+                f"| {r['samples_per_s']:.1f} |"
+            )
     md += ["", *(f"- {k}: {v:.3f}" for k, v in ratios.items())]
     save_results(a.json, {"machine": machine(), "results": res, "ratios": ratios, "rows": [small, big]}, md)
 

@@ -99,24 +99,30 @@ class WorkerData:
         if self.shard is None:
             yield from batches(self.train, bs, rng)
             return
-        from emoq_model.features import row_to_item
+        from emoq_model.features import decode_frames
 
         seed = int(rng.integers(2**31 - 1))
         for table in self.shard.iter_batches(
             batch_size=bs,
             batch_format="pyarrow",
+            prefetch_batches=2,
             local_shuffle_buffer_size=max(bs, self.shuffle_buffer),
             local_shuffle_seed=seed,
         ):
-            rows = [row_to_item(r, self.dtype) for r in table.to_pylist()]
-            for it in rows:
+            rows = table.drop_columns(["frames"]).to_pylist()
+            frames = table.column("frames")
+            for i, it in enumerate(rows):  # frames decoded in place from the Arrow buffer (no copy)
+                it["frames"] = decode_frames(
+                    frames[i].as_buffer(), (it["n_layers"], it["n_frames"], it["dim"]), self.dtype
+                )
                 it["norm_group"] = self.groups.get(it["utt_id"])
-            yield [self._prepare(it, self.names) for it in self.norm.apply(rows, self.stats)]
+            # kept float32 after normalisation (the in-memory path stores float16 to halve its RAM)
+            yield [self._prepare(it, self.names, np.float32) for it in self.norm.apply(rows, self.stats)]
 
-    def _prepare(self, it: dict, names: list[str]) -> dict:
+    def _prepare(self, it: dict, names: list[str], dtype=np.float16) -> dict:
         from emoq_model.features import model_frames
 
-        frames = model_frames(np.asarray(it["frames"], dtype=np.float16), self.stacked)
+        frames = model_frames(np.asarray(it["frames"], dtype=dtype), self.stacked)
         return {
             "utt_id": it["utt_id"],
             "frames": frames,

@@ -50,18 +50,15 @@ def training_rows(settings: TrainSettings, seed: int):
     """``data="stream"``: the cache's usable training rows as a Ray Data dataset, read lazily from its Parquet
     shards; the block order is re-drawn from ``seed`` at every execution (every epoch). Ray Train splits it across
     the workers (``streaming_split(equal=True)``: the same number of rows per rank)."""
-    import pyarrow.compute as pc
     import ray.data
+    from ray.data.expressions import col
 
     from emoq_model import features as F
 
-    split = settings.train_split
-
-    def keep(t):  # error rows and other splits never reach a worker
-        return t.filter(pc.and_(pc.equal(t["split"], split), pc.is_null(t["error"])))
-
-    ds = ray.data.read_parquet(F.join(settings.features, F.SHARDS_DIR))
-    ds = ds.map_batches(keep, batch_format="pyarrow", batch_size=None)
+    columns = [c for c in F.FEATURE_COLUMNS if c not in ("path", "num_samples", "duration_s")]
+    ds = ray.data.read_parquet(F.join(settings.features, F.SHARDS_DIR), columns=columns)
+    # error rows and other splits never reach a worker (pushed down into the Parquet read)
+    ds = ds.filter(expr=(col("split") == settings.train_split) & col("error").is_null())
     return ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
 
 

@@ -156,6 +156,7 @@ def train_epoch(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
         sr.opt.step()
         sr.sched.step()
+        note_private_memory()
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(chunk)
         n_seen += len(chunk)
@@ -322,6 +323,7 @@ def train_loop_per_worker(config: dict) -> None:
                 epoch_s=round(time.perf_counter() - t0, 2),
                 train_s=round(train_s, 3),
                 max_rss_mb=round(peak_rss_mb(), 1),  # this worker's peak resident memory so far
+                peak_private_mb=round(_PEAK_PRIVATE_MB, 1),  # ... of it private (not Ray's shared object store)
                 world_size=world,
                 time=time.strftime("%Y-%m-%dT%H:%M:%S"),
             )
@@ -437,6 +439,23 @@ def maybe_fail(s: TrainSettings, stage: int, epoch: int, rank: int) -> None:
     if f.get("how", "exit") == "raise":
         raise RuntimeError(f"injected failure (stage {stage}, epoch {epoch}, rank {rank})")
     os._exit(1)  # the worker process dies as in a crash / OOM kill
+
+
+_PEAK_PRIVATE_MB = 0.0
+
+
+def note_private_memory() -> None:
+    """Track this process's peak private resident memory (Linux ``RssAnon``: the heap, not the shared-memory
+    pages of Ray's object store that reading blocks maps in, which ``ru_maxrss`` counts too)."""
+    global _PEAK_PRIVATE_MB
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    _PEAK_PRIVATE_MB = max(_PEAK_PRIVATE_MB, int(line.split()[1]) / 1024.0)
+                    return
+    except OSError:  # not Linux
+        pass
 
 
 def peak_rss_mb() -> float:
