@@ -57,23 +57,6 @@ def _given_segments(text: str, names: list[str], duration: float, transcript: st
     return out
 
 
-def check_header(h: audio.Header, cfg: PrepareConfig) -> None:
-    """Refuse a recording from its header alone: rate, channels, duration and decoded size limits."""
-    if not cfg.min_sample_rate <= h.sample_rate <= cfg.max_sample_rate:
-        raise audio.AudioError(f"sample rate {h.sample_rate} Hz outside [{cfg.min_sample_rate}, {cfg.max_sample_rate}]")
-    if h.channels > cfg.max_channels:
-        raise audio.AudioError(f"{h.channels} channels, more than the limit of {cfg.max_channels}")
-    audio.check_duration(h.duration_s, cfg.max_duration_s)
-    decoded_mb = h.channels * h.duration_s * cfg.sample_rate * 4 / 2**20
-    if decoded_mb > cfg.max_decoded_mb:
-        raise audio.AudioError(
-            f"{h.channels} channels x {h.duration_s:.0f} s would decode to {decoded_mb:.0f} MB, "
-            f"over the limit of {cfg.max_decoded_mb:.0f} MB"
-        )
-    if h.truncated and not cfg.allow_truncated:
-        raise audio.AudioError(h.truncation_message())
-
-
 def prepare_recording(row: dict, cfg: PrepareConfig) -> dict:
     """Decode and segment one recording (``row`` from :meth:`SourceRecord.to_row`)."""
     out = {k: row.get(k) for k in ("recording_id", "path")}
