@@ -300,14 +300,18 @@ def _channels(v) -> list[str] | None:
     return names or None
 
 
-def read_manifest(uri: str) -> list[SourceRecord]:
+def read_manifest(uri: str, required: tuple[str, ...] = ()) -> list[SourceRecord]:
     """Records from a manifest with a ``path`` column and optional recording_id, transcript, channels, segments.
 
-    Relative paths are resolved against the manifest's folder.
+    Relative paths are resolved against the manifest's folder. ``required``: further columns the caller needs
+    (feature extraction: label, speaker, split, ...); a manifest without them is refused before any row is used.
     """
     cols, rows = read_manifest_rows(uri)
     if "path" not in cols:
         raise ManifestError(f"manifest {uri} has no 'path' column (columns: {sorted(cols)})")
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise ManifestError(f"{uri}: manifest lacks required columns {missing}")
     fs, mpath = resolve(uri)
     base = posixpath.dirname(mpath)
     local = isinstance(fs, pafs.LocalFileSystem)

@@ -227,16 +227,12 @@ def read_manifest(uri: str, splits: list[str] | None = None, limit: int | None =
     A row the reader cannot use (a bad manifest line, a bad sidecar, a member cut off by a truncated shard) is kept
     with ``error`` set, so it is counted in the cache, never dropped. ``splits`` keeps those splits (and every
     error row)."""
-    from pipeline.labeling.sources import MANIFEST_EXTENSIONS, list_audio, read_manifest_rows
+    from pipeline.labeling.sources import MANIFEST_EXTENSIONS, list_audio
     from pipeline.labeling.sources import read_manifest as read_records
     from pipeline.recipes.common import MANIFEST_COLUMNS
 
     if uri.lower().endswith(MANIFEST_EXTENSIONS):
-        cols, _ = read_manifest_rows(uri)
-        missing = [c for c in MANIFEST_COLUMNS if c not in cols]
-        if missing:
-            raise ValueError(f"{uri}: manifest lacks required columns {missing}")
-        records = read_records(uri)
+        records = read_records(uri, required=MANIFEST_COLUMNS)  # one read of the manifest
     else:
         records = list_audio(uri)
     rows = []
