@@ -66,9 +66,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(a.threads)
     if a.segments_csv is None:
-        from jobs.demo import demo_archives, parse_args
+        from pipeline.demo.run import demo_archives
 
-        a.segments_csv = str(demo_archives(parse_args([]))["archive"].parent / "segments.csv")
+        a.segments_csv = str(demo_archives()["archive"].parent / "segments.csv")
     whisper = str(build_whisper_tiny_en())
     waves, refs = segments(Path(a.segments_csv), 16000, a.limit)
     audio_s = sum(len(w) for w in waves) / 16000

@@ -256,9 +256,9 @@ def main() -> None:
     a = ap.parse_args()
     a.bundle = str(Path(a.bundle).resolve())
     if a.archive is None:
-        from jobs.demo import demo_archives, parse_args
+        from pipeline.demo.run import demo_archives
 
-        a.archive = str(demo_archives(parse_args([]))["archive"])
+        a.archive = str(demo_archives()["archive"])
     if a.phase == "driver":
         return driver(a)
     res = {"stages": phase_stages, "label": phase_label}[a.phase](a)

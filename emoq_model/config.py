@@ -59,6 +59,12 @@ class FormerConfig:
     cross_attention_frequency: int = 1
     text_fusion: Literal["none", "concat"] = "concat"
     dropout: float = 0.1
+    # SpecAugment-style time masking of the speech frames while the Former trains (never at inference): about this
+    # fraction of each item's frames is hidden from cross-attention in spans of time_mask_span frames, so the
+    # queries cannot hang the label on a few frames (a word that only the training calls say) and must read
+    # utterance-wide cues; 0 = off
+    time_mask: float = 0.0
+    time_mask_span: int = 10
     # local BERT-family directory (e.g. ${assets}/all-minilm-l6-v2): with text_fusion=concat, transcripts are embedded
     # by this frozen encoder (contextual token states) instead of by the LLM's input embedding table (None); it is
     # also the source of init_from_text_encoder (with any text_fusion)
@@ -339,6 +345,8 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
             "former.cross_attention_frequency must be in [1, former.num_layers]",
         ),
         (0.0 <= f.dropout < 1.0, "former.dropout must be in [0, 1)"),
+        (0.0 <= f.time_mask < 1.0, "former.time_mask must be in [0, 1)"),
+        (f.time_mask_span >= 1, "former.time_mask_span must be >= 1"),
         (
             not f.init_from_text_encoder or bool(f.text_encoder),
             "former.init_from_text_encoder needs former.text_encoder",

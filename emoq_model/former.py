@@ -40,6 +40,18 @@ class LayerWeights(nn.Module):
         return torch.softmax(self.logits.detach(), 0)
 
 
+def time_mask(mask: torch.Tensor, fraction: float, span: int) -> torch.Tensor:
+    """``mask`` ``[B, T]`` (True = valid frame) with spans of ``span`` frames hidden, starting at each valid frame
+    with probability ``fraction / span`` (so about ``fraction`` of the frames, less where spans overlap, as in
+    wav2vec 2.0's time masking); every item keeps at least one valid frame."""
+    starts = (torch.rand(mask.shape, device=mask.device) < fraction / span) & mask
+    padded = torch.nn.functional.pad(starts[:, None].float(), (span - 1, 0))
+    hidden = torch.nn.functional.max_pool1d(padded, span, stride=1)[:, 0].bool()  # a span started in (t - span, t]
+    out = mask & ~hidden
+    empty = ~out.any(1)
+    return torch.where(empty[:, None], mask, out)
+
+
 @dataclass
 class FormerOutput:
     queries: torch.Tensor  # [B, Q, H] Former output at the query positions
@@ -161,6 +173,8 @@ class EmoQFormer(nn.Module):
             pros = frames[..., -k:] * self.prosody_scale + self.prosody_shift
             frames = torch.cat([self.encoder_norm(frames[..., :-k]), pros], -1)
         b = frames.shape[0]
+        if self.training and self.cfg.time_mask > 0:
+            frame_mask = time_mask(frame_mask.to(dev).bool(), self.cfg.time_mask, self.cfg.time_mask_span)
         if not self.cfg.use_speech:  # text-only ablation: one constant frame instead of the speech
             frames, frame_mask = torch.zeros_like(frames[:, :1]), torch.ones(b, 1, dtype=torch.bool, device=dev)
         q = self.queries.expand(b, -1, -1)

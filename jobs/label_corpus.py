@@ -10,165 +10,22 @@ console, as the libraries print them).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import (  # noqa: E402
-    add_dataclass_args,
-    dataclass_kwargs,
-    exits_on_error,  # noqa: E402
-)
-from pipeline.labeling.job import LabelJobConfig, StageResources, run  # noqa: E402
-from pipeline.labeling.prepare import PrepareConfig  # noqa: E402
-from pipeline.labeling.segment import VADConfig  # noqa: E402
+from pipeline.cli import exits_on_error  # noqa: E402
+from pipeline.labeling.cli import config_from_args, print_report  # noqa: E402
+from pipeline.labeling.cli import parse_args as _parse_args  # noqa: E402
+from pipeline.labeling.job import run  # noqa: E402
+
+__all__ = ["config_from_args", "main", "parse_args"]
 
 
-def _engine_kv(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        k, _, v = it.partition("=")
-        if not k or not _:
-            raise SystemExit(f"--engine expects key=value, got {it!r}")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-STAGES = ("encode", "label", "asr")  # actor pools: --<stage>-actors/-cpus/-gpus/-resources (StageResources)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags come from the config dataclasses (LabelJobConfig, PrepareConfig, VADConfig, StageResources): type,
-    default and help live there once."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", help="folders, globs, audio files or manifests (.csv/.jsonl/.parquet)")
-    ap.add_argument("--bundle", required=True, help="trained EmoQ bundle directory")
-    ap.add_argument("--output", required=True, help="output directory (local path or pyarrow URI)")
-    ap.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else embedded local Ray)")
-    job = add_dataclass_args(
-        ap,
-        LabelJobConfig,
-        skip=(
-            "inputs",
-            "output",
-            "bundle",
-            "prepare",
-            "encode",
-            "label",
-            "asr",
-            "engine",
-            "use_merged",
-            "model_overrides",
-            "resume",
-        ),
-        flags={
-            "asr_shared": "--asr-separate",
-            "object_store_limit_mb": "--object-store-mb",
-            "timeline_calls": "--timelines",
-            "isolate_failures": "--no-isolate-failures",
-        },
-    )
-    prep = add_dataclass_args(
-        ap,
-        PrepareConfig,
-        only=("max_duration_s", "max_channels", "allow_truncated"),
-        flags={"max_duration_s": "--max-duration"},
-        dest_prefix="prepare_",
-    )
-    vad = add_dataclass_args(
-        ap,
-        VADConfig,
-        only=("min_speech_s", "max_segment_s", "min_gap_s"),
-        dest_prefix="vad_",
-        flags={"min_speech_s": "--min-speech", "max_segment_s": "--max-segment", "min_gap_s": "--min-gap"},
-    )
-    default = StageResources()
-    for st in STAGES:
-        ap.add_argument(f"--{st}-actors", type=int, default=default.actors, help=f"{st} actor pool size")
-        ap.add_argument(f"--{st}-cpus", type=float, default=default.num_cpus, help=f"CPUs per {st} actor")
-        ap.add_argument(f"--{st}-gpus", type=float, default=default.num_gpus, help=f"GPUs per {st} actor")
-        ap.add_argument(
-            f"--{st}-resources",
-            type=json.loads,
-            default=None,
-            metavar="JSON",
-            help=f"custom Ray resources per {st} actor, e.g. '{{\"{st}_node\": 1}}' (node placement)",
-        )
-    ap.add_argument("--merged", action="store_true", help="serve the bundle's merged LLM instead of base + LoRA")
-    ap.add_argument(
-        "--engine",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra vllm.LLM arguments, e.g. tensor_parallel_size=2 dtype=bfloat16",
-    )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="model_overrides",
-        help="deployment precision of the bundle's models: encoder.dtype=bfloat16|int8, "
-        "former.dtype=bfloat16 (repeatable)",
-    )
-    ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
-    ap.add_argument(
-        "--verbose",
-        action="store_true",
-        help="print Ray's, Ray Data's, vLLM's and the workers' logs on the console (default: <output>/logs/label.log)",
-    )
-    ap.set_defaults(dests={"job": job, "prepare": prep, "vad": vad})
-    return ap.parse_args(argv)
-
-
-def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
-    d = a.dests
-    engine = {**LabelJobConfig.__dataclass_fields__["engine"].default_factory(), **_engine_kv(a.engine)}
-    resources = {
-        st: StageResources(
-            getattr(a, f"{st}_actors"),
-            getattr(a, f"{st}_cpus"),
-            getattr(a, f"{st}_gpus"),
-            getattr(a, f"{st}_resources"),
-        )
-        for st in STAGES
-    }
-    prepare = PrepareConfig(**dataclass_kwargs(a, d["prepare"]), vad=VADConfig(**dataclass_kwargs(a, d["vad"])))
-    return LabelJobConfig(
-        inputs=list(a.inputs),
-        output=a.output,
-        bundle=a.bundle,
-        prepare=prepare,
-        engine=engine,
-        use_merged=True if a.merged else None,
-        model_overrides=list(a.model_overrides),
-        resume=not a.no_resume,
-        **resources,
-        **dataclass_kwargs(a, d["job"]),
-    )
-
-
-def print_report(report: dict, log_path: str | Path | None = None) -> None:
-    """The final table, then the first recordings of the summary (dominant label, confidence, error)."""
-    import pyarrow.parquet as pq
-
-    from pipeline.console import final_table
-
-    print("\n" + final_table(report, log_path=log_path))
-    summary = pq.read_table(report["summary"]).to_pandas()
-    if len(summary):
-        cols = ["recording_id", "duration_s", "num_segments", "dominant_label", "mean_confidence", "error"]
-        more = f" (first 20 of {len(summary)})" if len(summary) > 20 else ""
-        print(f"\nRecordings{more}:")
-        with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 60):
-            print(summary[cols].head(20).to_string(index=False))
+def parse_args(argv: list[str] | None = None):
+    return _parse_args(argv, description=__doc__)
 
 
 @exits_on_error

@@ -96,3 +96,29 @@ def test_uses_blip2_qformer():
     assert f.qformer.config.encoder_hidden_size == D and f.qformer.config.use_qformer_text_input
     n_cross = sum(hasattr(layer, "crossattention") for layer in f.qformer.encoder.layer)
     assert n_cross == 2  # layers 0 and 2 at frequency 2
+
+
+def test_time_mask_hides_spans_of_valid_frames_only():
+    from emoq_model.former import time_mask
+
+    torch.manual_seed(0)
+    mask = torch.arange(400)[None] < torch.tensor([400, 120, 1, 0])[:, None]
+    out = time_mask(mask, 0.5, 10)
+    assert not (out & ~mask).any()  # padding stays padding
+    kept = out[0].float().mean().item()
+    assert 0.45 < kept < 0.75  # ~0.5 hidden less overlaps (measured 0.62 at seed 0 for T=200)
+    assert out[2].sum() == 1 and not out[3].any()  # an item keeps at least one valid frame; padding-only stays so
+    hidden = torch.cat([torch.zeros(1), (mask[0] & ~out[0]).float(), torch.zeros(1)])
+    starts, ends = torch.nonzero(torch.diff(hidden) > 0).flatten(), torch.nonzero(torch.diff(hidden) < 0).flatten()
+    assert len(starts) > 3 and (((ends - starts) >= 10) | (ends == 400)).all()  # whole (or merged) spans
+
+
+def test_time_mask_only_while_training():
+    f = _former(time_mask=0.5)
+    frames, mask, _, _ = _inputs()
+    a, b = f(frames, mask), f(frames, mask)
+    assert torch.equal(a.queries, b.queries)  # eval: deterministic, nothing masked
+    f.train()
+    torch.manual_seed(3)
+    c = f(frames, mask)
+    assert not torch.allclose(a.queries, c.queries, atol=1e-4)
