@@ -151,6 +151,14 @@ class Stage2Config:
     weight_decay: float = 0.0
     text_dropout: float = 0.0  # as in stage 1
     former_trainable: bool = False
+    # the frozen Former runs in train mode (dropout, former.time_mask) while the LLM learns: the LLM then sees query
+    # outputs as noisy as on unseen calls, not the near-perfect ones of the rows stage 1 fitted (stacking on
+    # over-fitted stage-1 outputs made stage 2 validate below stage 1)
+    former_augment: bool = False
+    # weight each example's answer losses by its class's focal alpha (loss.alpha, as stage 1 weights its focal loss),
+    # so the LLM is trained for the same balanced objective (UA) as the Former rather than for accuracy on a
+    # neutral-heavy mix
+    class_balanced: bool = False
     mal_weight: float = 0.0  # weight of the MAL auxiliary loss in stage 2 (needs former_trainable)
     label_ce_weight: float = 1.0  # + cross-entropy over the label tokens only at the answer (= predict_proba)
     lm_weight: float = 1.0  # the LM loss on the answer tokens (label + end of turn, full vocabulary)

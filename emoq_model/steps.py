@@ -8,7 +8,9 @@
   label distribution): the stage-1 aux head, trained on the same data, is the teacher, so the LLM answer can start
   from the Former's accuracy instead of relearning it from a few epochs of LoRA (off by default: on the demo calls
   it validated at the same UA as without, 0.613 vs 0.619); with ``train.stage2.former_trainable`` also the Former,
-  and with ``mal_weight > 0`` MAL as an auxiliary loss (aux head included).
+  and with ``mal_weight > 0`` MAL as an auxiliary loss (aux head included); with ``train.stage2.former_augment``
+  the frozen Former keeps its training-mode noise (dropout, time masking), so the LLM learns from query outputs
+  like those of unseen audio.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def apply_modes(model: nn.Module, stage: int) -> None:
     """Train/eval modes of the parts (dropout): trained parts in train mode, frozen parts in eval."""
     s2 = model.cfg.train.stage2
     nn.Module.train(model, True)
-    model.former.train(stage == 1 or s2.former_trainable)
+    model.former.train(stage == 1 or s2.former_trainable or s2.former_augment)
     model.llm.train(stage == 2)
 
 
@@ -98,7 +100,12 @@ def stage2_step(model: nn.Module, batch: EmoQBatch) -> dict[str, torch.Tensor]:
     tgt = labels[:, 1:]
     pos = (tgt != IGNORE_INDEX).nonzero()  # [N, 2]: logits at t predict labels[t + 1]
     logits = answer_logits(model.llm, x, mask, pos)
-    lm = F.cross_entropy(logits, tgt[pos[:, 0], pos[:, 1]])
+    # per-example weights: 1, or the class's focal alpha (class_balanced), normalised to mean 1 over the batch
+    if s2.class_balanced and bool(torch.isnan(model.mal.alpha).any()):
+        raise RuntimeError("train.stage2.class_balanced with loss.alpha='auto': call set_class_counts first")
+    w = model.mal.alpha[batch.labels.to(model.mal.alpha.device)] if s2.class_balanced else torch.ones(len(batch.labels))
+    w = (w / w.mean()).to(logits.device)
+    lm = (F.cross_entropy(logits, tgt[pos[:, 0], pos[:, 1]], reduction="none") * w[pos[:, 0]]).mean()
     out = {"lm": lm.detach()}
     total = s2.lm_weight * lm
     if s2.mal_weight > 0:
@@ -110,7 +117,7 @@ def stage2_step(model: nn.Module, batch: EmoQBatch) -> dict[str, torch.Tensor]:
     rows = (pos[:, 1] == first[pos[:, 0]]).nonzero().squeeze(1)
     label_logits = logits[rows][:, model.prompt.label_ids]
     target = batch.labels[pos[rows, 0]]
-    label_ce = F.cross_entropy(label_logits, target)
+    label_ce = (F.cross_entropy(label_logits, target, reduction="none") * w[pos[rows, 0]]).mean()
     out["label_ce"] = label_ce.detach()
     if s2.label_ce_weight > 0:
         total = total + s2.label_ce_weight * label_ce

@@ -338,9 +338,12 @@ def voice_type(voice: str) -> str:
 
 def exclude_voices_from(manifest: str | Path, splits: Iterable[str] | None = None) -> set[str]:
     """The engine voices (``voice`` column) of a training manifest (CSV or Parquet), e.g. the demo corpus's
-    ``manifest.csv``; ``splits`` keeps only those rows of its ``split`` column (default: every row)."""
+    ``manifest.csv``, or of a call archive's ``calls.csv`` (``agent_voice`` / ``customer_voice``); ``splits`` keeps
+    only those rows of its ``split`` column (default: every row)."""
     manifest = Path(manifest)
     df = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest)
+    if "voice" not in df.columns and {"agent_voice", "customer_voice"} <= set(df.columns):
+        df = pd.DataFrame({"voice": pd.concat([df["agent_voice"], df["customer_voice"]], ignore_index=True)})
     if "voice" not in df.columns:
         raise ValueError(f"{manifest} has no 'voice' column (columns: {list(df.columns)})")
     if splits is not None:

@@ -167,7 +167,13 @@ def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
         + MODALITIES[c.modality]
         + [f"train.stage1.epochs={c.stage1_epochs}", f"train.stage2.epochs={c.stage2_epochs}"]
     )
-    stamp = {"features_meta_sha256": _sha(features / "meta.json"), "overrides": overrides}
+    from emoq_model.config import demo_config_path
+
+    stamp = {  # what the bundle depends on: a change to any of these retrains
+        "features_meta_sha256": _sha(features / "meta.json"),
+        "config_sha256": _sha(Path(demo_config_path())),
+        "overrides": overrides,
+    }
     if _read(work / "bundle.json") == stamp and (bundle / "training.json").is_file():  # trained like this
         print("cached:", bundle)
         return

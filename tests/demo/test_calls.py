@@ -93,6 +93,11 @@ def test_exclude_voices(tmp_path):
     df.drop(columns="voice").to_csv(tmp_path / "novoice.csv", index=False)
     with pytest.raises(ValueError, match="voice"):
         dc.exclude_voices_from(tmp_path / "novoice.csv")
+    # a call archive's calls.csv names its voices per channel
+    pd.DataFrame({"agent_voice": ["en+Andy", "en+Andy"], "customer_voice": ["en-gb+f3", "en+m2"]}).to_csv(
+        tmp_path / "calls.csv", index=False
+    )
+    assert dc.exclude_voices_from(tmp_path / "calls.csv") == {"en+Andy", "en-gb+f3", "en+m2"}
 
     default = dc.plan_call_archive(tmp_path, n_calls=12)
     specs = dc.plan_call_archive(tmp_path, n_calls=12, exclude_voices=excluded)

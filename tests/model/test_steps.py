@@ -121,3 +121,40 @@ def test_stage2_distills_the_aux_head_into_the_llm():
     m0 = EmoQModel(tiny_config([*SHORT_PROMPT, "train.stage2.distill_weight=0"]))
     m0.set_stage(2)
     assert "distill" not in stage2_step(m0, batch)
+
+
+def test_stage2_class_balanced_weights_each_example_by_its_class_alpha():
+    """``class_balanced``: the label cross-entropy is the alpha-weighted mean (weights normalised to mean 1), so a
+    rare class counts as much as a frequent one; off, it is the plain mean. Without class counts it refuses."""
+    import torch.nn.functional as F
+
+    from emoq_model.steps import stage2_step
+
+    batch = _batch(n=8, seed=5)
+    m = EmoQModel(tiny_config([*SHORT_PROMPT, "train.stage2.class_balanced=true"]))
+    m.eval()  # no dropout: both passes see the same network
+    m.stage = 2
+    with pytest.raises(RuntimeError, match="set_class_counts"):
+        stage2_step(m, batch)
+    m.set_class_counts([6, 1, 1, 1])  # neutral frequent: alpha 0.375 vs 2.25
+    with torch.no_grad():
+        got = float(stage2_step(m, batch)["label_ce"])
+        logits = torch.log(m.predict_proba(batch))
+    per = F.cross_entropy(logits, batch.labels, reduction="none")
+    w = m.mal.alpha[batch.labels]
+    assert got == pytest.approx(float((per * w / w.mean()).mean()), rel=1e-3)
+    assert len(set(batch.labels.tolist())) > 1 and float(w.max() / w.min()) == pytest.approx(6.0)
+    m.cfg.train.stage2.class_balanced = False
+    with torch.no_grad():
+        assert float(stage2_step(m, batch)["label_ce"]) == pytest.approx(float(per.mean()), rel=1e-3)
+
+
+def test_stage2_former_augment_keeps_the_frozen_former_in_train_mode():
+    m = EmoQModel(tiny_config([*SHORT_PROMPT, "train.stage2.former_augment=true"]))
+    m.set_class_counts([3, 3, 3, 3])
+    m.set_stage(2)
+    assert m.former.training  # dropout and time masking on, while its weights stay frozen
+    assert not m.former.queries.requires_grad and m.former.projector[0].weight.requires_grad
+    plain = EmoQModel(tiny_config(SHORT_PROMPT))
+    plain.set_stage(2)
+    assert not plain.former.training
