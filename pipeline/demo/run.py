@@ -159,6 +159,7 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
 
 def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
     """Step 4: train (or reuse) the bundle; an interrupted run of the same stamp resumes."""
+    from emoq_model.config import demo_config_path
     from jobs import train
     from pipeline.console import follow_train_metrics
 
@@ -167,8 +168,6 @@ def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
         + MODALITIES[c.modality]
         + [f"train.stage1.epochs={c.stage1_epochs}", f"train.stage2.epochs={c.stage2_epochs}"]
     )
-    from emoq_model.config import demo_config_path
-
     stamp = {  # what the bundle depends on: a change to any of these retrains
         "features_meta_sha256": _sha(features / "meta.json"),
         "config_sha256": _sha(Path(demo_config_path())),
