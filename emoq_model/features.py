@@ -141,6 +141,11 @@ class FeatureCache:
         )
 
     @property
+    def files(self) -> list[str]:
+        """The Parquet shard files (paths on :attr:`fs`)."""
+        return list(self._dataset.files)
+
+    @property
     def dtype(self) -> str:
         return self.meta.get("dtype", "float16")
 
@@ -376,12 +381,15 @@ class FeatureNorm:
         missing = [it for it in items if it.get("frames") is not None and str(it.get(key)) not in stats]
         if missing:
             stats.update(compute_group_stats(missing, key=key))
-        out = []
+        out, effective = [], {}
         for it in items:
             if it.get("frames") is None:
                 out.append(it)
                 continue
-            mean, std = self.effective(stats[str(it.get(key))])
+            group = str(it.get(key))
+            if group not in effective:
+                effective[group] = self.effective(stats[group])
+            mean, std = effective[group]
             new = dict(it)
             new["frames"] = normalize_frames(it["frames"], mean, std)
             out.append(new)
@@ -422,23 +430,38 @@ class FeatureNorm:
         return cls(global_stats=g, **d)
 
 
+def float32_tensor(frames, copy: bool = False):
+    """``frames`` (numpy or torch) as a float32 torch tensor. The float16 -> float32 conversion runs in torch, about
+    10x faster than numpy's (measured: 30 vs 290 us for 5 x 50 x 384 frames), and it is done on every training row.
+    ``copy``: never share memory with the input (a float32 numpy input is otherwise shared)."""
+    import torch
+
+    if torch.is_tensor(frames):
+        x = frames.float()
+        return x.clone() if copy and x.data_ptr() == frames.data_ptr() else x
+    a = np.asarray(frames)
+    if a.dtype not in (np.float16, np.float32):
+        a = a.astype(np.float32)
+    elif not a.flags.writeable or (copy and a.dtype == np.float32):  # torch takes writable arrays only
+        a = a.copy()
+    return torch.from_numpy(a).float()
+
+
 def normalize_frames(frames, mean: np.ndarray, std: np.ndarray):
     """``(frames - mean) / std`` broadcasting ``[L, D]`` stats over ``[L, T, D]`` (or ``[1, D]`` over ``[T, D]``);
-    numpy in, float32 numpy out; torch in, torch out."""
-    try:
-        import torch
+    numpy in, float32 numpy out; torch in, torch out. Computed in torch either way (the same IEEE float32
+    operations, faster conversion)."""
+    import torch
 
-        if torch.is_tensor(frames):
-            m = torch.as_tensor(mean, dtype=torch.float32, device=frames.device)
-            s = torch.as_tensor(std, dtype=torch.float32, device=frames.device)
-            x = frames.float()
-            return (x - m[..., None, :]) / s[..., None, :] if x.dim() == 3 else (x - m[0]) / s[0]
-    except ImportError:  # pragma: no cover
-        pass
-    x = np.asarray(frames, dtype=np.float32)
-    if x.ndim == 3:
-        return (x - mean[:, None, :]) / std[:, None, :]
-    return (x - mean[0]) / std[0]
+    is_tensor = torch.is_tensor(frames)
+    x = float32_tensor(frames, copy=True)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device)
+    if x.dim() == 3:
+        x.sub_(m[..., None, :]).div_(s[..., None, :])
+    else:
+        x.sub_(m[0]).div_(s[0])
+    return x if is_tensor else x.numpy()
 
 
 # ------------------------------------------------------------------------------------------ evaluation protocol

@@ -133,14 +133,10 @@ class WorkerData:
 
 
 def collate(items: list[dict]):
-    import torch
-
+    from emoq_model.features import float32_tensor
     from emoq_model.model import collate_features
 
-    batch = collate_features(
-        [{**it, "frames": torch.from_numpy(np.asarray(it["frames"], dtype=np.float32))} for it in items]
-    )
-    return batch
+    return collate_features([{**it, "frames": float32_tensor(it["frames"])} for it in items])
 
 
 def drop_transcripts(items: list[dict], p: float, rng: np.random.Generator) -> list[dict]:
