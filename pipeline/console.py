@@ -61,8 +61,9 @@ def _is_terminal(stream: TextIO) -> bool:
 
 class Progress:
     """Progress of one job phase over ``total`` files (recordings): a tqdm bar on an interactive terminal, else a
-    line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
-    instead of a redrawn bar."""
+        line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
+        instead of a redrawn bar. ``counts``: which running totals the phase shows beside its files (``segments``,
+    ``audio``); failures are shown once there are any."""
 
     def __init__(
         self,
@@ -73,8 +74,9 @@ class Progress:
         interactive: bool | None = None,
         interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        counts: tuple[str, ...] = ("segments", "audio"),
     ):
-        self.total, self.phase, self.unit = int(total), phase, unit
+        self.total, self.phase, self.unit, self.counts = int(total), phase, unit, tuple(counts)
         self.stream = stream if stream is not None else sys.stderr
         self.interval_s, self.clock = interval_s, clock
         self.files = self.segments = self.failed = 0
@@ -116,7 +118,9 @@ class Progress:
         return (self.clock() - self.start) / self.files * max(0, self.total - self.files)
 
     def _counts(self) -> str:
-        parts = [f"{self.segments} segments", f"{self.audio_s / 3600:.2f} h audio"]
+        parts = [f"{self.segments} segments"] if "segments" in self.counts else []
+        if "audio" in self.counts:
+            parts.append(f"{self.audio_s / 3600:.2f} h audio")
         if self.failed:
             parts.append(f"{self.failed} failed")
         return " · ".join(parts)
@@ -125,8 +129,9 @@ class Progress:
         elapsed = self.clock() - self.start
         eta = self.eta_s()
         tail = "done" if self.closed else ("ETA ?" if eta is None else f"ETA {_duration(eta)}")
+        counts = self._counts()
         return (
-            f"[{self.phase}] {self.files}/{self.total} {self.unit} · {self._counts()} · "
+            f"[{self.phase}] {self.files}/{self.total} {self.unit} · {counts + ' · ' if counts else ''}"
             f"{_duration(elapsed)} elapsed · {tail}"
         )
 
@@ -155,6 +160,63 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ProgressCounter:
+    """Counts that Ray tasks and actors add to (``counter.add.remote(files=.., audio_s=..)``, fire and forget)
+    while the driver blocks in a Ray Data write: :func:`remote_progress` runs it as a zero-CPU actor and polls it."""
+
+    def __init__(self):
+        self.counts = {"files": 0, "segments": 0, "audio_s": 0.0, "failed": 0}
+
+    def add(self, files: int = 0, segments: int = 0, audio_s: float = 0.0, failed: int = 0) -> None:
+        for k, v in (("files", files), ("segments", segments), ("audio_s", audio_s), ("failed", failed)):
+            self.counts[k] += v
+
+    def get(self) -> dict:
+        return dict(self.counts)
+
+
+@contextmanager
+def remote_progress(
+    total: int, phase: str, unit: str = "recordings", show: bool = True, interval_s: float = 1.0, **progress_kw
+) -> Iterator[object | None]:
+    """A :class:`Progress` for a phase whose work runs in Ray workers and whose driver call blocks (e.g.
+    ``ds.write_parquet``). Yields a :class:`ProgressCounter` actor handle to pass to the workers (None when not
+    ``show``); a driver thread moves the bar by what they added. Ray must be initialised."""
+    if not show:
+        yield None
+        return
+    import ray
+
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    progress = Progress(total, phase=phase, unit=unit, **progress_kw)
+    shown = {"files": 0, "segments": 0, "audio_s": 0.0, "failed": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while True:
+            stopping = stop.wait(interval_s)
+            try:
+                now = ray.get(counter.get.remote(), timeout=30)
+            except Exception:  # the actor is gone (cluster shutting down): the bar just stops moving
+                return
+            d = {k: now[k] - shown[k] for k in shown}
+            if any(d.values()):
+                progress.update(d["files"], segments=d["segments"], audio_s=d["audio_s"], failed=d["failed"])
+                shown.update(now)
+            if stopping:
+                return
+
+    thread = threading.Thread(target=poll, name=f"progress-{phase}", daemon=True)
+    thread.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        progress.close()
+        ray.kill(counter)
 
 
 # ------------------------------------------------------------------------------------------ final table
@@ -205,11 +267,18 @@ def _epoch_line(rec: dict) -> str:
 
 @contextmanager
 def follow_train_metrics(
-    path: str | os.PathLike, enabled: bool = True, interval_s: float = 2.0, out: Callable[[str], None] = print
+    path: str | os.PathLike,
+    enabled: bool = True,
+    interval_s: float = 2.0,
+    out: Callable[[str], None] | None = None,
+    epochs: int | None = None,
+    stream: TextIO | None = None,
 ) -> Iterator[None]:
     """While the block runs, print each epoch that rank 0 appends to a Ray Train run's ``metrics.jsonl``: with
     ``log_to_driver=False`` the workers' own epoch lines are only in Ray's logs. Epochs already in the file
-    (a resumed run) are not repeated."""
+    (a resumed run) are not repeated. ``epochs``: the run's epochs over all its stages; a :class:`Progress` bar
+    (``[train] k/epochs epochs · ETA``) moves by one per epoch and the epoch lines are written above it (on
+    ``stream``); without it, or with ``out``, the lines go to ``out`` (default ``print``)."""
     if not enabled:
         yield
         return
@@ -222,6 +291,10 @@ def follow_train_metrics(
             return []
 
     seen = len(read())
+    progress = Progress(epochs, phase="train", unit="epochs", counts=(), stream=stream) if epochs else None
+    if progress is not None and seen:  # a resumed run: the epochs done before count as done
+        progress.update(min(seen, epochs))
+    emit = out or (progress.write if progress is not None else print)
     stop = threading.Event()
 
     def poll() -> None:
@@ -230,9 +303,12 @@ def follow_train_metrics(
             stopping = stop.wait(interval_s)
             for ln in read()[seen:]:
                 try:
-                    out(_epoch_line(json.loads(ln)))
+                    rec = json.loads(ln)
                 except ValueError:  # caught mid-write: read again next time
                     break
+                emit(_epoch_line(rec))
+                if progress is not None:
+                    progress.update(1)
                 seen += 1
             if stopping:
                 return
@@ -244,6 +320,8 @@ def follow_train_metrics(
     finally:
         stop.set()
         thread.join(timeout=10)
+        if progress is not None:
+            progress.close()
 
 
 # --------------------------------------------------------------------------------------------- log file

@@ -153,7 +153,11 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
         return
     asr = [] if c.reference_transcripts else ["--asr-model", str(build_whisper_tiny_en())]
     extract_features.main(
-        [str(manifest), str(features), "--overwrite", *asr, *[x for o in ENCODER for x in ("--set", o)]]
+        [
+            *(str(manifest), str(features), "--overwrite", *asr),
+            *[x for o in ENCODER for x in ("--set", o)],
+            *(["--verbose"] if c.verbose else []),
+        ]
     )
 
 
@@ -161,7 +165,6 @@ def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
     """Step 4: train (or reuse) the bundle; an interrupted run of the same stamp resumes."""
     from emoq_model.config import demo_config_path
     from jobs import train
-    from pipeline.console import follow_train_metrics
 
     overrides = (
         ENCODER
@@ -179,16 +182,15 @@ def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
     for stale in ("labels", "eval"):  # labels of another bundle must not be resumed
         shutil.rmtree(work / stale, ignore_errors=True)
     run = "demo-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:10]
-    # the workers print each epoch; when they are off the console, the driver prints the metrics file's lines
-    with follow_train_metrics(work / "ray_train" / run / "metrics.jsonl", enabled=not c.verbose):
-        train.main(
-            [
-                str(features),
-                *("--out", str(bundle), "--name", run, "--storage-path", str(work / "ray_train")),
-                *("--workers", str(c.workers)),
-                *[x for o in overrides for x in ("--set", o)],
-            ]
-        )
+    train.main(  # a bar over the epochs with each epoch's validation line (--verbose: the workers' own lines)
+        [
+            str(features),
+            *("--out", str(bundle), "--name", run, "--storage-path", str(work / "ray_train")),
+            *("--workers", str(c.workers)),
+            *[x for o in overrides for x in ("--set", o)],
+            *(["--verbose"] if c.verbose else []),
+        ]
+    )
     (work / "bundle.json").write_text(json.dumps(stamp))
 
 

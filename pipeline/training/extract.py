@@ -128,8 +128,14 @@ class EncodeActor:
     """Holds the frozen :class:`~emoq_model.encoder.SpeechEncoder`; turns decoded rows into feature rows."""
 
     def __init__(
-        self, encoder_cfg: dict, dtype: str = "float16", threads: int | None = None, asr_model: str | None = None
+        self,
+        encoder_cfg: dict,
+        dtype: str = "float16",
+        threads: int | None = None,
+        asr_model: str | None = None,
+        progress=None,
     ):
+        """``progress``: a :class:`pipeline.console.ProgressCounter` actor handle told each batch's rows."""
         import torch
 
         from emoq_model.config import EncoderConfig
@@ -138,7 +144,7 @@ class EncodeActor:
         if threads:
             torch.set_num_threads(int(threads))
         self.encoder = SpeechEncoder(EncoderConfig(**encoder_cfg))
-        self.dtype = dtype
+        self.dtype, self.progress = dtype, progress
         self.decoder = self.asr = None
         if asr_model:  # train as served: the transcript is what ASR hears, decoded like labeling decodes it
             from pipeline.labeling.asr import Transcribe, WhisperDecoder, same_checkpoint
@@ -210,6 +216,12 @@ class EncodeActor:
             elif row["error"] is None:
                 row["error"] = "no audio"
             out.append(row)
+        if self.progress is not None:
+            self.progress.add.remote(
+                files=len(out),
+                audio_s=sum(len(rows[i]["audio"]) for i in ok) / 4 / self.encoder.sample_rate,  # float32 bytes
+                failed=sum(r["error"] is not None for r in out),
+            )
         return pa.Table.from_pylist(out, schema=F.feature_schema())
 
 
@@ -284,16 +296,19 @@ def extract_features(
     max_duration_s: float = 600.0,
     asr_model: str | None = None,
     limits: DecodeLimits | None = None,
+    progress: bool = False,
 ) -> dict:
     """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
     Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
     the encoder is that checkpoint, as labeling does), so a text bundle trains on ASR errors; ``meta.json`` records
     the WER against the manifest's transcripts. ``manifest``: anything :func:`read_manifest` reads (a manifest or
     tar shards, local or a URI). ``limits``: the decode limits (the labeling job's defaults; ``max_duration_s``
-    bounds each utterance, a cut turn's source may be up to 4 h)."""
+    bounds each utterance, a cut turn's source may be up to 4 h). ``progress``: a bar (or a line every 10 s) of the
+    rows encoded, on stderr."""
     import ray
 
     from emoq_model.config import load_config
+    from pipeline.console import remote_progress
 
     t0 = time.perf_counter()
     cfg = cfg or load_config(None, check_assets=False)
@@ -348,16 +363,23 @@ def extract_features(
         num_cpus=0.25,
         fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s, "limits": limits},
     )
-    ds = ds.map_batches(
-        EncodeActor,
-        batch_format="pandas",
-        batch_size=batch_size,
-        fn_constructor_kwargs={"encoder_cfg": enc, "dtype": dtype, "threads": threads, "asr_model": asr_model},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None,
-    )
-    ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+    with remote_progress(len(df), "extract", unit="turns", show=progress, counts=("audio",)) as counter:
+        ds = ds.map_batches(
+            EncodeActor,
+            batch_format="pandas",
+            batch_size=batch_size,
+            fn_constructor_kwargs={
+                "encoder_cfg": enc,
+                "dtype": dtype,
+                "threads": threads,
+                "asr_model": asr_model,
+                "progress": counter,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor or None,
+        )
+        ds.write_parquet(shards, min_rows_per_file=rows_per_file)
     t_encode = time.perf_counter() - t0
 
     meta = {

@@ -230,6 +230,34 @@ def test_follow_train_metrics_prints_new_epochs_only(tmp_path):
     assert len(printed) == 1
 
 
+def test_follow_train_metrics_drives_an_epoch_bar(tmp_path):
+    """With ``epochs``: a resumed run's earlier epochs count as done, each new epoch's line is written through the
+    bar (here a non-terminal stream: no redraws), and the bar's last line closes the phase."""
+    import io
+    import json
+    import time
+
+    path = tmp_path / "metrics.jsonl"
+    old = {"stage": 1, "epoch": 0, "train_loss": 2.0, "val_ua": 0.3, "val_wa": 0.3, "val_loss": 1.9, "epoch_s": 3}
+    path.write_text(json.dumps(old) + "\n")
+    stream = io.StringIO()
+    with follow_train_metrics(path, interval_s=0.05, epochs=3, stream=stream):
+        path.write_text(json.dumps(old) + "\n" + json.dumps(dict(old, epoch=1, val_ua=0.5)) + "\n")
+        time.sleep(0.3)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[train] stage 1 epoch 1: loss 2.000 · val UA 0.500 WA 0.300 loss 1.900 · 3 s"
+    assert len(lines) == 2 and lines[1].startswith("[train] 2/3 epochs · ") and lines[1].endswith("done")
+
+
+def test_progress_without_counts():
+    now = [0.0]
+    stream = io.StringIO()
+    p = Progress(3, phase="extract", unit="turns", stream=stream, interactive=False, clock=lambda: now[0], counts=())
+    now[0] = 30.0
+    p.update(1)
+    assert stream.getvalue() == "[extract] 1/3 turns · 30 s elapsed · ETA 60 s\n"
+
+
 # ---------------------------------------------------------------- the label CLI, end to end (real Ray + vLLM)
 
 

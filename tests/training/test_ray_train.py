@@ -5,6 +5,8 @@ The three training runs use the same config and seeds, so the failure-recovered 
 the same weights as the uninterrupted one (deterministic shuffling / dropout per (seed, stage, epoch, rank)).
 """
 
+import contextlib
+import io
 import json
 import os
 
@@ -57,7 +59,10 @@ def features(ray_session, corpus, cfg, tmp_path_factory):
     from pipeline.training.extract import extract_features
 
     out = tmp_path_factory.mktemp("features") / "cache"
-    meta = extract_features(str(corpus), str(out), cfg, batch_size=8)
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):  # the progress lines (not a terminal: periodic lines + the last)
+        meta = extract_features(str(corpus), str(out), cfg, batch_size=8, progress=True)
+    (out.parent / "console.txt").write_text(console.getvalue())
     return out, meta
 
 
@@ -80,6 +85,10 @@ def test_extract_features_error_rows(features, corpus):
     assert item["frames"].shape == (5, good["n_frames"].iloc[0], 384) and item["frames"].dtype == np.float16
     assert set(cache.speaker_stats()) == set(good["speaker"])
     assert meta["splits"] == {"train": 48, "val": 12, "test": 12}
+    # the progress bar counted every row (two of them failed) and its audio, fed by the encoder actors
+    last = (out.parent / "console.txt").read_text().strip().splitlines()[-1]
+    audio_h = meta["audio_s"] / 3600
+    assert last.startswith(f"[extract] 74/74 turns · {audio_h:.2f} h audio · 2 failed · ") and last.endswith("done")
 
 
 def _settings(tmp_path_factory, features, name, **kw):
@@ -115,9 +124,32 @@ def _weights(bundle):
 
 @pytest.fixture(scope="module")
 def full_run(features, cfg, tmp_path_factory):
-    from pipeline.training import run_training
+    """The uninterrupted run, through the training job's command line (the same settings as ``_settings``)."""
+    from jobs import train
 
-    return run_training(cfg, _settings(tmp_path_factory, features, "full"))
+    s = _settings(tmp_path_factory, features, "full")
+    argv = [s.features, "--out", s.bundle_out, "--name", s.name, "--storage-path", s.storage_path]
+    argv += ["--workers", "2", "--cpus-per-worker", "0.5", "--norm-min-frames", "100"]
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        summary = train.main([*argv, *[x for o in TRAIN_OVERRIDES for x in ("--set", o)]])
+    summary["console"] = console.getvalue()
+    return summary
+
+
+def test_train_job_console(full_run):
+    """The job's console: each epoch's validation line, then the bar's last line over all 5 epochs; the
+    libraries' logs are in the run's log file instead."""
+    lines = full_run["console"].splitlines()
+    epochs = [ln for ln in lines if ln.startswith("[train] stage ")]
+    assert [ln.split(":")[0] for ln in epochs] == [
+        *(f"[train] stage 1 epoch {e}" for e in range(3)),
+        *(f"[train] stage 2 epoch {e}" for e in range(2)),
+    ]
+    assert any(ln.startswith("[train] 5/5 epochs · ") and ln.endswith("done") for ln in lines)
+    assert any(ln.startswith("run full: bundle ") for ln in lines)
+    log = full_run["log_file"]
+    assert log.endswith(os.path.join("full", "logs", "train.log")) and "Ray session dir" in open(log).read()
 
 
 def test_two_stage_job_gives_loadable_bundle(full_run, features, tmp_path_factory):
