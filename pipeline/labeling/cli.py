@@ -144,7 +144,7 @@ def config_from_args(a: argparse.Namespace) -> LabelJobConfig:
 
 
 def print_report(report: dict, log_path: str | Path | None = None) -> None:
-    """The final table, then the first recordings of the summary (dominant label, confidence, error)."""
+    """The final table, then the first recordings' channels of the summary (dominant label, confidence, error)."""
     import pyarrow.parquet as pq
 
     from pipeline.console import final_table
@@ -152,8 +152,30 @@ def print_report(report: dict, log_path: str | Path | None = None) -> None:
     print("\n" + final_table(report, log_path=log_path))
     summary = pq.read_table(report["summary"]).to_pandas()
     if len(summary):
-        cols = ["recording_id", "duration_s", "num_segments", "dominant_label", "mean_confidence", "error"]
         more = f" (first 20 of {len(summary)})" if len(summary) > 20 else ""
-        print(f"\nRecordings{more}:")
-        with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 60):
-            print(summary[cols].head(20).to_string(index=False))
+        print(f"\nRecordings and channels{more}:")
+        print(summary_table(summary.head(20)))
+
+
+def summary_table(summary) -> str:
+    """Rows of ``summary.parquet`` (one per recording and channel) as an aligned plain-text table."""
+    import pandas as pd
+
+    def cell(v, fmt: str = "{}") -> str:
+        return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else fmt.format(v)
+
+    head = ("recording", "channel", "duration", "segments", "dominant", "confidence", "error")
+    rows = [
+        (
+            cell(r.get("recording_id")),
+            cell(r.get("channel")) or "mix",
+            cell(r.get("duration_s"), "{:.1f} s"),
+            cell(r.get("num_segments"), "{:.0f}"),
+            cell(r.get("dominant_label")),
+            cell(r.get("mean_confidence"), "{:.2f}"),
+            cell(r.get("error"))[:60],
+        )
+        for r in summary.to_dict("records")
+    ]
+    w = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(x.ljust(n) for x, n in zip(row, w)).rstrip() for row in [head, *rows])

@@ -317,3 +317,27 @@ def test_label_cli_console_is_short_and_logs_go_to_a_file(tiny_job):
     print(f"--verbose console: {len(verbose)} lines")
     assert len(verbose) > 2 * len(lines) and "Labelling finished" in "\n".join(verbose)
     assert not (tiny_job["root"] / "verbose" / "logs").exists()
+
+
+def test_summary_table_one_row_per_recording_and_channel():
+    import pandas as pd
+
+    from pipeline.labeling.cli import summary_table
+
+    summary = pd.DataFrame(
+        {
+            "recording_id": ["call_1", "call_1", "bad.wav"],
+            "channel": ["agent", "customer", None],
+            "duration_s": [60.0, 60.0, None],
+            "num_segments": [7, 5, 0],
+            "dominant_label": ["neutral", "angry", None],
+            "mean_confidence": [0.812, 0.55, float("nan")],
+            "error": [None, None, "decode: not a WAV file"],
+        }
+    )
+    lines = summary_table(summary).splitlines()
+    assert lines[0].split() == ["recording", "channel", "duration", "segments", "dominant", "confidence", "error"]
+    assert lines[1].split() == ["call_1", "agent", "60.0", "s", "7", "neutral", "0.81"]
+    assert lines[2].split() == ["call_1", "customer", "60.0", "s", "5", "angry", "0.55"]
+    assert lines[3].split() == ["bad.wav", "mix", "0", "decode:", "not", "a", "WAV", "file"]
+    assert "nan" not in summary_table(summary).lower().split()  # missing values are blank cells
