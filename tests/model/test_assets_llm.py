@@ -232,6 +232,7 @@ def test_vllm_prompt_embeds_match_token_ids(vllm_run):
     assert len({tuple(r["token_ids"]) for r in by_ids}) > 1  # outputs depend on the prompt
 
 
+@pytest.mark.slow  # a real vLLM engine start (~55 s): CI runs it, the `-m "not slow"` developer loop does not
 def test_vllm_matches_transformers(vllm_run, hf_model):
     """vLLM's greedy tokens are HF's argmax (up to float ties) and its logprobs are HF's."""
     for prompt, row in zip(vllm_run["prompts"], vllm_run["by_embeds"]):
