@@ -61,8 +61,8 @@ def _is_terminal(stream: TextIO) -> bool:
 
 class Progress:
     """Progress of one job phase over ``total`` files (recordings): a tqdm bar on an interactive terminal, else a
-        line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
-        instead of a redrawn bar. ``counts``: which running totals the phase shows beside its files (``segments``,
+    line at most every ``interval_s`` (plus a final one), so that a log collector gets a few readable lines
+    instead of a redrawn bar. ``counts``: which running totals the phase shows beside its files (``segments``,
     ``audio``); failures are shown once there are any."""
 
     def __init__(
@@ -163,8 +163,8 @@ class Progress:
 
 
 class ProgressCounter:
-    """Counts that Ray tasks and actors add to (``counter.add.remote(files=.., audio_s=..)``, fire and forget)
-    while the driver blocks in a Ray Data write: :func:`remote_progress` runs it as a zero-CPU actor and polls it."""
+    """Counts that Ray tasks and actors add to (``counter.add.remote(files=.., audio_s=..)``) while the driver
+    blocks in a Ray Data write: :func:`remote_progress` runs it as a zero-CPU actor and polls it."""
 
     def __init__(self):
         self.counts = {"files": 0, "segments": 0, "audio_s": 0.0, "failed": 0}
@@ -183,7 +183,7 @@ def remote_progress(
 ) -> Iterator[object | None]:
     """A :class:`Progress` for a phase whose work runs in Ray workers and whose driver call blocks (e.g.
     ``ds.write_parquet``). Yields a :class:`ProgressCounter` actor handle to pass to the workers (None when not
-    ``show``); a driver thread moves the bar by what they added. Ray must be initialised."""
+    ``show``: nothing to count); a driver thread moves the bar by what they added. Ray must be initialised."""
     if not show:
         yield None
         return

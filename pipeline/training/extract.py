@@ -216,11 +216,15 @@ class EncodeActor:
             elif row["error"] is None:
                 row["error"] = "no audio"
             out.append(row)
-        if self.progress is not None:
-            self.progress.add.remote(
-                files=len(out),
-                audio_s=sum(len(rows[i]["audio"]) for i in ok) / 4 / self.encoder.sample_rate,  # float32 bytes
-                failed=sum(r["error"] is not None for r in out),
+        if self.progress is not None:  # waited for (~1 ms a batch): the counts are in before the rows are written
+            import ray
+
+            ray.get(
+                self.progress.add.remote(
+                    files=len(out),
+                    audio_s=sum(len(rows[i]["audio"]) for i in ok) / 4 / self.encoder.sample_rate,  # float32 bytes
+                    failed=sum(r["error"] is not None for r in out),
+                )
             )
         return pa.Table.from_pylist(out, schema=F.feature_schema())
 
