@@ -7,20 +7,19 @@ Two ways to feed the training rows (``TrainSettings.data``):
   once (per-rank split of a seeded permutation of the training rows, padded by wrap-around so that all ranks run
   the same number of steps, like ``DistributedSampler``) and keeps it in RAM; epoch orders are seeded per (seed,
   stage, epoch, rank), so a resumed run continues bit for bit.
-* ``stream``: the driver hands Ray Train a Ray Data dataset of the cache's training rows (block order re-shuffled
-  at every epoch from the run's seed: a global shuffle at block granularity); each rank iterates its
+* ``stream``: the driver hands Ray Train a Ray Data dataset of the cache's training rows (file order re-shuffled
+  at every epoch from the run's seed: a global shuffle at file granularity that streams); each rank iterates its
   ``ray.train.get_dataset_shard("train")`` every epoch through a seeded local shuffle buffer, decoding and
   normalising batch by batch. A rank's memory is the buffer plus a few blocks, whatever the cache's size. The
   streaming split balances blocks across ranks dynamically (same row count per rank), so runs are reproducible
   in distribution, not bit for bit.
 
 The validation rows are split rank-strided, kept in memory (they are scored every epoch), and the predictions
-gathered. Frames are
-normalised once at load time (:class:`emoq_model.features.FeatureNorm`): per-speaker statistics over the
-population labeling normalises over (``norm_groups="channels"``: call channels, or label-skewed simulated channels
-of an isolated-utterance corpus), in training and validation alike, so the validation score that picks the best
-epoch is the deployment-faithful one; global statistics of the training speakers are the fallback saved with the
-bundle.
+gathered. Frames are normalised once at load time (:class:`emoq_model.features.FeatureNorm`): per-speaker statistics
+over the population labeling normalises over (``norm_groups="channels"``: call channels, or label-skewed simulated
+channels of an isolated-utterance corpus), in training and validation alike, so the validation score that picks the
+best epoch is the deployment-faithful one; global statistics of the training speakers are the fallback saved with
+the bundle.
 """
 
 from __future__ import annotations
