@@ -18,10 +18,17 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all bound at once (ports taken one at a time can repeat: a CI run once gave the
+    head's object manager and client server the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture()
@@ -29,24 +36,22 @@ def ray_head(tmp_path):
     """A private head node (own ports and temp dir), stopped by terminating its ``--block`` process."""
     import tempfile
 
-    port, dash = free_port(), free_port()
+    names = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "ray-client-server-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
+    port, dash, *rest = free_ports(2 + len(names))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: AF_UNIX socket paths are <= 107 bytes
     # one auth mode for the head and every client (Ray 2.60 enables token auth on a head by default)
     env = dict(os.environ, RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="token")
     log = open(tmp_path / "head.log", "w")
     # every listening port explicit: other Ray instances on the host (tests, users) hold the defaults
-    ports = [
-        f"--{name}={free_port()}"
-        for name in (
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "metrics-export-port",
-            "runtime-env-agent-port",
-            "ray-client-server-port",
-            "node-manager-port",
-            "object-manager-port",
-        )
-    ]
+    ports = [f"--{name}={p}" for name, p in zip(names, rest)]
     proc = subprocess.Popen(
         [
             RAY,
