@@ -41,6 +41,7 @@ def test_one_error_root():
     assert issubclass(ConfigError, ValueError) and issubclass(AudioError, ValueError)  # old `except` still work
 
 
+@pytest.mark.slow  # one subprocess per job (~9 s)
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     for argv in (
         ["jobs/label_corpus.py", "x.csv", "--bundle", "b", "--output", "o", "--batch-recordings", "0"],

@@ -46,6 +46,7 @@ def prompts(bundle, waves, overrides):
         return front, [p.float() for p in front.prompt_embeds(batch.to(front.device)).embeds]
 
 
+@pytest.mark.slow  # ~4.5 s per option: CI runs them, the `-m "not slow"` developer loop does not
 @pytest.mark.parametrize("overrides", list(TOLERANCE))
 def test_precision_option_agrees_with_float32(setup, overrides):
     bundle, waves = setup
