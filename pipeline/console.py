@@ -191,7 +191,7 @@ def remote_progress(
 
     counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
     progress = Progress(total, phase=phase, unit=unit, **progress_kw)
-    shown = {"files": 0, "segments": 0, "audio_s": 0.0, "failed": 0}
+    shown = ProgressCounter().get()  # what the bar shows so far: the counter's keys, all zero
     stop = threading.Event()
 
     def poll() -> None:

@@ -115,10 +115,12 @@ class WorkerData:
                     frames[i].as_buffer(), (it["n_layers"], it["n_frames"], it["dim"]), self.dtype
                 )
                 it["norm_group"] = self.groups.get(it["utt_id"])
-            # kept float32 after normalisation (the in-memory path stores float16 to halve its RAM)
-            yield [self._prepare(it, self.names, np.float32) for it in self.norm.apply(rows, self.stats)]
+            # kept as they come (float32 after normalisation, the stored float16 without): collate converts in torch;
+            # the in-memory path stores float16 to halve its RAM
+            yield [self._prepare(it, self.names, None) for it in self.norm.apply(rows, self.stats)]
 
     def _prepare(self, it: dict, names: list[str], dtype=np.float16) -> dict:
+        """One row as ``collate_features`` takes it; ``dtype`` None keeps the frames' dtype."""
         from emoq_model.features import model_frames
 
         frames = model_frames(np.asarray(it["frames"], dtype=dtype), self.stacked)
