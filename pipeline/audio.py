@@ -296,8 +296,9 @@ def load(
         return decode_file(f, max_duration_s, target_rate, allow_truncated)
 
 
-def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Band-limited resampling (soxr, high quality) of ``[frames]`` or ``[channels, frames]`` float32."""
+def resample(samples: np.ndarray, rate_in: float, rate_out: float) -> np.ndarray:
+    """Band-limited resampling (soxr, high quality) of ``[frames]`` or ``[channels, frames]`` float32; rates need
+    not be integers (speed perturbation resamples by a factor)."""
     if rate_in == rate_out:
         return samples.astype(np.float32, copy=False)
     if samples.ndim == 1:

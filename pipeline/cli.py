@@ -62,6 +62,8 @@ def _parse_type(annotation: str) -> Callable[[str], Any]:
         return json.loads
     if a.startswith("tuple[int"):
         return lambda s: tuple(int(x) for x in s.split(",") if x)
+    if a.startswith("tuple[float"):
+        return lambda s: tuple(float(x) for x in s.split(",") if x)
     for name, fn in (("int", int), ("float", float)):
         if a.split("|")[0] == name:
             return fn

@@ -52,6 +52,7 @@ class DemoConfig:
     workers: int = 2  # Ray Train workers
     modality: str = "fused"  # fused: speech + transcripts (ASR at labeling) | speech | text (the ablations)
     reference_transcripts: bool = False  # train on the reference transcripts, not ASR of the training audio
+    speed_perturb: tuple[float, ...] = ()  # speed-perturbed copies of the training turns (e.g. 0.9,1.1)
     fresh: bool = False  # retrain and relabel from scratch
     verbose: bool = False  # Ray's, vLLM's and the workers' logs on the console (default: <workdir>/logs/demo.log)
 
@@ -148,6 +149,7 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
         _same_manifest(meta, manifest, features / "meta.json")
         and meta.get("transcripts") == transcripts
         and meta["encoder"].get("whisper_tail_s") == TAIL_S
+        and meta.get("speed_perturb", []) == sorted(f for f in c.speed_perturb if f != 1.0)
     ):
         print("cached:", features)  # extracted from this very manifest, encoder setting and transcript source
         return
@@ -156,6 +158,7 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
         [
             *(str(manifest), str(features), "--overwrite", *asr),
             *[x for o in ENCODER for x in ("--set", o)],
+            *(["--speed-perturb", ",".join(map(str, c.speed_perturb))] if c.speed_perturb else []),
             *(["--verbose"] if c.verbose else []),
         ]
     )

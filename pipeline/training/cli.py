@@ -52,6 +52,13 @@ def extract_parser(description: str | None = None) -> argparse.ArgumentParser:
         metavar="WHISPER_DIR",
         help="transcripts from this ASR instead of the manifest's (train as served; meta.json gets the WER)",
     )
+    ap.add_argument(
+        "--speed-perturb",
+        default=None,
+        metavar="F,F",
+        help="augment the train split with speed-perturbed copies at these factors (e.g. 0.9,1.1; each copy is its "
+        "own speaker; other splits stay real audio)",
+    )
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="library logs on the console (default: OUT_DIR/logs)")
     _ray(ap)
@@ -86,6 +93,7 @@ def extract_from_args(a: argparse.Namespace) -> dict:
             limit=a.limit,
             asr_model=a.asr_model,
             progress=not a.verbose,
+            speed_perturb=tuple(float(f) for f in a.speed_perturb.split(",")) if a.speed_perturb else (),
         )
     print(json.dumps({k: v for k, v in meta.items() if k not in ("encoder", "errors")}, indent=1))
     if meta["n_errors"]:

@@ -45,6 +45,7 @@ DECODE_COLUMNS = [
 ]
 ROW_COLUMNS = ("utt_id", "path", "raw_path", "member", "label", "transcript", "speaker", "split")
 SEGMENT_COLUMNS = ["channel", "segment_start_s", "segment_end_s"]  # optional: a turn of a longer recording
+SPEED_COLUMN = "speed"  # speed-perturbed copies (training augmentation): play the turn this many times faster
 MAX_SOURCE_S = 4 * 3600.0  # a segment row's source recording may be this long (the segment itself: max_duration_s)
 
 
@@ -109,11 +110,14 @@ def decode_batch(
                     raise audio.AudioError(f"segment [{start}, {end}] s outside the recording ({a.duration_s:.2f} s)")
                 mono = mono[i0:i1]
                 audio.check_duration(mono.size / sample_rate, max_duration_s, "segment")
+            speed = _f(r.get(SPEED_COLUMN))
+            if speed is not None and speed != 1.0:  # faster and higher (speed > 1) or slower and lower, as a tape
+                mono = audio.resample(mono, sample_rate, sample_rate / speed)
             if mono.size == 0:
                 raise audio.AudioError("recording has 0 samples after resampling")
             out.update(
                 num_samples=int(mono.size),
-                duration_s=float(mono.size / sample_rate) if cut else a.duration_s,
+                duration_s=float(mono.size / sample_rate) if cut or speed else a.duration_s,
                 audio=np.ascontiguousarray(mono, dtype="<f4").tobytes(),
             )
         except audio.AudioError as e:
@@ -232,6 +236,31 @@ class EncodeActor:
 # ---------------------------------------------------------------------------------------------- driver
 
 
+def speed_perturbed(df: pd.DataFrame, factors: tuple[float, ...], splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
+    """``df`` plus one copy of each row of ``splits`` per speed factor (Kaldi-style speed perturbation: resampled
+    like a tape played faster or slower, so pitch, formants and rate move together). Why: a new voice per factor
+    for a corpus with few speakers. A copy is its own speaker (``speaker~sp1.1``), so per-speaker/channel
+    statistics are computed over the copy, as labeling would for that voice; other splits (validation, test) are
+    never perturbed, so model selection and evaluation see only real audio."""
+    factors = tuple(float(f) for f in factors if float(f) != 1.0)
+    if not factors:
+        return df
+    if any(not 0.5 <= f <= 2.0 for f in factors):
+        raise ValueError(f"speed factors must lie in [0.5, 2.0], got {factors}")
+    base = df[df["split"].isin(splits) & df["error"].isna()] if "error" in df else df[df["split"].isin(splits)]
+    copies = []
+    for f in factors:
+        c = base.copy()
+        tag = f"~sp{f:g}"
+        c["utt_id"] = c["utt_id"].astype(str) + tag
+        c["speaker"] = [f"{s}{tag}" if _s(s) is not None else None for s in c["speaker"]]
+        c[SPEED_COLUMN] = f
+        if "duration_s" in c:
+            c["duration_s"] = c["duration_s"] / f
+        copies.append(c)
+    return pd.concat([df, *copies], ignore_index=True)
+
+
 def read_manifest(uri: str, splits: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
     """The rows to extract, read by the labeling job's readers (:mod:`pipeline.labeling.sources`):
 
@@ -301,6 +330,7 @@ def extract_features(
     asr_model: str | None = None,
     limits: DecodeLimits | None = None,
     progress: bool = False,
+    speed_perturb: tuple[float, ...] = (),
 ) -> dict:
     """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
     Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
@@ -308,7 +338,8 @@ def extract_features(
     the WER against the manifest's transcripts. ``manifest``: anything :func:`read_manifest` reads (a manifest or
     tar shards, local or a URI). ``limits``: the decode limits (the labeling job's defaults; ``max_duration_s``
     bounds each utterance, a cut turn's source may be up to 4 h). ``progress``: a bar (or a line every 10 s) of the
-    rows encoded, on stderr."""
+    rows encoded, on stderr. ``speed_perturb``: speed factors (e.g. ``(0.9, 1.1)``) of extra copies of each
+    ``train`` row (:func:`speed_perturbed`)."""
     import ray
 
     from emoq_model.config import load_config
@@ -333,7 +364,7 @@ def extract_features(
             if F.exists(F.join(out_dir, name)):
                 fs.delete_file(F.resolve(F.join(out_dir, name))[1])
 
-    df = read_manifest(manifest, splits, limit)
+    df = speed_perturbed(read_manifest(manifest, splits, limit), tuple(speed_perturb))
     if "duration_s" in df and df["duration_s"].notna().all():  # similar lengths per encoder batch: less padding
         df = df.sort_values("duration_s", kind="stable").reset_index(drop=True)
     from transformers import AutoFeatureExtractor
@@ -351,7 +382,7 @@ def extract_features(
     if threads is None and gpus_per_actor <= 0:
         threads = max(1, (os.cpu_count() or 1) // actors)
 
-    cols = [c for c in (*ROW_COLUMNS, "error", *SEGMENT_COLUMNS) if c in df]
+    cols = [c for c in (*ROW_COLUMNS, "error", *SEGMENT_COLUMNS, SPEED_COLUMN) if c in df]
     n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
     bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
     parts = [
@@ -397,6 +428,7 @@ def extract_features(
         # population labeling normalises over (emoq_model.features.norm_groups)
         "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
         "transcripts": f"asr:{asr_model}" if asr_model else "manifest",
+        "speed_perturb": sorted(float(f) for f in speed_perturb if float(f) != 1.0),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded

@@ -309,3 +309,44 @@ def test_extraction_decodes_through_the_labeling_path(tmp_path):
     short = decode_batch(df.iloc[[2]], 16000, 3.0).iloc[0]
     assert "over the limit of 3 s" in short["error"]  # ... which refuses it from the header when lower
     assert out.loc["u4", "error"].startswith("input: manifest row 3")
+
+
+def test_speed_perturbation_copies_train_rows_as_new_speakers(tmp_path):
+    """Speed perturbation adds one copy of each train row per factor, as its own speaker, and plays it like a tape
+    at that speed: the length divides by the factor and a tone's pitch multiplies by it; validation rows and error
+    rows are never copied."""
+    import soundfile as sf
+
+    from pipeline.training.extract import decode_batch, speed_perturbed
+
+    rate = 16000
+    t = np.arange(rate) / rate
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), rate)
+    df = pd.DataFrame(
+        {
+            "utt_id": ["u1", "u2", "u3"],
+            "path": [str(tmp_path / "a.wav")] * 3,
+            "label": ["happy", "sad", "angry"],
+            "transcript": ["hi", None, None],
+            "speaker": ["s1", "s2", "s1"],
+            "split": ["train", "val", "train"],
+            "error": [None, None, "input: bad row"],
+        }
+    )
+    out = speed_perturbed(df, (0.9, 1.0, 1.25))
+    assert out["utt_id"].tolist() == ["u1", "u2", "u3", "u1~sp0.9", "u1~sp1.25"]
+    assert out["speaker"].tolist()[3:] == ["s1~sp0.9", "s1~sp1.25"]
+    assert out["split"].tolist()[3:] == ["train", "train"] and out["transcript"].tolist()[3:] == ["hi", "hi"]
+    assert speed_perturbed(df, ()) is df and speed_perturbed(df, (1.0,)) is df
+    with pytest.raises(ValueError, match="speed factors"):
+        speed_perturbed(df, (3.0,))
+    dec = decode_batch(out.iloc[[0, 3, 4]].astype(object).where(out.iloc[[0, 3, 4]].notna(), None), rate, 60.0)
+    assert dec["error"].isna().all()
+    n = dec["num_samples"].tolist()
+    assert n[0] == rate and abs(n[1] - rate / 0.9) <= 2 and abs(n[2] - rate / 1.25) <= 2
+    for k, f in ((0, 1.0), (1, 0.9), (2, 1.25)):
+        y = np.frombuffer(dec["audio"][k], "<f4")
+        spec = np.abs(np.fft.rfft(y * np.hanning(y.size)))
+        peak_hz = np.argmax(spec) * rate / y.size
+        assert peak_hz == pytest.approx(200 * f, abs=3)
+        assert dec["duration_s"][k] == pytest.approx(y.size / rate)
