@@ -145,9 +145,13 @@ class EncodePrompts:
         if self.norm.mode == "speaker":
             if sum(len(w) for w in waves) <= self.max_held_samples:
                 items: list[dict] = [{}] * len(waves)
+                pending: dict[int, torch.Tensor] = {}  # shared ASR: decoded once all are in (fuller decoder batches)
                 for idx in batches:  # encoder states of every segment, held (on the encoder's device)
-                    for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups)):
+                    for i, item in zip(idx, self._encode_batch(idx, waves, transcripts, groups, pending=pending)):
                         items[i] = item
+                if pending:
+                    for i, text in zip(pending, self.decoder.transcribe_frames(list(pending.values()))):
+                        transcripts[i] = items[i]["transcript"] = text or None
                 items = self.norm.apply(items)  # statistics over each speaker's segments, then normalised
                 for idx in batches:
                     self._former(idx, [items[i] for i in idx], out)
@@ -161,10 +165,17 @@ class EncodePrompts:
             self._former(idx, self.norm.apply(self._encode_batch(idx, waves, transcripts, groups), stats), out)
         return out
 
-    def _encode_batch(self, idx: list[int], waves, transcripts, groups, transcribe: bool = True) -> list[dict]:
+    def _encode_batch(
+        self, idx: list[int], waves, transcripts, groups, transcribe: bool = True, pending: dict | None = None
+    ) -> list[dict]:
+        """Encoder states of the segments ``idx``; with shared ASR, missing transcripts are decoded from them now,
+        or (``pending`` given) their decoder states are left in ``pending`` for the caller to decode later."""
         enc = self.front.encoder([waves[i] for i in idx])
         need = [k for k, i in enumerate(idx) if not transcripts[i]] if self.decoder and transcribe else []
-        if need:  # shared-encoder ASR: the decoder reads the states just computed
+        if need and pending is not None:
+            for k in need:
+                pending[idx[k]] = enc.decoder_states[k, : int(enc.decoder_lengths[k])]
+        elif need:  # shared-encoder ASR: the decoder reads the states just computed
             texts = self.decoder.transcribe_states(enc.decoder_states[need], enc.decoder_lengths[need].tolist())
             for k, text in zip(need, texts):
                 transcripts[idx[k]] = text or None

@@ -33,6 +33,44 @@ def prompts():
     return names, [load_mono(str(root / f"{n}.wav"), 16000) for n in names], [refs[n] for n in names]
 
 
+def _padded_window_generate(decoder: WhisperDecoder, states, lengths) -> list[str]:
+    """The plain way (what the split attention replaces): stack each item's frames with the silent window's rest
+    and let an unmodified Whisper decoder attend to all 1500 frames of each item."""
+    import math
+
+    import torch
+    from transformers import WhisperForConditionalGeneration
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = WhisperForConditionalGeneration.from_pretrained(build_whisper_tiny_en(), use_safetensors=True).eval()
+    sil, w = decoder.silence, decoder.silence.shape[0]
+    rows = [torch.cat([states[i, : min(int(n), w)], sil[min(int(n), w) :]]) for i, n in enumerate(lengths)]
+    budget = min(decoder.max_new_tokens, 8 + math.ceil(decoder.tokens_per_s * min(max(lengths), w) * decoder.frame_s))
+    with torch.inference_mode():
+        enc = BaseModelOutput(last_hidden_state=torch.stack(rows))
+        ids = model.generate(encoder_outputs=enc, max_new_tokens=budget)
+    return [t.strip() for t in decoder.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def test_split_cross_attention_equals_attention_over_the_padded_window():
+    """Each decoder layer's cross-attention over [real frames ; shared silent keys] equals Whisper's own attention
+    over the stacked 1500-frame window, for items shorter than, and as long as, the window."""
+    import torch
+
+    decoder = WhisperDecoder(str(build_whisper_tiny_en()))
+    w, d = decoder.silence.shape
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(n, d, generator=g) for n in (1, 7, 160, w)]
+    hidden = torch.randn(len(rows), 3, d, generator=g)
+    padded = torch.stack([torch.cat([r, decoder.silence[r.shape[0] :]]) for r in rows])
+    with torch.inference_mode():
+        for attn in decoder.cross:
+            attn.set_items(rows)
+            got, _ = attn(hidden)
+            want, _ = attn.attn(hidden, key_value_states=padded)
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_shared_encoder_asr_matches_the_separate_stage(prompts):
     names, waves, refs = prompts
@@ -42,7 +80,9 @@ def test_shared_encoder_asr_matches_the_separate_stage(prompts):
     out = enc(waves)
     assert out.decoder_states.shape[0] == len(waves)
     assert (out.decoder_lengths > out.mask.sum(-1)).all()  # the silence tail: decoded, not in the Former's frames
-    shared = WhisperDecoder(whisper).transcribe_states(out.decoder_states, out.decoder_lengths.tolist())
+    decoder = WhisperDecoder(whisper)
+    shared = decoder.transcribe_states(out.decoder_states, out.decoder_lengths.tolist())
+    assert shared == _padded_window_generate(decoder, out.decoder_states, out.decoder_lengths.tolist())
     same = [_norm(a) == _norm(b) for a, b in zip(separate, shared)]
     print({n: (a, b) for n, a, b, s in zip(names, separate, shared, same) if not s})
     assert np.mean(same) >= 0.8
