@@ -90,12 +90,8 @@ class SilenceSplitAttention(torch.nn.Module):
         w, n_max = self.v_sil.shape[1], max(ns)
         flat = torch.cat(states)
         k_all, v_all = self.attn.k_proj(flat), self.attn.v_proj(flat)
-        k = flat.new_zeros(len(ns), n_max, k_all.shape[-1])
-        v = torch.zeros_like(k)
-        o = 0
-        for i, n in enumerate(ns):
-            k[i, :n], v[i, :n] = k_all[o : o + n], v_all[o : o + n]
-            o += n
+        pad = torch.nn.utils.rnn.pad_sequence
+        k, v = pad(list(k_all.split(ns)), batch_first=True), pad(list(v_all.split(ns)), batch_first=True)
         self.k_real_t = self._heads(k).transpose(-1, -2).contiguous()  # [B, H, hd, n_max]: laid out for each step
         self.v_real = self._heads(v).contiguous()  # [B, H, n_max, hd]
         pos_real = torch.arange(n_max, device=flat.device)
