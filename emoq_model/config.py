@@ -141,6 +141,9 @@ class Stage1Config:
     # chance that a training example's transcript is dropped (modality dropout): the queries must then read the
     # speech alone, so text fusion cannot make the speech path lazy and the model holds when ASR hears nothing useful
     text_dropout: float = 0.0
+    # decay per optimizer step of an exponential moving average of the trained weights (0: off); validation, the
+    # best epoch and the exported bundle then use the average (pipeline.training.ema), e.g. 0.99 ~ the last 100 steps
+    ema: float = 0.0
 
 
 @dataclass
@@ -163,6 +166,7 @@ class Stage2Config:
     label_ce_weight: float = 1.0  # + cross-entropy over the label tokens only at the answer (= predict_proba)
     lm_weight: float = 1.0  # the LM loss on the answer tokens (label + end of turn, full vocabulary)
     distill_weight: float = 0.0  # + KL(stage-1 aux head || LLM label distribution), e.g. 1.0 (measured: no gain)
+    ema: float = 0.0  # as in stage 1
 
 
 @dataclass
@@ -387,6 +391,7 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
             all(0.0 <= x.text_dropout < 1.0 for x in (st.stage1, st.stage2)),
             "train.stage*.text_dropout must be in [0, 1)",
         ),
+        (all(0.0 <= x.ema < 1.0 for x in (st.stage1, st.stage2)), "train.stage*.ema must be in [0, 1)"),
         (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
         (st.stage2.distill_weight >= 0, "train.stage2.distill_weight must be >= 0"),
         (st.stage2.lm_weight >= 0, "train.stage2.lm_weight must be >= 0"),

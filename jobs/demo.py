@@ -15,6 +15,7 @@ workers' logs go to ``<workdir>/logs/demo.log`` (labeling: ``<workdir>/labels/lo
 prints them on the console instead. The steps live in ``pipeline/demo/run.py``.
 
     python jobs/demo.py [--workdir runs/demo] [--fresh] [--verbose] [--modality fused|speech|text]
+                        [--set train.stage1.ema=0.99 ...]
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ from pipeline.demo.run import DemoConfig, run_demo  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    dests = add_dataclass_args(ap, DemoConfig)
-    return DemoConfig(**dataclass_kwargs(ap.parse_args(argv), dests))
+    dests = add_dataclass_args(ap, DemoConfig, skip=("overrides",))
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model/training config override after the demo's own (repeatable; a change retrains)",
+    )
+    a = ap.parse_args(argv)
+    return DemoConfig(**dataclass_kwargs(a, dests), overrides=tuple(a.overrides))
 
 
 @exits_on_error

@@ -53,6 +53,7 @@ class DemoConfig:
     modality: str = "fused"  # fused: speech + transcripts (ASR at labeling) | speech | text (the ablations)
     reference_transcripts: bool = False  # train on the reference transcripts, not ASR of the training audio
     speed_perturb: tuple[float, ...] = ()  # speed-perturbed copies of the training turns (e.g. 0.9,1.1)
+    overrides: tuple[str, ...] = ()  # model/training config overrides after the demo's own (KEY=VALUE each)
     fresh: bool = False  # retrain and relabel from scratch
     verbose: bool = False  # Ray's, vLLM's and the workers' logs on the console (default: <workdir>/logs/demo.log)
 
@@ -173,6 +174,7 @@ def _train(c: DemoConfig, work: Path, features: Path, bundle: Path) -> None:
         ENCODER
         + MODALITIES[c.modality]
         + [f"train.stage1.epochs={c.stage1_epochs}", f"train.stage2.epochs={c.stage2_epochs}"]
+        + list(c.overrides)
     )
     stamp = {  # what the bundle depends on: a change to any of these retrains
         "features_meta_sha256": _sha(features / "meta.json"),

@@ -14,6 +14,7 @@ last stage, calibration, the bundle as the final checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from pipeline.training.checkpoint import (
 )
 from pipeline.training.data import WorkerData, batches, collate, drop_transcripts
 from pipeline.training.settings import BEST_FILE, BUNDLE_DIR, CURRENT_FILE, OPTIM_FILE, STATE_FILE, TrainSettings
+
+if TYPE_CHECKING:
+    from pipeline.training.ema import WeightEMA
 
 
 @dataclass
@@ -92,6 +96,11 @@ class StageRun:
     bs: int  # per-worker batch
     start_epoch: int
     best: dict
+    ema: WeightEMA | None = None  # the average that validation and export read (train.stage*.ema > 0)
+
+    def averaged(self):
+        """Context in which the model holds the weights validation and export read (the EMA when on)."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
 
 def start_stage(
@@ -102,6 +111,7 @@ def start_stage(
     import torch
 
     from emoq_model import steps as st
+    from pipeline.training.ema import WeightEMA
 
     sc = cfg.train.stage1 if stage == 1 else cfg.train.stage2
     resuming = run.state["stage"] == stage
@@ -122,9 +132,12 @@ def start_stage(
     steps_per_epoch = math.ceil(n_items / bs)
     total = steps_per_epoch * sc.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(s.warmup_frac * total)))
+    ema = WeightEMA(st.trainable_named_parameters(model, stage), sc.ema) if sc.ema > 0 else None
     if resuming and run.optim_state is not None:
         opt.load_state_dict(run.optim_state["optimizer"])
         sched.load_state_dict(run.optim_state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(run.optim_state["ema"])
     best = run.state["best"].get(str(stage), {"ua": -1.0, "loss": float("inf"), "epoch": -1})
     start_epoch = run.state["epoch"] + 1 if resuming else 0
     log(
@@ -133,7 +146,7 @@ def start_stage(
         f"stage {stage}: epochs {start_epoch}..{sc.epochs - 1}, global batch {bs * world} "
         f"({bs}/worker), {steps_per_epoch} steps/epoch, lr {sc.lr}",
     )
-    return StageRun(stage, sc, ddp, opt, sched, bs, start_epoch, best)
+    return StageRun(stage, sc, ddp, opt, sched, bs, start_epoch, best, ema)
 
 
 def train_epoch(
@@ -156,6 +169,8 @@ def train_epoch(
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.grad_clip)
         sr.opt.step()
         sr.sched.step()
+        if sr.ema is not None:
+            sr.ema.update()
         note_private_memory()
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(chunk)
@@ -310,13 +325,14 @@ def train_loop_per_worker(config: dict) -> None:
                 "start": state["starts"],
                 "lr": float(sr.sched.get_last_lr()[0]),
                 **{f"train_{k}": round(v, 6) for k, v in sorted(train_metrics.items())},
-                **validate(model, data.val, stage, s, names),
             }
-            score = (rec["val_ua"], -rec["val_loss"]) if rec["val_ua"] is not None else (float(epoch), 0.0)
-            is_best = score > (sr.best["ua"], -sr.best["loss"])  # no validation split: the last epoch is the best
-            if is_best:
-                sr.best = {"ua": score[0], "loss": -score[1], "epoch": epoch}
-                run.best_weights[stage] = trainable_state(model)
+            with sr.averaged():  # validation, the best epoch and the export read the same weights
+                rec.update(validate(model, data.val, stage, s, names))
+                score = (rec["val_ua"], -rec["val_loss"]) if rec["val_ua"] is not None else (float(epoch), 0.0)
+                is_best = score > (sr.best["ua"], -sr.best["loss"])  # no validation split: the last epoch is best
+                if is_best:
+                    sr.best = {"ua": score[0], "loss": -score[1], "epoch": epoch}
+                    run.best_weights[stage] = trainable_state(model)
             rec.update(
                 is_best=is_best,
                 best_epoch=sr.best["epoch"],
@@ -347,7 +363,11 @@ def train_loop_per_worker(config: dict) -> None:
                 state,
                 model,
                 run.best_weights,
-                {"optimizer": sr.opt.state_dict(), "scheduler": sr.sched.state_dict()},
+                {
+                    "optimizer": sr.opt.state_dict(),
+                    "scheduler": sr.sched.state_dict(),
+                    **({"ema": sr.ema.state_dict()} if sr.ema is not None else {}),
+                },
             )
         state.update(stage=stage, epoch=sr.sc.epochs - 1)
         state["done"] = sorted(set(state["done"]) | {stage})

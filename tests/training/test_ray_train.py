@@ -27,6 +27,7 @@ TRAIN_OVERRIDES = [
     "former.intermediate=256",
     "train.stage1.epochs=3",
     "train.stage1.batch_size=16",
+    "train.stage1.ema=0.9",  # the recovery and resume tests then cover the average's checkpointed state
     "train.stage2.epochs=2",
     "train.stage2.batch_size=16",
 ]

@@ -1,0 +1,19 @@
+"""The demo's command line: flags come from DemoConfig; ``--set`` passes model/training overrides through."""
+
+import pytest
+
+from emoq_model.errors import ConfigError
+from jobs.demo import parse_args
+
+
+def test_flags_and_overrides():
+    argv = ["--workdir", "w", "--speed-perturb", "0.9,1.1", "--set", "seed=1", "--set", "train.stage1.ema=0.99"]
+    c = parse_args(argv)
+    assert (c.workdir, c.speed_perturb) == ("w", (0.9, 1.1))
+    assert c.overrides == ("seed=1", "train.stage1.ema=0.99")
+    assert parse_args([]).overrides == ()
+
+
+def test_unknown_modality_is_refused():
+    with pytest.raises(ConfigError, match="modality"):
+        parse_args(["--modality", "video"])
