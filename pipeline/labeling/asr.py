@@ -114,37 +114,6 @@ class SilenceSplitAttention(torch.nn.Module):
         return self.attn.out_proj(out.transpose(1, 2).reshape(b, q, self.h * self.hd)), None
 
 
-class RescoredHead(torch.nn.Module):
-    """Whisper's output layer computed in a cheaper dtype, its ``k`` best words re-scored in float32.
-
-    Why: in greedy decoding this one matmul (51,864 words x 384 for tiny) is most of a step's cost on a CPU: 80 MB
-    of float32 weights read per step. In bfloat16 (AMX / avx512_bf16, GPUs) it runs ~4x faster; re-scoring the top
-    ``k`` words of the bf16 logits with the float32 weights makes the greedy choice float32's unless float32's best
-    word falls outside bf16's top ``k`` (bf16 logit errors are ~1e-2, the top words' gaps far larger than that).
-    Equality with float32 decoding is asserted on real speech (``tests/labeling/test_asr_shared.py``)."""
-
-    def __init__(self, head: torch.nn.Module, dtype: torch.dtype, k: int = 16):
-        super().__init__()
-        self.weight = head.weight  # float32, tied to the token embeddings
-        self.register_buffer("low", head.weight.detach().to(dtype), persistent=False)
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        approx = torch.nn.functional.linear(x.to(self.low.dtype), self.low).to(x.dtype)
-        idx = approx.topk(self.k, dim=-1).indices  # [..., k]
-        exact = (x.unsqueeze(-2) @ self.weight[idx].transpose(-1, -2)).squeeze(-2)  # [..., k]
-        return approx.scatter(-1, idx, exact)
-
-
-def cheaper_head(model: torch.nn.Module, head_dtype: str) -> None:
-    """Put a :class:`RescoredHead` in place of a Whisper model's output layer (``head_dtype`` != float32)."""
-    if head_dtype == "float32":
-        return
-    if head_dtype not in ("bfloat16", "float16"):
-        raise ValueError(f"ASR head dtype must be float32, bfloat16 or float16, got {head_dtype!r}")
-    model.proj_out = RescoredHead(model.proj_out, getattr(torch, head_dtype))
-
-
 class WhisperDecoder:
     """Shared-encoder ASR: Whisper's decoder on encoder states the emotion side already computed (one encoder pass).
 
@@ -163,18 +132,16 @@ class WhisperDecoder:
         batch_size: int = 64,
         max_new_tokens: int = 96,
         tokens_per_s: float = 6.0,
-        head_dtype: str = "float32",
     ):
         """``batch_size``: items per ``generate`` call; each batch stops at ``8 + tokens_per_s`` x its longest
         clip's seconds new tokens (at most ``max_new_tokens``): speech is ~3 tokens/s, and a runaway repetition loop
-        must not cost 96 steps. ``head_dtype``: the output layer's dtype (:class:`RescoredHead`)."""
+        must not cost 96 steps."""
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = WhisperProcessor.from_pretrained(model_path)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_path, use_safetensors=True)
         self.model.to(self.device).eval()
-        cheaper_head(self.model, head_dtype)
         self.batch_size, self.max_new_tokens, self.tokens_per_s = batch_size, max_new_tokens, tokens_per_s
         fe = self.processor.feature_extractor
         self.frame_s = 2 * fe.hop_length / fe.sampling_rate  # seconds per encoder frame (20 ms)
@@ -254,7 +221,6 @@ class Transcribe:
         device: str | None = None,
         batch_size: int = 16,
         max_new_tokens: int = 96,
-        head_dtype: str = "float32",
     ):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -262,7 +228,6 @@ class Transcribe:
         self.processor = WhisperProcessor.from_pretrained(model_path)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_path, use_safetensors=True)
         self.model.to(self.device).eval()
-        cheaper_head(self.model, head_dtype)
         self.rate, self.batch_size, self.max_new_tokens = sample_rate, batch_size, max_new_tokens
 
     @torch.inference_mode()
