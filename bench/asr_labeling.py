@@ -4,7 +4,11 @@ Each mode labels the same call archive into a fresh output with the same bundle 
 here); "off" labels from speech alone (the bundle's Former gets no transcript). The wall time includes each job's
 start (actors, vLLM engine), which is the same for every mode; the steady-state difference is the ASR's cost.
 
-    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,separate] [--out bench/results/asr_labeling.json]
+    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,separate] [--reps 2] \
+        [--out bench/results/asr_labeling.json]
+
+Repetitions interleave the modes (off, shared, ..., off, shared, ...); each mode's ``vs_off`` is the ratio to the
+"off" run of the same repetition, reported per repetition and as the median.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, WORK  # noqa: E402  (sets the offline environment)
 
@@ -24,6 +30,7 @@ def main(argv=None) -> dict:
     ap.add_argument("bundle")
     ap.add_argument("calls_csv")
     ap.add_argument("--modes", default="off,shared,separate")
+    ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "asr_labeling.json"))
     a = ap.parse_args(argv)
     from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
@@ -32,8 +39,9 @@ def main(argv=None) -> dict:
 
     init_ray()
     whisper = str(build_whisper_tiny_en())
-    report = {"bundle": a.bundle, "calls_csv": a.calls_csv, "runs": {}}
-    for mode in a.modes.split(","):
+    report = {"bundle": a.bundle, "calls_csv": a.calls_csv, "runs": []}
+    modes = a.modes.split(",")
+    for rep, mode in [(r, m) for r in range(a.reps) for m in modes]:
         out = WORK / f"asr_labeling_{mode}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = LabelJobConfig(
@@ -46,18 +54,25 @@ def main(argv=None) -> dict:
             label=StageResources(1, 0.5),
             asr=StageResources(1, 0.5),
         )
-        rep = run(cfg, log=lambda *x: None)
-        report["runs"][mode] = {
-            "asr": rep["asr"],
-            "wall_s": round(rep["wall_s"], 1),
-            "audio_s": rep["audio_s"],
-            "audio_s_per_s": round(rep["audio_s_per_s"], 2),
-            "segments": rep["segments"],
-        }
-        print(mode, report["runs"][mode], flush=True)
-    base = report["runs"].get("off", {}).get("audio_s_per_s")
-    for r in report["runs"].values():
-        r["vs_off"] = round(r["audio_s_per_s"] / base, 3) if base else None
+        res = run(cfg, log=lambda *x: None)
+        report["runs"].append(
+            {
+                "mode": mode,
+                "rep": rep,
+                "asr": res["asr"],
+                "wall_s": round(res["wall_s"], 1),
+                "audio_s": res["audio_s"],
+                "audio_s_per_s": round(res["audio_s_per_s"], 2),
+                "segments": res["segments"],
+            }
+        )
+        print(report["runs"][-1], flush=True)
+    off = {r["rep"]: r["audio_s_per_s"] for r in report["runs"] if r["mode"] == "off"}
+    for r in report["runs"]:
+        r["vs_off"] = round(r["audio_s_per_s"] / off[r["rep"]], 3) if r["rep"] in off else None
+    ratios = {m: [r["vs_off"] for r in report["runs"] if r["mode"] == m and r["vs_off"] is not None] for m in modes}
+    report["median_vs_off"] = {m: float(np.median(v)) for m, v in ratios.items() if v}
+    print("median vs off:", report["median_vs_off"], flush=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
