@@ -142,7 +142,8 @@ class Stage1Config:
     # speech alone, so text fusion cannot make the speech path lazy and the model holds when ASR hears nothing useful
     text_dropout: float = 0.0
     # decay per optimizer step of an exponential moving average of the trained weights (0: off); validation, the
-    # best epoch and the exported bundle then use the average (pipeline.training.ema), e.g. 0.99 ~ the last 100 steps
+    # best epoch and the exported bundle then use the average (pipeline.training.ema). Warmed up as
+    # min(ema, (1+n)/(10+n)) after n steps: about the last 10 % of the steps until ~900 steps, then ~1/(1-ema)
     ema: float = 0.0
 
 

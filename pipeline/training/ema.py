@@ -8,6 +8,10 @@ average (:meth:`WeightEMA.applied`).
 
 The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's
 ``ExponentialMovingAverage(num_updates=...)``), so the first steps do not keep the initialisation in the average.
+
+Not ``torch.optim.swa_utils.AveragedModel``: it deep-copies the whole module (here the LLM too, of which a stage
+trains only LoRA tensors) and is not part of this run's checkpoint; this keeps one shadow per trained tensor and a
+state dict that goes into the checkpoint beside the optimizer's.
 """
 
 from __future__ import annotations

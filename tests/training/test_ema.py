@@ -6,6 +6,13 @@ import torch
 from pipeline.training.ema import WeightEMA
 
 
+def _shift(m, fn) -> None:
+    """Move every parameter of ``m`` in place (a stand-in for an optimizer step)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            fn(p)
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
@@ -32,9 +39,7 @@ def test_average_follows_the_warmed_up_decay():
 def test_applied_swaps_in_the_average_and_restores_the_training_weights():
     m = _model()
     ema = WeightEMA(m.named_parameters(), decay=0.5)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(1.0)
+    _shift(m, lambda p: p.add_(1.0))
     ema.update()
     raw = {n: p.detach().clone() for n, p in m.named_parameters()}
     x = torch.randn(5, 3)
@@ -50,9 +55,7 @@ def test_applied_swaps_in_the_average_and_restores_the_training_weights():
 def test_state_round_trip_and_mismatch():
     m = _model()
     a = WeightEMA(m.named_parameters(), decay=0.99)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(2.0)
+    _shift(m, lambda p: p.mul_(2.0))
     a.update()
     b = WeightEMA(m.named_parameters(), decay=0.99)
     b.load_state_dict(a.state_dict())
