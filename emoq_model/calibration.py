@@ -91,10 +91,21 @@ def save_calibration(bundle_dir: str | os.PathLike, report: dict) -> None:
         json.dump(report, f, indent=1)
 
 
-def load_temperature(bundle_dir: str | os.PathLike) -> float:
-    """The bundle's fitted temperature (1.0 for bundles without ``calibration.json``)."""
+def _read(bundle_dir: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(bundle_dir), CALIBRATION_FILE)
     if not os.path.exists(path):
-        return 1.0
+        return {}
     with open(path, encoding="utf-8") as f:
-        return float(json.load(f)["temperature"])
+        return json.load(f)
+
+
+def load_context(bundle_dir: str | os.PathLike):
+    """The bundle's conversation context (:class:`emoq_model.context.ChannelContext`; off when none was fitted)."""
+    from emoq_model.context import ChannelContext
+
+    return ChannelContext.from_dict(_read(bundle_dir).get("context"))
+
+
+def load_temperature(bundle_dir: str | os.PathLike) -> float:
+    """The bundle's fitted temperature (1.0 for bundles without ``calibration.json``)."""
+    return float(_read(bundle_dir).get("temperature", 1.0))

@@ -65,6 +65,11 @@ class FormerConfig:
     # utterance-wide cues; 0 = off
     time_mask: float = 0.0
     time_mask_span: int = 10
+    # speaker conditioning beside subtraction: each item's frames start with two frames of its channel's statistics
+    # against the training speakers' (emoq_model.features.FeatureNorm.stats_frames), typed by a learned embedding and
+    # never time-masked, so a channel that is angry all call is not normalised into looking neutral. Needs
+    # per-speaker normalisation (train --feature-norm speaker); labeling computes them per channel, as training does
+    stats_frames: bool = False
     # local BERT-family directory (e.g. ${assets}/all-minilm-l6-v2): with text_fusion=concat, transcripts are embedded
     # by this frozen encoder (contextual token states) instead of by the LLM's input embedding table (None); it is
     # also the source of init_from_text_encoder (with any text_fusion)

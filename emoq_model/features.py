@@ -65,6 +65,8 @@ INDEX_COLUMNS = [
     "n_layers",
     "n_frames",
     "dim",
+    "start_s",
+    "end_s",
 ]
 FEATURE_COLUMNS = INDEX_COLUMNS + ["frames"]
 NORM_MODES = ("none", "speaker", "utterance")
@@ -86,6 +88,9 @@ def feature_schema() -> pa.Schema:
             ("n_frames", pa.int32()),
             ("dim", pa.int32()),
             ("frames", pa.binary()),
+            # a turn cut from a longer recording (a call): its span there, for conversation context; else null
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
         ]
     )
 
@@ -336,17 +341,37 @@ class FeatureNorm:
 
     ``mode``: none | speaker | utterance; ``group_key``: item key naming the group for ``speaker`` (``speaker`` in
     training/evaluation; the labeling job uses the recording id + channel); ``min_frames``: groups with fewer frames
-    are shrunk towards ``global_stats``; ``eps`` is added to the variance."""
+    are shrunk towards ``global_stats``; ``eps`` is added to the variance.
+
+    ``stats_frames`` (speaker conditioning beside subtraction): each item's frames are preceded by
+    :data:`N_STATS_FRAMES` frames holding what the subtraction removed, its group's statistics against the training
+    speakers' (``(mean - global mean) / global std`` and ``log(std / global std)``). A channel that is angry all call
+    has nothing neutral to be compared with; normalised alone its turns look like anyone's average, with the
+    statistics the model can still see that the whole channel is aroused. The Former marks these frames with a
+    learned type embedding and never time-masks them (``former.stats_frames``)."""
 
     mode: str = "none"
     group_key: str = "speaker"
     min_frames: int = 500
     eps: float = 1e-5
+    stats_frames: bool = False
     global_stats: GroupStats | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.mode not in NORM_MODES:
             raise ValueError(f"feature norm mode must be one of {NORM_MODES}, got {self.mode!r}")
+        if self.stats_frames and self.mode != "speaker":
+            raise ValueError(f"stats_frames needs per-speaker normalisation (mode 'speaker'), got {self.mode!r}")
+
+    def statistics_frames(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """``[L, 2, D]`` frames of a group's (effective) statistics against the global ones (clipped to +-8)."""
+        g = self.global_stats
+        if g is None:
+            raise ValueError("stats_frames needs the training speakers' global statistics (global_stats)")
+        gstd = np.sqrt(g.std.astype(np.float64) ** 2 + self.eps)
+        z = (mean.astype(np.float64) - g.mean) / gstd
+        log_ratio = np.log(np.maximum(std.astype(np.float64), 1e-6) / gstd)
+        return np.clip(np.stack([z, log_ratio], axis=-2), -8.0, 8.0).astype(np.float32)
 
     @property
     def enabled(self) -> bool:
@@ -392,6 +417,8 @@ class FeatureNorm:
             mean, std = effective[group]
             new = dict(it)
             new["frames"] = normalize_frames(it["frames"], mean, std)
+            if self.stats_frames:
+                new["frames"] = prepend_frames(new["frames"], self.statistics_frames(mean, std))
             out.append(new)
         return out
 
@@ -445,6 +472,20 @@ def float32_tensor(frames, copy: bool = False):
     elif not a.flags.writeable or (copy and a.dtype == np.float32):  # torch takes writable arrays only
         a = a.copy()
     return torch.from_numpy(a).float()
+
+
+N_STATS_FRAMES = 2  # FeatureNorm.stats_frames: the group's standardised mean, then its log std ratio
+
+
+def prepend_frames(frames, lead: np.ndarray):
+    """``lead`` ``[L, K, D]`` before the time axis of ``frames`` (``[L, T, D]``, or ``[T, D]`` with ``L = 1``);
+    numpy or torch, as ``frames``."""
+    import torch
+
+    if torch.is_tensor(frames):
+        lead_t = torch.as_tensor(lead, dtype=frames.dtype, device=frames.device)
+        return torch.cat([lead_t if frames.dim() == 3 else lead_t[0], frames], dim=-2)
+    return np.concatenate([lead.astype(frames.dtype) if frames.ndim == 3 else lead[0].astype(frames.dtype), frames], -2)
 
 
 def normalize_frames(frames, mean: np.ndarray, std: np.ndarray):

@@ -118,6 +118,13 @@ class EmoQFormer(nn.Module):
             with torch.no_grad():
                 self.projector[1].weight.fill_(float(llm_embed_rms))
         self.aux_head = nn.Linear(cfg.hidden, num_labels)
+        # leading channel-statistics frames (FeatureNorm.stats_frames): a learned type embedding tells them apart
+        if cfg.stats_frames:
+            from emoq_model.features import N_STATS_FRAMES
+
+            self.stats_type = nn.Parameter(torch.randn(N_STATS_FRAMES, encoder_dim) * 0.5)
+        else:
+            self.stats_type = None
 
     def init_from_text_encoder(self, path: str) -> list[str]:
         """BLIP-2 initialisation of the Q-Former from a BERT-family checkpoint (see
@@ -173,8 +180,13 @@ class EmoQFormer(nn.Module):
             pros = frames[..., -k:] * self.prosody_scale + self.prosody_shift
             frames = torch.cat([self.encoder_norm(frames[..., :-k]), pros], -1)
         b = frames.shape[0]
+        n_stats = 0 if self.stats_type is None else self.stats_type.shape[0]
+        if n_stats:  # the leading statistics frames, typed
+            frames = torch.cat([frames[:, :n_stats] + self.stats_type, frames[:, n_stats:]], 1)
         if self.training and self.cfg.time_mask > 0:
-            frame_mask = time_mask(frame_mask.to(dev).bool(), self.cfg.time_mask, self.cfg.time_mask_span)
+            kept = frame_mask.to(dev).bool()
+            frame_mask = time_mask(kept, self.cfg.time_mask, self.cfg.time_mask_span)
+            frame_mask[:, :n_stats] = kept[:, :n_stats]  # statistics frames are never masked
         if not self.cfg.use_speech:  # text-only ablation: one constant frame instead of the speech
             frames, frame_mask = torch.zeros_like(frames[:, :1]), torch.ones(b, 1, dtype=torch.bool, device=dev)
         q = self.queries.expand(b, -1, -1)

@@ -22,6 +22,8 @@ Semantics, and why:
   time covered by predictions: long turns weigh more, many short segments less, unlike the segment UA.
 * ``coverage`` (overall and per class): truth speech time covered by any predicted segment / truth speech time;
   what segmentation missed, which the segment metrics cannot see.
+* ``calibration``: expected calibration error of the scored segments' output probabilities against their truth
+  labels (10 bins), with mean confidence and accuracy: calibration on calls whose speakers the temperature never saw.
 * ``majority``: always predicting the scored segments' most frequent true label (accuracy, UA = 1/classes present,
   macro-F1): emotional speech is rare in calls, so accuracy alone flatters a model that says ``neutral``.
 * ``by_channel``: segment metrics per truth channel role (agent / customer / ...): roles differ in emotion mix.
@@ -130,6 +132,25 @@ def _frame_labels(s: np.ndarray, e: np.ndarray, lab: np.ndarray, k: int, n: int)
         better = c[j] > best
         out[better], best[better] = j, c[j][better]
     return out
+
+
+def _calibration(probs, labs: list[str], scored: np.ndarray, true_idx: np.ndarray) -> dict | None:
+    """Held-out calibration of the output: ECE (10 equal-width bins) of the scored segments' probabilities against
+    their truth, with mean confidence and accuracy beside it (None when no scored segment has probabilities)."""
+    if probs is None or not scored.any():
+        return None
+    from emoq_model.calibration import expected_calibration_error
+
+    has = scored & probs.is_valid().to_numpy(zero_copy_only=False)  # segments that carry probabilities
+    if not has.any():
+        return None
+    p = np.array([[dict(r).get(c, 0.0) for c in labs] for r, keep in zip(probs.to_pylist(), has) if keep], np.float64)
+    y = true_idx[has]
+    return {
+        "ece": expected_calibration_error(p, y),
+        "mean_confidence": float(p.max(1).mean()),
+        "accuracy": float((p.argmax(1) == y).mean()),
+    }
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -298,6 +319,7 @@ def evaluate_archive(
         "calm_channel_neutral_share": _ratio((pred_lab[calm] == calm_idx).sum(), len(calm)),
         "n_dominant_channels": len(dom),
         "channel_dominant_accuracy": _ratio(sum(dom), len(dom)),
+        "calibration": _calibration(probs, labs, scored, true_idx),
     }
     if out_dir is not None:
         ids = sorted(evaluated)[:timelines]
@@ -385,6 +407,12 @@ def format_archive_report(report: dict) -> str:
         f"channel dominant-label accuracy {f(report['channel_dominant_accuracy'])} "
         f"({report['n_dominant_channels']} channels)"
     )
+    cal = report.get("calibration")
+    if cal:
+        lines.append(
+            f"calibration on these unseen calls: ECE {f(cal['ece'])} (mean confidence {f(cal['mean_confidence'])}, "
+            f"accuracy {f(cal['accuracy'])})"
+        )
     lines.append(
         f"segments {report['n_pred_segments']}, scored {report['n_scored']} | recordings: "
         f"{report['n_error_recordings']} failed, {report['n_unmatched_recordings']} not in the truth, "

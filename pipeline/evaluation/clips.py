@@ -163,16 +163,27 @@ def evaluate(
     else:
         raise ValueError(f"backend must be hf or vllm, got {backend!r}")
     t_pred = time.perf_counter() - t1
-    from emoq_model.calibration import apply_temperature, expected_calibration_error, load_temperature
+    from emoq_model.calibration import apply_temperature, expected_calibration_error, load_context, load_temperature
 
     temperature = load_temperature(bundle) if head == "llm" else 1.0  # fitted on validation, as labeling applies it
+    context = load_context(bundle)
+    timed = all(it.get("start_s") is not None and it.get("end_s") is not None for it in items)
+    if head == "llm" and context.active and timed:  # turns of calls: the channel's other turns, as labeling does
+        probs = context.apply(
+            probs, [it["speaker"] for it in items], [it["start_s"] for it in items], [it["end_s"] for it in items]
+        )
     y_idx = np.array([labels.index(it["label"]) for it in items])
     ece_raw = expected_calibration_error(probs, y_idx)
     probs = apply_temperature(probs, temperature)
     pred = probs.argmax(1)
     y_true = [it["label"] for it in items]
     report = classification_report(y_true, [labels[i] for i in pred], labels)
-    report.update(temperature=temperature, ece=expected_calibration_error(probs, y_idx), ece_uncalibrated=ece_raw)
+    report.update(
+        temperature=temperature,
+        context=context.to_dict() if head == "llm" and context.active and timed else None,
+        ece=expected_calibration_error(probs, y_idx),
+        ece_uncalibrated=ece_raw,
+    )
     name = name or f"{split or 'all'}_{backend}{'_aux' if head == 'aux' else ''}"
     report.update(
         bundle=bundle,

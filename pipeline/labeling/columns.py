@@ -97,7 +97,7 @@ TRANSCRIBE = StageColumns(
 ENCODE = StageColumns(
     "encode", needs=("recording_id", "audio", *SEGMENTS, "seg_transcript"), adds=PROMPTS, drops=("audio",)
 )
-LABEL = StageColumns("label", needs=PROMPTS, adds=LABELS, drops=PROMPTS)
+LABEL = StageColumns("label", needs=(*PROMPTS, *SEGMENTS[1:]), adds=LABELS, drops=PROMPTS)
 ENCODE_AND_LABEL = StageColumns("encode+label", needs=ENCODE.needs, adds=LABELS, drops=("audio",))
 WRITE = StageColumns(
     "write",

@@ -45,27 +45,34 @@ class LabelWithVLLM:
         kw.setdefault("trust_remote_code", False)  # no code from model directories unless asked for
         self.llm = LLM(**kw)
         self.lora = None if not kw.get("enable_lora") else lora_request(bundle_dir)
-        from emoq_model.calibration import load_temperature
+        from emoq_model.calibration import load_context, load_temperature
 
         self.temperature = load_temperature(bundle_dir)  # fitted on validation at training time
+        self.context = load_context(bundle_dir)  # conversation context, fitted on validation calls (off if absent)
 
     def __call__(self, batch: dict) -> dict:
         from emoq_model.serving import classify
 
         rows = rows_of(batch)
         prompts, counts = [], []  # each recording's segments are contiguous in ``prompts``
-        for row in rows:
+        groups, starts, ends = [], [], []  # each segment's channel of its recording, and its span
+        for i, row in enumerate(rows):
             emb, off = row["prompt_embeds"], row["prompt_offsets"]
             counts.append(len(off) - 1)
+            groups += [f"{i}:{c}" for c in np.asarray(row["seg_channel"]).tolist()]
+            starts += np.asarray(row["seg_start_s"], dtype=np.float64).tolist()
+            ends += np.asarray(row["seg_end_s"], dtype=np.float64).tolist()
             prompts += [torch.from_numpy(np.array(emb[off[s] : off[s + 1]])) for s in range(len(off) - 1)]  # own copy
         n_lab = len(self.labels)
         if prompts:
             from emoq_model.calibration import apply_temperature
 
             scores = classify(self.llm, prompts, self.label_ids, self.labels, self.lora, self.mode)
-            names = scores.labels(self.labels)
-            probs = apply_temperature(scores.probs, self.temperature)  # same argmax, calibrated confidence
-            confidence = probs[np.arange(len(probs)), scores.index]
+            probs = self.context.apply(scores.probs, groups, starts, ends)  # the channel's other segments
+            probs = apply_temperature(probs, self.temperature)  # same argmax, calibrated confidence
+            index = probs.argmax(1)
+            names = [self.labels[j] for j in index]
+            confidence = probs[np.arange(len(probs)), index]
         maybe_die("label")  # fault injection for the reliability tests (no-op unless EMOQ_FAULTS_DIR is set)
         start = 0
         for row, n in zip(rows, counts):

@@ -76,7 +76,12 @@ class WorkerData:
         # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or
         # simulated, in train and val alike -- the population labeling normalises over), computed over whole
         # groups whatever this rank's share; global stats of the training speakers as the small-group fallback
-        self.norm = F.FeatureNorm(s.feature_norm, group_key="norm_group", min_frames=s.norm_min_frames)
+        self.norm = F.FeatureNorm(
+            s.feature_norm,
+            group_key="norm_group",
+            min_frames=s.norm_min_frames,
+            stats_frames=cfg.former.stats_frames,  # the Former reads its channel's statistics too
+        )
         stats, self.groups = {}, {}
         if self.norm.enabled:
             speaker_stats = cache.speaker_stats()
@@ -130,6 +135,8 @@ class WorkerData:
             "label": names.index(it["label"]),
             "transcript": it.get("transcript"),
             "speaker": it.get("speaker"),
+            "start_s": it.get("start_s"),  # the turn's place in its call: validation fits conversation context
+            "end_s": it.get("end_s"),
         }
 
 

@@ -65,7 +65,7 @@ def training_rows(settings: TrainSettings, seed: int):
 
     from emoq_model import features as F
 
-    columns = [c for c in F.FEATURE_COLUMNS if c not in ("path", "num_samples", "duration_s")]
+    columns = [c for c in F.FEATURE_COLUMNS if c not in ("path", "num_samples", "duration_s", "start_s", "end_s")]
     n_files = len(F.FeatureCache(settings.features).files)
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read when the dataset is created

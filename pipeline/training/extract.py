@@ -41,6 +41,8 @@ DECODE_COLUMNS = [
     "error",
     "num_samples",
     "duration_s",
+    "start_s",
+    "end_s",
     "audio",
 ]
 ROW_COLUMNS = ("utt_id", "path", "raw_path", "member", "label", "transcript", "speaker", "split")
@@ -89,7 +91,7 @@ def decode_batch(
     rows = []
     for r in batch.to_dict("records"):
         out = {k: _s(r.get(k)) for k in ("utt_id", "path", "label", "transcript", "speaker", "split")}
-        out.update(error=_s(r.get("error")), num_samples=None, duration_s=None, audio=None)
+        out.update(error=_s(r.get("error")), num_samples=None, duration_s=None, start_s=None, end_s=None, audio=None)
         if out["error"] is not None:  # the reader could not use the row (bad manifest row, bad sidecar, ...)
             out["error"] = f"input: {out['error']}"
             rows.append(out)
@@ -111,6 +113,10 @@ def decode_batch(
                 mono = mono[i0:i1]
                 audio.check_duration(mono.size / sample_rate, max_duration_s, "segment")
             speed = _f(r.get(SPEED_COLUMN))
+            if cut:  # where the turn lies in its call (conversation context); a slower copy's call is longer
+                out.update(
+                    start_s=i0 / sample_rate / (speed or 1.0), end_s=(i0 + mono.size) / sample_rate / (speed or 1.0)
+                )
             if speed is not None and speed != 1.0:  # faster and higher (speed > 1) or slower and lower, as a tape
                 mono = audio.resample(mono, sample_rate, sample_rate / speed)
             if mono.size == 0:
@@ -202,9 +208,8 @@ class EncodeActor:
             row["num_samples"] = (
                 None if r.get("num_samples") is None or pd.isna(r.get("num_samples")) else int(r["num_samples"])
             )
-            row["duration_s"] = (
-                None if r.get("duration_s") is None or pd.isna(r.get("duration_s")) else float(r["duration_s"])
-            )
+            for k in ("duration_s", "start_s", "end_s"):
+                row[k] = None if r.get(k) is None or pd.isna(r.get(k)) else float(r[k])
             row.update(n_layers=None, n_frames=None, dim=None, frames=None)
             if i in heard:
                 row["transcript"] = heard[i] or None
@@ -427,6 +432,7 @@ def extract_features(
         # rows cut from recordings (a labelled call archive): their `speaker` is one channel of one call, the
         # population labeling normalises over (emoq_model.features.norm_groups)
         "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
+        "turn_times": True,  # rows cut from recordings carry start_s / end_s (conversation context)
         "transcripts": f"asr:{asr_model}" if asr_model else "manifest",
         "speed_perturb": sorted(float(f) for f in speed_perturb if float(f) != 1.0),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -45,6 +45,7 @@ class TrainSettings:
     norm_min_frames: int = 500  # a group with fewer frames uses the global statistics
     train_split: str = "train"  # cache split trained on
     val_split: str = "val"  # cache split that picks the best epoch and fits the calibration
+    context: bool = False  # fit conversation context (emoq_model.context) on the validation turns of calls
     eval_batch_size: int = 64  # validation batch per worker
     warmup_frac: float = 0.05  # linear warm-up share of each stage's steps (then cosine decay)
     grad_clip: float = 1.0  # gradient-norm clip (0: off)

@@ -202,6 +202,11 @@ def validate(model, items: list[dict], stage: int, s: TrainSettings, names: list
     }
 
 
+def _num(v) -> float:
+    """A float, NaN for a missing value (a validation row without a place in a call)."""
+    return float("nan") if v is None else float(v)
+
+
 def _fmt(v) -> str:
     return "None" if v is None else str(round(v, 4))
 
@@ -219,9 +224,11 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
     state["final"] = True
     val_probs: list = []
     vt, _, _ = evaluate_items(model, data.val, last, s.eval_batch_size, val_probs)
-    parts = gather((vt, val_probs))
+    where = [(it.get("speaker"), _num(it.get("start_s")), _num(it.get("end_s"))) for it in data.val]
+    parts = gather((vt, val_probs, where))
     y_val = np.array([t for p in parts for t in p[0]], dtype=int)
     p_val = np.array([q for p in parts for q in p[1]], dtype=np.float64).reshape(len(y_val), len(names))
+    w_val = [w for p in parts for w in p[2]]
     metrics = {
         "final": True,
         "stage": last,
@@ -239,13 +246,22 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
         dataclasses.replace(data.norm, group_key="speaker").save(bundle)  # labeling: speaker = channel
         if len(y_val):
             from emoq_model.calibration import calibration_report, save_calibration
+            from emoq_model.context import ChannelContext, fit_context
 
+            context, grid = ChannelContext(), []
+            if s.context:  # conversation context, fitted on the validation calls (before the temperature)
+                groups = [w[0] for w in w_val]
+                starts, ends = [w[1] for w in w_val], [w[2] for w in w_val]
+                context, grid = fit_context(p_val, y_val, groups, starts, ends)
+                p_val = context.apply(p_val, groups, starts, ends)
             cal = calibration_report(p_val, y_val)
+            cal["context"] = {**context.to_dict(), "grid": grid}
             save_calibration(bundle, cal)
             log(
                 s,
                 rank,
-                f"calibration on {cal['n']} validation rows: T={cal['temperature']:.3f}, ECE "
+                f"calibration on {cal['n']} validation rows: context weight={context.weight:g} "
+                f"tau={context.tau_s:g}s, T={cal['temperature']:.3f}, ECE "
                 f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}",
             )
         train_info = {

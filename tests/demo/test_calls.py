@@ -259,6 +259,22 @@ def test_mixed_training_calls_use_other_words_and_any_emotion(tmp_path):
         dc.plan_call_archive(tmp_path, 1, 1.0, lines="poetry")
 
 
+def test_mixed_mixes_include_channels_dominated_by_any_emotion():
+    """Training channels' label mixes (``dominant=0.3``): mostly skewed Dirichlet draws, and about 30 % of them
+    held by one label (80-100 %), any of the four, so training sees channels that are angry or sad all call. At
+    ``dominant=0`` no extra random draw is made (archives made before the option stay bit-identical)."""
+    rng = np.random.default_rng(0)
+    mixes = np.array([dc._mixed_mix(rng, 0.3) for _ in range(4000)])
+    assert np.allclose(mixes.sum(1), 1.0) and (mixes >= 0).all()
+    dominated = mixes.max(1) >= 0.8
+    plain = np.array([dc._mixed_mix(np.random.default_rng(0), 0.0) for _ in range(1)])
+    assert np.array_equal(plain[0], np.random.default_rng(0).dirichlet(0.4 * np.array([3.0, 1.0, 1.0, 1.0])))
+    base = (np.array([dc._mixed_mix(rng, 0.0) for _ in range(4000)]).max(1) >= 0.8).mean()
+    assert base + 0.2 <= dominated.mean() <= base + 0.35
+    tops = np.bincount(mixes[dominated].argmax(1), minlength=4) / dominated.sum()
+    assert (tops > 0.1).all()  # every label dominates some channels
+
+
 @needs_tools
 def test_cue_calls_make_words_matter(archive, tmp_path):
     """``cues=True``: emotional turns are realised by voice and words, voice only, words only (neutral voice) or

@@ -102,6 +102,20 @@ def test_perfect_predictions(tmp_path):
     json.dumps(rep, allow_nan=False)
 
 
+def test_calibration_on_the_archive(tmp_path):
+    """Every segment says 0.7 for its label: right on all of them -> ECE 0.3 (under-confident), right on half ->
+    ECE 0.2 (over-confident by 0.2); no probabilities column -> no calibration block."""
+    truth = [turn("r1", 1, 2.0 * i, 2.0 * i + 1, "angry") for i in range(4)]
+    right = write_labels(tmp_path / "a", [seg("r1", 1, t["start_s"], t["end_s"], "angry") for t in truth])
+    cal = evaluate_archive(right, pd.DataFrame(truth))["calibration"]
+    assert cal["ece"] == pytest.approx(0.3) and cal["accuracy"] == 1.0 and cal["mean_confidence"] == pytest.approx(0.7)
+    half = [seg("r1", 1, t["start_s"], t["end_s"], "angry" if i % 2 else "sad") for i, t in enumerate(truth)]
+    cal = evaluate_archive(write_labels(tmp_path / "b", half), pd.DataFrame(truth))["calibration"]
+    assert cal["ece"] == pytest.approx(0.2) and cal["accuracy"] == 0.5
+    bare = [dict(seg("r1", 1, t["start_s"], t["end_s"], "angry"), probabilities=None) for t in truth]
+    assert evaluate_archive(write_labels(tmp_path / "c", bare), pd.DataFrame(truth))["calibration"] is None
+
+
 def test_known_mix_majority_channels_calm(tmp_path):
     labels = write_labels(tmp_path, [seg(r, c, s, s + 1, p) for r, c, s, _, p in MIX_TRUTH])
     truth = pd.DataFrame([turn(r, c, s, s + 1, t) for r, c, s, t, _ in MIX_TRUTH])

@@ -83,18 +83,25 @@ def test_encode_prompts_same_for_any_batching(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
 
 
-def test_encode_prompts_two_pass_equals_held(tmp_path):
+@pytest.mark.parametrize("stats_frames", [False, True])
+def test_encode_prompts_two_pass_equals_held(tmp_path, stats_frames):
     """Per-speaker normalisation over a block larger than ``max_held_seconds``: statistics in a first encoder
-    pass, then normalise + Former batch by batch; the prompts equal those of holding every segment's states."""
+    pass, then normalise + Former batch by batch; the prompts equal those of holding every segment's states (with
+    the channel-statistics frames too, ``former.stats_frames``)."""
     from emoq_model.bundle import save_bundle
     from emoq_model.config import demo_config_path, load_config
-    from emoq_model.features import FeatureNorm
-    from emoq_model.model import EmoQModel
+    from emoq_model.features import FeatureNorm, GroupStats
+    from emoq_model.model import EmoQModel, encoder_dims
     from pipeline.labeling.encode import EncodePrompts
 
-    bundle = str(save_bundle(EmoQModel(load_config(demo_config_path())), tmp_path / "bundle"))
+    cfg = load_config(demo_config_path(), [f"former.stats_frames={str(stats_frames).lower()}"])
+    bundle = str(save_bundle(EmoQModel(cfg), tmp_path / "bundle"))
     stage = EncodePrompts(bundle, max_batch_segments=2)
-    stage.norm = FeatureNorm("speaker", group_key="speaker", min_frames=100)
+    stage.norm = FeatureNorm("speaker", group_key="speaker", min_frames=100, stats_frames=stats_frames)
+    if stats_frames:  # the training speakers' statistics, as a trained bundle carries them
+        dim, n_layers = encoder_dims(cfg)
+        shape = (n_layers, dim)
+        stage.norm.global_stats = GroupStats(10**6, np.zeros(shape, np.float32), np.ones(shape, np.float32))
     rng = np.random.default_rng(1)
     waves = [
         (0.1 * rng.standard_normal(int(16000 * s)) * (1 + k % 3)).astype(np.float32)

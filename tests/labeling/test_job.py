@@ -159,11 +159,21 @@ def test_label_resume_and_errors(labelled, corpus, bundle):
 
 def test_fused_model_stages_same_output(labelled, corpus, bundle, tmp_path):
     """Encoder and vLLM in one actor (``fuse_model_stages``): the same rows, labels and probabilities as with
-    separate pools, every input accounted for."""
+    separate pools, every input accounted for. The fused run's bundle also carries a conversation context
+    (``calibration.json``, :mod:`emoq_model.context`): its probabilities must be the separate run's after that
+    context, per recording and channel, and its labels their argmax."""
+    import json
+    import shutil
     from dataclasses import replace
 
+    from emoq_model.context import ChannelContext
+
+    ctx = ChannelContext(weight=1.0, tau_s=20.0)
+    with_context = tmp_path / "bundle_context"
+    shutil.copytree(bundle, with_context)
+    (with_context / "calibration.json").write_text(json.dumps({"temperature": 1.0, "context": ctx.to_dict()}))
     out = tmp_path / "fused"
-    cfg = replace(job(corpus, bundle, out), fuse_model_stages=True, label=StageResources(1, 1.0))
+    cfg = replace(job(corpus, str(with_context), out), fuse_model_stages=True, label=StageResources(1, 1.0))
     rep = run(cfg)
     assert rep["labeled"] + rep["failed"] == corpus["n"] and rep["crashed"] == 0
     key = ["recording_id", "channel", "segment_index"]
@@ -177,7 +187,11 @@ def test_fused_model_stages_same_output(labelled, corpus, bundle, tmp_path):
     assert (a.error.fillna("") == b.error.fillna("")).all()
     ok = a.error.isna()
     assert ok.sum() > 10
-    assert (a.label[ok] == b.label[ok]).all()
     pa = np.array([[v for _, v in kv] for kv in a.probabilities[ok]])
     pb = np.array([[v for _, v in kv] for kv in b.probabilities[ok]])
-    np.testing.assert_allclose(pa, pb, atol=1e-4)
+    groups = (a.recording_id[ok] + "/" + a.channel[ok]).tolist()
+    expected = ctx.apply(pa, groups, a.start_s[ok].to_numpy(), a.end_s[ok].to_numpy())
+    assert np.abs(expected - pa).max() > 0.01  # the context did act
+    np.testing.assert_allclose(pb, expected, atol=1e-4)
+    names = [k for k, _ in a.probabilities[ok].iloc[0]]
+    assert (b.label[ok].to_numpy() == np.array(names)[expected.argmax(1)]).all()

@@ -122,3 +122,40 @@ def test_time_mask_only_while_training():
     torch.manual_seed(3)
     c = f(frames, mask)
     assert not torch.allclose(a.queries, c.queries, atol=1e-4)
+
+
+def test_stats_frames_are_typed_and_never_time_masked():
+    """``former.stats_frames``: the two leading frames get a learned type embedding (the output changes when it
+    does) and stay visible under time masking (only later frames are hidden)."""
+    from emoq_model.former import time_mask
+
+    f = _former(stats_frames=True)
+    assert f.stats_type is not None and tuple(f.stats_type.shape) == (2, D)
+    frames, mask, _, _ = _inputs()
+    base = f(frames, mask).queries
+    with torch.no_grad():
+        f.stats_type.add_(1.0)
+    assert not torch.allclose(base, f(frames, mask).queries, atol=1e-5)
+    # masking: run the Former's own masking path and check the first two frames of every item stay valid
+    seen = {}
+    real_qformer = f.qformer.forward
+
+    def spy(*a, **kw):
+        seen["cross"] = kw["encoder_attention_mask"]
+        return real_qformer(*a, **kw)
+
+    f.qformer.forward = spy
+    f.train()
+    f.cfg.time_mask = 0.9
+    for seed in range(5):
+        torch.manual_seed(seed)
+        f(frames, mask)
+        visible = seen["cross"][:, 0, 0] == 0
+        assert visible[:, :2].all() and not (visible & ~mask).any()
+    torch.manual_seed(0)
+    hidden = sum(int((~time_mask(mask, 0.9, 10)[:, :2]).sum()) for _ in range(20))
+    assert hidden > 0  # plain masking would have hidden some of them
+
+
+def test_no_stats_frames_no_parameter():
+    assert _former().stats_type is None
