@@ -97,6 +97,13 @@ def run_training(cfg, settings: TrainSettings) -> dict:
     from emoq_model import features as F
 
     check_cache_matches(F.FeatureCache(settings.features), cfg)  # fail early on a missing / mismatched cache
+    if cfg.former.stats_frames and settings.feature_norm != "speaker":
+        from emoq_model.errors import ConfigError
+
+        raise ConfigError(
+            "former.stats_frames needs per-speaker normalisation (--feature-norm speaker), "
+            f"got {settings.feature_norm!r}"
+        )
     meta_sha = hashlib.sha256(F.read_text(F.join(settings.features, F.META_FILE)).encode()).hexdigest()
     check_resume(settings.run_dir, run_identity(cfg.to_dict(), meta_sha), settings.allow_changed_resume)
     if settings.fail_once is None:

@@ -190,8 +190,13 @@ def test_streaming_training_data(full_run, features, cfg, tmp_path_factory):
     from emoq_model.bundle import load_bundle
     from pipeline.training import run_training
 
-    s = run_training(cfg, _settings(tmp_path_factory, features, "stream", data="stream", shuffle_buffer=16))
+    s = run_training(
+        cfg, _settings(tmp_path_factory, features, "stream", data="stream", shuffle_buffer=16, context=True)
+    )
     assert _history(s) == _history(full_run)
+    # --context on an isolated-utterance corpus: its rows have no place in a call, so no context is fitted
+    cal = json.load(open(os.path.join(s["bundle"], "calibration.json")))
+    assert cal["context"]["weight"] == 0.0 and cal["context"]["grid"] == []
     n_train = json.loads(open(os.path.join(features[0], "meta.json")).read())["splits"]["train"]
     assert [h["train_rows"] for h in s["history"]] == [n_train // 2] * 5  # equal split: 24 rows per rank
     assert [h["train_rows"] for h in full_run["history"]] == [-(-n_train // 2)] * 5

@@ -32,3 +32,17 @@ def test_resume_guard(tmp_path):
     _checkpoint(run, "checkpoint_2026-12-01_12-00-00.000001", None)  # written before identities existed
     (run / "checkpoint_2026-12-01_12-00-00.000001" / STATE_FILE).write_text(json.dumps({"history": []}))
     check_resume(str(run), run_identity({"seed": 1}, "meta-b"))
+
+
+def test_stats_frames_need_per_speaker_normalisation(tmp_path, monkeypatch):
+    """``former.stats_frames`` with ``--feature-norm none``: refused before any worker starts, with the flag to use."""
+    from emoq_model import features as F
+    from emoq_model.config import demo_config_path, load_config
+    from pipeline.training import TrainSettings, driver
+
+    monkeypatch.setattr(driver, "check_cache_matches", lambda cache, cfg: None)  # no cache needed for this check
+    monkeypatch.setattr(F, "FeatureCache", lambda path: None)
+    cfg = load_config(demo_config_path(), ["former.stats_frames=true"])
+    s = TrainSettings(features=str(tmp_path), storage_path=str(tmp_path / "ray"), name="x", feature_norm="none")
+    with pytest.raises(ConfigError, match="--feature-norm speaker"):
+        driver.run_training(cfg, s)
