@@ -13,7 +13,9 @@ The CLI: ``jobs/evaluate.py``.
   same prompt embeddings through vLLM (``emoq_model.serving``; label tokens only). ``--head aux``: the Former's
   auxiliary classifier instead of the LLM (for stage-1-only bundles).
 * Probabilities are calibrated with the bundle's temperature (fitted on validation); the report gives the expected
-  calibration error before and after (``ece_uncalibrated``, ``ece``).
+  calibration error before and after (``ece_uncalibrated``, ``ece``). A bundle with a conversation context
+  (:mod:`emoq_model.context`) gets it applied first, per speaker (call channel), when every row has its place in
+  its call (``start_s`` / ``end_s``, as turns of call archives do), as the label stage applies it.
 * Output: ``OUT_DIR/<name>.json`` (``emoq_model.metrics.classification_report`` + run info),
   ``OUT_DIR/<name>_confusion.png`` and ``OUT_DIR/<name>_predictions.parquet`` (utt_id, speaker, label,
   prediction, confidence, one probability column per label). Rows that could not be decoded are counted
