@@ -412,13 +412,14 @@ class FeatureNorm:
                 out.append(it)
                 continue
             group = str(it.get(key))
-            if group not in effective:
-                effective[group] = self.effective(stats[group])
-            mean, std = effective[group]
+            if group not in effective:  # once per group: (mean, std, statistics frames or None)
+                mean, std = self.effective(stats[group])
+                effective[group] = (mean, std, self.statistics_frames(mean, std) if self.stats_frames else None)
+            mean, std, lead = effective[group]
             new = dict(it)
             new["frames"] = normalize_frames(it["frames"], mean, std)
-            if self.stats_frames:
-                new["frames"] = prepend_frames(new["frames"], self.statistics_frames(mean, std))
+            if lead is not None:
+                new["frames"] = prepend_frames(new["frames"], lead)
             out.append(new)
         return out
 
@@ -482,10 +483,10 @@ def prepend_frames(frames, lead: np.ndarray):
     numpy or torch, as ``frames``."""
     import torch
 
+    lead = lead if frames.ndim == 3 else lead[0]
     if torch.is_tensor(frames):
-        lead_t = torch.as_tensor(lead, dtype=frames.dtype, device=frames.device)
-        return torch.cat([lead_t if frames.dim() == 3 else lead_t[0], frames], dim=-2)
-    return np.concatenate([lead.astype(frames.dtype) if frames.ndim == 3 else lead[0].astype(frames.dtype), frames], -2)
+        return torch.cat([torch.as_tensor(lead, dtype=frames.dtype, device=frames.device), frames], dim=-2)
+    return np.concatenate([lead.astype(frames.dtype), frames], -2)
 
 
 def normalize_frames(frames, mean: np.ndarray, std: np.ndarray):
