@@ -168,9 +168,14 @@ class FeatureCache:
         return self.meta.get("encoder", {}).get("layer") == "weighted"
 
     def index(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The small columns of every row (no frames) as a pandas DataFrame."""
+        """The small columns of every row (no frames) as a pandas DataFrame, sorted by ``utt_id``: shard files are
+        written in whatever order the extraction's blocks finished, and everything drawn from the index (rank
+        shards, simulated channels) must not depend on that, or two extractions of one manifest train differently."""
         cols = [c for c in (columns or INDEX_COLUMNS) if c != "frames"]
-        return self._dataset.to_table(columns=cols).to_pandas()
+        read = cols if "utt_id" in cols else [*cols, "utt_id"]
+        df = self._dataset.to_table(columns=read).to_pandas()
+        df = df.sort_values("utt_id", kind="stable").reset_index(drop=True)
+        return df[cols]
 
     def load(
         self, utt_ids: Iterable[str] | None = None, split: str | Sequence[str] | None = None, with_errors: bool = False

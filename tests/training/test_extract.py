@@ -145,8 +145,9 @@ def test_cache_reader(tmp_path):
         )
     )
     (tmp_path / "shards").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows[:4], schema=F.feature_schema()), tmp_path / "shards" / "0.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[4:], schema=F.feature_schema()), tmp_path / "shards" / "1.parquet")
+    # shard names in the reverse of the rows' order, as when an extraction's later block finishes first
+    pq.write_table(pa.Table.from_pylist(rows[:4], schema=F.feature_schema()), tmp_path / "shards" / "1.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[4:], schema=F.feature_schema()), tmp_path / "shards" / "0.parquet")
     with pytest.raises(FileNotFoundError):
         F.FeatureCache(tmp_path)
     (tmp_path / "meta.json").write_text(
@@ -154,7 +155,11 @@ def test_cache_reader(tmp_path):
     )
     cache = F.FeatureCache(str(tmp_path))
     assert cache.stacked and len(cache.index()) == 7
-    assert [r["utt_id"] for r in cache.load(split="test")] == ["b0", "b1", "b2"]
+    # the index is in utt_id order whatever the shards' order: rank shards and simulated channels drawn from it
+    # (and so training) do not depend on which extraction block finished first
+    assert list(cache.index()["utt_id"]) == sorted(r["utt_id"] for r in rows)
+    assert list(cache.index(["split"]).columns) == ["split"]
+    assert sorted(r["utt_id"] for r in cache.load(split="test")) == ["b0", "b1", "b2"]
     assert len(cache.load()) == 6 and len(cache.load(with_errors=True)) == 7
     one = cache.load(utt_ids=["a1"])[0]
     assert one["frames"].shape[0] == 2 and one["frames"].dtype == np.float16
