@@ -12,6 +12,8 @@ def test_flags_and_overrides():
     assert (c.workdir, c.speed_perturb) == ("w", (0.9, 1.1))
     assert c.overrides == ("seed=1", "train.stage1.ema=0.99")
     assert parse_args([]).overrides == ()
+    assert parse_args([]).speed_perturb == (0.9, 1.1)  # the demo's default training augmentation
+    assert parse_args(["--speed-perturb", ""]).speed_perturb == ()  # and how to turn it off
 
 
 def test_unknown_modality_is_refused():
