@@ -1,14 +1,16 @@
-"""Labeling throughput of a text bundle with ASR off, shared-encoder ASR and a separate ASR stage, in one run.
+"""Labeling throughput of a text bundle with ASR off, shared-encoder ASR (float32 or a bfloat16 decoder) and a
+separate ASR stage, in one run.
 
 Each mode labels the same call archive into a fresh output with the same bundle and resources (local Ray, 2 cores
 here); "off" labels from speech alone (the bundle's Former gets no transcript). The wall time includes each job's
 start (actors, vLLM engine), which is the same for every mode; the steady-state difference is the ASR's cost.
 
-    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,separate] [--reps 2] \
+    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,shared_bf16,separate] [--reps 2] \
         [--out bench/results/asr_labeling.json]
 
 Repetitions interleave the modes (off, shared, ..., off, shared, ...); each mode's ``vs_off`` is the ratio to the
-"off" run of the same repetition, reported per repetition and as the median.
+"off" run of the same repetition, reported per repetition and as the median. Each mode's labels and transcripts
+(last repetition) are compared per segment with the float32 shared mode's (``agreement``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def main(argv=None) -> dict:
             output=str(out),
             bundle=a.bundle,
             asr_model=None if mode == "off" else whisper,
-            asr_shared=mode == "shared",
+            asr_shared=mode.startswith("shared"),
+            asr_dtype="bfloat16" if mode.endswith("_bf16") else "float32",
             encode=StageResources(1, 0.5),
             label=StageResources(1, 0.5),
             asr=StageResources(1, 0.5),
@@ -73,8 +76,35 @@ def main(argv=None) -> dict:
     ratios = {m: [r["vs_off"] for r in report["runs"] if r["mode"] == m and r["vs_off"] is not None] for m in modes}
     report["median_vs_off"] = {m: float(np.median(v)) for m, v in ratios.items() if v}
     print("median vs off:", report["median_vs_off"], flush=True)
+    if "shared" in modes:
+        report["agreement"] = agreement(modes)
+        print("agreement with shared float32:", report["agreement"], flush=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def agreement(modes: list[str]) -> dict:
+    """Per-segment agreement of each mode's last output with the float32 shared mode's: argmax label, transcript,
+    largest probability difference."""
+    import pandas as pd
+
+    key = ["recording_id", "channel", "segment_index"]
+
+    def read(mode: str) -> pd.DataFrame:
+        df = pd.read_parquet(WORK / f"asr_labeling_{mode}" / "segments").set_index(key).sort_index()
+        df["p"] = [np.array([float(p) for _, p in row]) for row in df["probabilities"]]
+        return df
+
+    ref, out = read("shared"), {}
+    for m in modes:
+        got = read(m).reindex(ref.index)
+        out[m] = {
+            "segments": len(ref),
+            "label": round(float((got["label"] == ref["label"]).mean()), 4),
+            "transcript": round(float((got["transcript"].fillna("") == ref["transcript"].fillna("")).mean()), 4),
+            "max_prob_diff": round(float(np.abs(np.stack(got["p"]) - np.stack(ref["p"])).max()), 4),
+        }
+    return out
 
 
 if __name__ == "__main__":

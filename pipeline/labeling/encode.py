@@ -95,6 +95,7 @@ class EncodePrompts:
         num_threads: int | None = None,
         asr_model: str | None = None,
         overrides: list[str] | None = None,
+        asr_dtype: str = "float32",
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -119,7 +120,7 @@ class EncodePrompts:
                 raise ValueError(
                     f"shared-encoder ASR needs a Whisper encoder; the bundle's is {self.front.encoder.family}"
                 )
-            self.decoder = WhisperDecoder(asr_model, device=str(self.front.encoder.device))
+            self.decoder = WhisperDecoder(asr_model, device=str(self.front.encoder.device), dtype=asr_dtype)
 
     @torch.inference_mode()
     def encode(

@@ -33,6 +33,13 @@ warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
 
 
 PRECISION_KEYS = ("encoder.dtype", "former.dtype")  # what labeling may change about a trained bundle
+ASR_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def precision_overrides(cfg: LabelJobConfig) -> list[str]:
+    """The deployment-precision choices that may change labels (the bundle's overrides, and the ASR decoder's dtype
+    when it is not float32), as ``key=value``: they name the output's model (:func:`model_id`)."""
+    return [*cfg.model_overrides, *([f"asr.dtype={cfg.asr_dtype}"] if cfg.asr_dtype != "float32" else [])]
 
 
 @dataclass
@@ -82,6 +89,8 @@ class LabelJobConfig:
     # when the bundle's encoder is the ASR checkpoint: decode transcripts from the emotion encoder's states (one
     # encoder pass, pipeline.labeling.asr.WhisperDecoder) instead of a separate ASR stage
     asr_shared: bool = True
+    asr_dtype: str = "float32"  # ASR decoder precision: float32 | bfloat16 (1.5x faster decoding here) | float16
+    #                             transcripts may differ slightly, so a non-float32 dtype is part of the model id
     engine: dict = field(default_factory=lambda: {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256})
     engine_in_process: bool | None = None  # None: in-process engine core when the label actors have no GPU
     fuse_model_stages: bool = False  # encoder + Former + vLLM in one actor pool (``label`` resources): one device
@@ -126,6 +135,8 @@ class LabelJobConfig:
         bad = [o for o in self.model_overrides if o.split("=", 1)[0].strip() not in PRECISION_KEYS or "=" not in o]
         if bad:
             raise ConfigError(f"model_overrides may only set {PRECISION_KEYS} (key=value), got {bad}")
+        if self.asr_dtype not in ASR_DTYPES:
+            raise ConfigError(f"asr_dtype must be one of {ASR_DTYPES}, got {self.asr_dtype!r}")
         if self.device not in (None, "auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -220,6 +231,7 @@ def build_dataset(
                 "model_path": cfg.asr_model,
                 "sample_rate": cfg.prepare.sample_rate,
                 "device": cfg.device,
+                "dtype": cfg.asr_dtype,
             },
             batch_size=batch_recordings,
             batch_format="numpy",
@@ -237,6 +249,7 @@ def build_dataset(
         "batch_overhead_s": cfg.batch_overhead_s,
         "max_held_seconds": cfg.max_held_seconds,
         "asr_model": cfg.asr_model if shared else None,
+        "asr_dtype": cfg.asr_dtype,
         "overrides": list(cfg.model_overrides),
     }
     label_kwargs = {
@@ -347,7 +360,7 @@ def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
     bundle = str(Path(cfg.bundle).expanduser().resolve())
     meta = read_meta(bundle)
-    labels, mid = list(meta["labels"]), model_id(bundle, cfg.model_overrides)
+    labels, mid = list(meta["labels"]), model_id(bundle, precision_overrides(cfg))
     check_output_model(out, mid, cfg.allow_other_model)  # never mix two models' labels in one output
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
 

@@ -52,3 +52,18 @@ def test_defaults():
     cfg = config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o"]))
     assert not cfg.fuse_model_stages and cfg.batch_overhead_s is None and cfg.max_held_seconds == 600.0
     assert cfg.use_merged is None and cfg.resume and not cfg.retry_failed
+
+
+def test_asr_dtype_is_checked_and_names_the_model():
+    import pytest
+
+    from emoq_model.errors import ConfigError
+    from pipeline.labeling.job import precision_overrides
+
+    cfg = config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o", "--asr-dtype", "bfloat16"]))
+    assert cfg.asr_dtype == "bfloat16"
+    # labels from bf16 transcripts are another model's: resuming a float32 output with them is refused by model id
+    assert precision_overrides(cfg) == ["asr.dtype=bfloat16"]
+    assert precision_overrides(config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o"]))) == []
+    with pytest.raises(ConfigError, match="asr_dtype"):
+        config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o", "--asr-dtype", "int8"]))
