@@ -31,7 +31,7 @@ TAIL_S = 0.5
 ENCODER = [f"encoder.whisper_tail_s={TAIL_S}"]
 # Speaker conditioning beside per-channel subtraction: two leading frames carry the channel's statistics against the
 # training speakers' (README "Channel statistics frames"); with speed-perturbed training turns (each copy a voice of
-# its own) they raised the archive's segment UA from 0.46-0.53 to 0.57-0.59 over two seeds (BENCHMARKS.md §5).
+# its own) they raised the archive's segment UA from 0.46-0.53 to 0.55-0.59 over four runs (BENCHMARKS.md §5).
 FORMER_STATS = ["former.stats_frames=true"]
 MODALITIES = {
     "fused": FORMER_TEXT
