@@ -114,6 +114,14 @@ class SilenceSplitAttention(torch.nn.Module):
         return self.attn.out_proj(out.transpose(1, 2).reshape(b, q, self.h * self.hd)), None
 
 
+def decoder_dtype(name: str) -> torch.dtype:
+    """An ASR decoder's dtype from its name (``LabelJobConfig.asr_dtype``): a floating dtype, never a quantised one."""
+    dtype = getattr(torch, name, None) if isinstance(name, str) else name
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"ASR decoder dtype must be a torch floating dtype name, got {name!r}")
+    return dtype
+
+
 class WhisperDecoder:
     """Shared-encoder ASR: Whisper's decoder on encoder states the emotion side already computed (one encoder pass).
 
@@ -141,9 +149,7 @@ class WhisperDecoder:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
-            raise ValueError(f"ASR decoder dtype must be a torch floating dtype name, got {dtype!r}")
+        self.dtype = decoder_dtype(dtype)
         self.processor = WhisperProcessor.from_pretrained(model_path)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_path, use_safetensors=True)
         self.model.to(self.device).eval()
@@ -233,7 +239,7 @@ class Transcribe:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = getattr(torch, dtype)  # names checked by LabelJobConfig.asr_dtype
+        self.dtype = decoder_dtype(dtype)
         self.processor = WhisperProcessor.from_pretrained(model_path)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_path, use_safetensors=True)
         self.model.to(self.device, self.dtype).eval()
