@@ -150,6 +150,8 @@ class Stage1Config:
     # best epoch and the exported bundle then use the average (pipeline.training.ema). Warmed up as
     # min(ema, (1+n)/(10+n)) after n steps: about the last 10 % of the steps until ~900 steps, then ~1/(1-ema)
     ema: float = 0.0
+    # train on the feature cache's speed-perturbed copies too (extract --speed-perturb); false: the recorded rows only
+    speed_copies: bool = True
 
 
 @dataclass
@@ -173,6 +175,9 @@ class Stage2Config:
     lm_weight: float = 1.0  # the LM loss on the answer tokens (label + end of turn, full vocabulary)
     distill_weight: float = 0.0  # + KL(stage-1 aux head || LLM label distribution), e.g. 1.0 (measured: no gain)
     ema: float = 0.0  # as in stage 1
+    # as in stage 1; false: a third of the rows with two copies per turn, e.g. for a stage that starts from a Former
+    # stage 1 trained on all of them
+    speed_copies: bool = True
 
 
 @dataclass

@@ -70,6 +70,13 @@ INDEX_COLUMNS = [
 ]
 FEATURE_COLUMNS = INDEX_COLUMNS + ["frames"]
 NORM_MODES = ("none", "speaker", "utterance")
+# utt_id (and speaker) suffix of a speed-perturbed training copy: ``<utt_id>~sp0.9`` (pipeline.training.extract)
+SPEED_COPY_TAG = "~sp"
+
+
+def is_speed_copy(utt_id: str) -> bool:
+    """A row that is a speed-perturbed copy of another training row (augmentation), not recorded audio."""
+    return SPEED_COPY_TAG in str(utt_id)
 
 
 def feature_schema() -> pa.Schema:

@@ -160,6 +160,8 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
         and meta.get("turn_times")  # caches from before turn times were kept cannot fit conversation context
         and meta["encoder"].get("whisper_tail_s") == TAIL_S
         and meta.get("speed_perturb", []) == sorted(f for f in c.speed_perturb if f != 1.0)
+        # speed-perturbed copies with their own ASR transcripts (caches from before the key was written had them)
+        and meta.get("copy_transcripts", "asr") == "asr"
     ):
         print("cached:", features)  # extracted from this very manifest, encoder setting and transcript source
         return

@@ -35,11 +35,14 @@ from pipeline.training.settings import TrainSettings
 class WorkerData:
     """The worker's share of the feature cache, normalised, as lists of items for ``collate_features``."""
 
-    def __init__(self, s: TrainSettings, cfg, rank: int, world: int, shard=None):
+    def __init__(self, s: TrainSettings, cfg, rank: int, world: int, shard=None, recorded_shard=None):
+        """``shard`` / ``recorded_shard`` (``data="stream"``): this rank's Ray Data shards of all training rows and
+        of the recorded ones (no speed-perturbed copies; only when a stage trains on those)."""
         from emoq_model import features as F
 
         cache = F.FeatureCache(s.features)
-        self.shard, self.dtype, self.shuffle_buffer = shard, cache.dtype, s.shuffle_buffer
+        self.shard, self.recorded_shard = shard, recorded_shard
+        self.dtype, self.shuffle_buffer = cache.dtype, s.shuffle_buffer
         self.names = list(cfg.labels.names)
         self.stacked = cache.stacked
         import hashlib
@@ -63,16 +66,19 @@ class WorkerData:
         self.n_errors = int((~ok).sum())
         self.counts = [int((train["label"] == n).sum()) for n in names]
         self.n_train, self.n_val = len(train), len(val)
-        # per-rank shard of a seeded permutation, padded by wrap-around to equal length
+        # per-rank shard of a seeded permutation, padded by wrap-around to equal length; the recorded rows only
+        # (no speed-perturbed copies) the same way from the same permutation, for a stage that trains on those
         perm = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
-        per_rank = math.ceil(len(train) / world)
-        padded = np.concatenate([perm, perm[: per_rank * world - len(perm)]]) if per_rank * world > len(perm) else perm
-        mine = padded[rank::world]
-        train_ids = train["utt_id"].to_numpy()[mine].tolist() if shard is None else []
+        ids = train["utt_id"].to_numpy()
+        recorded = perm[[not F.is_speed_copy(u) for u in ids[perm]]]
+        train_ids = ids[rank_share(perm, rank, world)].tolist() if shard is None else []
+        recorded_ids = ids[rank_share(recorded, rank, world)].tolist() if shard is None else []
         # stream: the split gives every rank the same number of rows (the remainder is dropped)
         self.n_per_rank = len(train_ids) if shard is None else len(train) // world
+        self.n_recorded_per_rank = len(recorded_ids) if shard is None else len(recorded) // world
+        self.n_recorded = len(recorded)
         val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
-        rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(val_ids))}
+        rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(recorded_ids) | set(val_ids))}
         # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or
         # simulated, in train and val alike -- the population labeling normalises over), computed over whole
         # groups whatever this rank's share; global stats of the training speakers as the small-group fallback
@@ -93,20 +99,41 @@ class WorkerData:
             spk_train = set(train["speaker"].astype(str))
             pool = [v for k, v in speaker_stats.items() if k in spk_train]
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
+        if self.norm.enabled and s.feature_norm == "speaker":  # groups without statistics: over all their rows
+            missing = [it for it in rows.values() if str(it.get("norm_group")) not in stats]
+            if missing:
+                stats.update(F.compute_group_stats(missing, key="norm_group"))
         self.stats = stats
-        items = {k: self._prepare(it, names) for k, it in zip(rows, self.norm.apply(list(rows.values()), stats))}
+        # normalised and stored as float16 a chunk at a time, each raw row released as it is replaced: the float32
+        # normalised copy of the whole share never exists (measured on the demo: 8.1 GiB peak private per worker)
+        items, ids = {}, list(rows)
+        for i in range(0, len(ids), 256):
+            chunk = ids[i : i + 256]
+            for u, it in zip(chunk, self.norm.apply([rows.pop(u) for u in chunk], stats)):
+                items[u] = self._prepare(it, names)
         self.train = [items[u] for u in train_ids]  # duplicates (padding) share the arrays
+        self.train_recorded = [items[u] for u in recorded_ids]
         self.val = [items[u] for u in val_ids]
 
-    def epoch_batches(self, bs: int, rng: np.random.Generator):
-        """This rank's training batches for one epoch (lists of items), in an order drawn from ``rng``."""
+    def rows_per_rank(self, recorded_only: bool = False) -> int:
+        """Training rows this rank sees per epoch (all, or the recorded rows without speed-perturbed copies)."""
+        return self.n_recorded_per_rank if recorded_only else self.n_per_rank
+
+    def epoch_batches(self, bs: int, rng: np.random.Generator, recorded_only: bool = False):
+        """This rank's training batches for one epoch (lists of items), in an order drawn from ``rng``;
+        ``recorded_only``: without the speed-perturbed copies."""
         if self.shard is None:
-            yield from batches(self.train, bs, rng)
+            yield from batches(self.train_recorded if recorded_only else self.train, bs, rng)
             return
         from emoq_model.features import decode_frames
 
+        shard = self.shard
+        if recorded_only:
+            if self.recorded_shard is None:
+                raise ValueError("recorded_only needs the driver's 'train_recorded' dataset (data=stream)")
+            shard = self.recorded_shard
         seed = int(rng.integers(2**31 - 1))
-        for table in self.shard.iter_batches(
+        for table in shard.iter_batches(
             batch_size=bs,
             batch_format="pyarrow",
             prefetch_batches=2,
@@ -153,6 +180,15 @@ def drop_transcripts(items: list[dict], p: float, rng: np.random.Generator) -> l
         return items
     keep = rng.random(len(items)) >= p
     return [it if k else {**it, "transcript": None} for it, k in zip(items, keep)]
+
+
+def rank_share(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank ``rank``'s strided share of ``order``, padded by wrap-around so that every rank gets as many rows
+    (``DistributedSampler``'s way: all ranks run the same number of steps)."""
+    per_rank = math.ceil(len(order) / world)
+    if per_rank * world > len(order) and len(order):
+        order = np.concatenate([order, np.resize(order, per_rank * world - len(order))])
+    return order[rank::world]
 
 
 def batches(items: list, bs: int, rng: np.random.Generator | None = None):

@@ -46,7 +46,7 @@ def check_cache_matches(cache, cfg) -> None:
         )
 
 
-def training_rows(settings: TrainSettings, seed: int):
+def training_rows(settings: TrainSettings, seed: int, recorded_only: bool = False):
     """``data="stream"``: the cache's usable training rows as a Ray Data dataset, read lazily from its Parquet
     shards in a file order re-drawn from ``seed`` at every execution (every epoch): a global shuffle at file
     granularity that streams (the workers' local shuffle buffer mixes within). Ray Train splits it across the
@@ -57,9 +57,11 @@ def training_rows(settings: TrainSettings, seed: int):
     before the first batch (first batch after 5 s, with a file shuffle after 1 s); one block per file
     (``override_num_blocks``) instead of Ray's split into >= 200 blocks reads an epoch 3x faster; the split and
     error filter in the Parquet scan; and Ray Data's V1 Parquet reader: the V2 one (the default in Ray 2.60)
-    starts every execution with a listing task that waits ~4 s."""
+    starts every execution with a listing task that waits ~4 s. ``recorded_only``: without the speed-perturbed
+    copies (``train.stage*.speed_copies=false``)."""
     import warnings
 
+    import pyarrow.compute as pc
     import pyarrow.dataset as pds
     import ray.data
 
@@ -67,6 +69,9 @@ def training_rows(settings: TrainSettings, seed: int):
 
     columns = [c for c in F.FEATURE_COLUMNS if c not in ("path", "num_samples", "duration_s", "start_s", "end_s")]
     n_files = len(F.FeatureCache(settings.features).files)
+    rows = (pds.field("split") == settings.train_split) & pds.field("error").is_null()
+    if recorded_only:
+        rows = rows & ~pc.match_substring(pds.field("utt_id"), F.SPEED_COPY_TAG)
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read when the dataset is created
     try:
@@ -80,12 +85,21 @@ def training_rows(settings: TrainSettings, seed: int):
             return ray.data.read_parquet(
                 F.join(settings.features, F.SHARDS_DIR),
                 columns=columns,
-                filter=(pds.field("split") == settings.train_split) & pds.field("error").is_null(),
+                filter=rows,
                 shuffle=ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True),
                 override_num_blocks=max(1, n_files),
             )
     finally:
         ctx.use_datasource_v2 = v2
+
+
+def stream_datasets(cfg, settings: TrainSettings) -> dict:
+    """Ray Train's datasets for ``data="stream"``: all training rows, and the recorded rows alone when a stage
+    trains without the speed-perturbed copies."""
+    out = {"train": training_rows(settings, cfg.seed)}
+    if not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2)):
+        out["train_recorded"] = training_rows(settings, cfg.seed, recorded_only=True)
+    return out
 
 
 def run_training(cfg, settings: TrainSettings) -> dict:
@@ -127,7 +141,7 @@ def run_training(cfg, settings: TrainSettings) -> dict:
         train_loop_config={"cfg": cfg.to_dict(), "settings": dataclasses.asdict(settings)},
         scaling_config=settings.scaling_config(),
         run_config=run_config,
-        datasets={"train": training_rows(settings, cfg.seed)} if settings.data == "stream" else None,
+        datasets=stream_datasets(cfg, settings) if settings.data == "stream" else None,
     )
     result = trainer.fit()
     if result.error is not None:

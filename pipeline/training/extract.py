@@ -144,8 +144,10 @@ class EncodeActor:
         threads: int | None = None,
         asr_model: str | None = None,
         progress=None,
+        asr_dtype: str = "float32",
     ):
-        """``progress``: a :class:`pipeline.console.ProgressCounter` actor handle told each batch's rows."""
+        """``progress``: a :class:`pipeline.console.ProgressCounter` actor handle told each batch's rows;
+        ``asr_dtype``: the ASR decoder's dtype (as the labeling job's ``--asr-dtype``)."""
         import torch
 
         from emoq_model.config import EncoderConfig
@@ -160,9 +162,9 @@ class EncodeActor:
             from pipeline.labeling.asr import Transcribe, WhisperDecoder, same_checkpoint
 
             if self.encoder.family == "whisper" and same_checkpoint(self.encoder.cfg.path, asr_model):
-                self.decoder = WhisperDecoder(asr_model, device=str(self.encoder.device))
+                self.decoder = WhisperDecoder(asr_model, device=str(self.encoder.device), dtype=asr_dtype)
             else:
-                self.asr = Transcribe(asr_model, sample_rate=self.encoder.sample_rate)
+                self.asr = Transcribe(asr_model, sample_rate=self.encoder.sample_rate, dtype=asr_dtype)
 
     def _encode(self, waves: list[np.ndarray]) -> tuple[list[np.ndarray], list[str] | None]:
         out = self.encoder(waves)
@@ -241,6 +243,72 @@ class EncodeActor:
 # ---------------------------------------------------------------------------------------------- driver
 
 
+def encode_rows(
+    df: pd.DataFrame,
+    shards: str,
+    *,
+    batch_size: int,
+    sample_rate: int,
+    max_duration_s: float,
+    limits: DecodeLimits | None,
+    encoder_actor_kwargs: dict,
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    rows_per_file: int,
+) -> None:
+    """One Ray Data pass: ``df``'s rows -> decode tasks -> :class:`EncodeActor` pool -> Parquet files appended to
+    ``shards``."""
+    import ray
+
+    if len(df) == 0:
+        return
+    cols = [c for c in (*ROW_COLUMNS, "error", *SEGMENT_COLUMNS, SPEED_COLUMN) if c in df]
+    n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
+    bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
+    parts = [
+        df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if b > a
+    ]
+    ds = ray.data.from_pandas(parts)
+    ds = ds.map_batches(
+        decode_batch,
+        batch_format="pandas",
+        batch_size=batch_size,
+        num_cpus=0.25,
+        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s, "limits": limits},
+    )
+    ds = ds.map_batches(
+        EncodeActor,
+        batch_format="pandas",
+        batch_size=batch_size,
+        fn_constructor_kwargs=encoder_actor_kwargs,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )
+    ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+
+
+def recorded_utt_id(utt_id: str) -> str:
+    """The recorded turn a speed-perturbed copy was made from (itself for a recorded row)."""
+    return str(utt_id).split(F.SPEED_COPY_TAG)[0]
+
+
+def with_recorded_transcripts(copies: pd.DataFrame, shards: str) -> pd.DataFrame:
+    """``copies`` with each row's transcript replaced by what the ASR heard in its recorded turn (read back from
+    the first pass's shards); a turn whose transcript is missing (failed, or nothing heard) leaves none."""
+    import pyarrow.dataset as pds
+
+    fs, root = F.resolve(shards)
+    heard = pds.dataset(root, filesystem=fs, format="parquet").to_table(columns=["utt_id", "transcript"])
+    by_id = dict(zip(heard.column("utt_id").to_pylist(), heard.column("transcript").to_pylist()))
+    out = copies.copy()
+    out["transcript"] = [by_id.get(recorded_utt_id(u)) for u in out["utt_id"]]
+    return out
+
+
 def speed_perturbed(df: pd.DataFrame, factors: tuple[float, ...], splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
     """``df`` plus one copy of each row of ``splits`` per speed factor (Kaldi-style speed perturbation: resampled
     like a tape played faster or slower, so pitch, formants and rate move together). Why: a new voice per factor
@@ -256,7 +324,7 @@ def speed_perturbed(df: pd.DataFrame, factors: tuple[float, ...], splits: tuple[
     copies = []
     for f in factors:
         c = base.copy()
-        tag = f"~sp{f:g}"
+        tag = f"{F.SPEED_COPY_TAG}{f:g}"
         c["utt_id"] = c["utt_id"].astype(str) + tag
         c["speaker"] = [f"{s}{tag}" if _s(s) is not None else None for s in c["speaker"]]
         c[SPEED_COLUMN] = f
@@ -336,6 +404,8 @@ def extract_features(
     limits: DecodeLimits | None = None,
     progress: bool = False,
     speed_perturb: tuple[float, ...] = (),
+    asr_dtype: str = "float32",
+    copy_transcripts: str = "asr",
 ) -> dict:
     """Run the extraction (Ray must be initialised) and return ``meta.json``'s content. ``asr_model`` (a local
     Whisper checkpoint): each row's ``transcript`` is what that ASR hears (decoded from the encoder's own states when
@@ -344,7 +414,10 @@ def extract_features(
     tar shards, local or a URI). ``limits``: the decode limits (the labeling job's defaults; ``max_duration_s``
     bounds each utterance, a cut turn's source may be up to 4 h). ``progress``: a bar (or a line every 10 s) of the
     rows encoded, on stderr. ``speed_perturb``: speed factors (e.g. ``(0.9, 1.1)``) of extra copies of each
-    ``train`` row (:func:`speed_perturbed`)."""
+    ``train`` row (:func:`speed_perturbed`). ``asr_dtype``: the ASR decoder's dtype. ``copy_transcripts``: a
+    speed-perturbed copy's transcript is what the ASR hears in it (``asr``: other ASR errors than its recorded
+    turn's, a text augmentation) or its recorded turn's (``recorded``: one decode per turn, the copies encoded in a
+    second pass; measured on the demo: 14 % less extraction time, and a model 0.02-0.03 UA worse)."""
     import ray
 
     from emoq_model.config import load_config
@@ -387,39 +460,36 @@ def extract_features(
     if threads is None and gpus_per_actor <= 0:
         threads = max(1, (os.cpu_count() or 1) // actors)
 
-    cols = [c for c in (*ROW_COLUMNS, "error", *SEGMENT_COLUMNS, SPEED_COLUMN) if c in df]
-    n_blocks = max(1, min(len(df), math.ceil(len(df) / max(batch_size * 4, 1))))
-    bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
-    parts = [
-        df[cols].iloc[a:b].astype(object).where(df[cols].iloc[a:b].notna(), None)
-        for a, b in zip(bounds[:-1], bounds[1:])
-        if b > a
-    ]
-    ds = ray.data.from_pandas(parts)
-    ds = ds.map_batches(
-        decode_batch,
-        batch_format="pandas",
-        batch_size=batch_size,
-        num_cpus=0.25,
-        fn_kwargs={"sample_rate": sample_rate, "max_duration_s": max_duration_s, "limits": limits},
-    )
+    copies = df[SPEED_COLUMN].notna() if SPEED_COLUMN in df else pd.Series(False, index=df.index)
+    if copy_transcripts not in ("asr", "recorded"):
+        raise ValueError(f"copy_transcripts must be asr or recorded, got {copy_transcripts!r}")
+    # "recorded": ASR once per recorded turn; its copies are encoded in a second pass with the transcript it heard
+    reuse = bool(asr_model) and copy_transcripts == "recorded" and bool(copies.any())
+    passes = [(df[~copies], asr_model), (df[copies], None)] if reuse else [(df, asr_model)]
     with remote_progress(len(df), "extract", unit="turns", show=progress, counts=("audio",)) as counter:
-        ds = ds.map_batches(
-            EncodeActor,
-            batch_format="pandas",
-            batch_size=batch_size,
-            fn_constructor_kwargs={
-                "encoder_cfg": enc,
-                "dtype": dtype,
-                "threads": threads,
-                "asr_model": asr_model,
-                "progress": counter,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor or None,
-        )
-        ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+        for i, (part, asr) in enumerate(passes):
+            if i and reuse:
+                part = with_recorded_transcripts(part, shards)
+            encode_rows(
+                part,
+                shards,
+                batch_size=batch_size,
+                sample_rate=sample_rate,
+                max_duration_s=max_duration_s,
+                limits=limits,
+                encoder_actor_kwargs={
+                    "encoder_cfg": enc,
+                    "dtype": dtype,
+                    "threads": threads,
+                    "asr_model": asr,
+                    "asr_dtype": asr_dtype,
+                    "progress": counter,
+                },
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                rows_per_file=rows_per_file,
+            )
     t_encode = time.perf_counter() - t0
 
     meta = {
@@ -434,7 +504,10 @@ def extract_features(
         "groups": "channels" if any(c in df for c in SEGMENT_COLUMNS) else "speakers",
         "turn_times": True,  # rows cut from recordings carry start_s / end_s (conversation context)
         "transcripts": f"asr:{asr_model}" if asr_model else "manifest",
+        **({"asr_dtype": asr_dtype} if asr_model else {}),
         "speed_perturb": sorted(float(f) for f in speed_perturb if float(f) != 1.0),
+        # a speed-perturbed copy's transcript: its recorded turn's (ASR'd once) or its own ASR
+        **({"copy_transcripts": "recorded" if reuse else "asr"} if asr_model and copies.any() else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from emoq_model.model import encoder_dims  # dims from the encoder's config, no weights loaded
@@ -463,14 +536,15 @@ def extract_features(
 
 
 def asr_wer(manifest: pd.DataFrame, index: pd.DataFrame) -> float | None:
-    """WER of the cache's (ASR) transcripts against the manifest's, over rows that have a reference."""
+    """WER of the cache's (ASR) transcripts against the manifest's, over the recorded rows that have a reference
+    (speed-perturbed copies left out: they say the same words as their recorded turn)."""
     from pipeline.labeling.asr import normalise_text, word_error_rate
 
     ref = manifest.set_index("utt_id")["transcript"] if "transcript" in manifest else pd.Series(dtype=object)
     pairs = [
         (ref[u], h if isinstance(h, str) else None)
         for u, h in zip(index["utt_id"], index["transcript"])
-        if u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])
+        if not F.is_speed_copy(u) and u in ref.index and isinstance(ref[u], str) and normalise_text(ref[u])
     ]
     if not pairs:
         return None

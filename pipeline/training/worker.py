@@ -160,7 +160,7 @@ def train_epoch(
     model.train()
     sums: dict[str, float] = {}
     n_seen = 0
-    for i, chunk in enumerate(data.epoch_batches(sr.bs, rng)):
+    for i, chunk in enumerate(data.epoch_batches(sr.bs, rng, recorded_only=not sr.sc.speed_copies)):
         batch = collate(drop_transcripts(chunk, sr.sc.text_dropout, rng))
         out = sr.ddp(batch, sr.stage)
         sr.opt.zero_grad(set_to_none=True)
@@ -308,7 +308,12 @@ def train_loop_per_worker(config: dict) -> None:
     names = list(cfg.labels.names)
 
     t_load = time.perf_counter()
-    data = WorkerData(s, cfg, rank, world, ray.train.get_dataset_shard("train") if s.data == "stream" else None)
+    streams = {}
+    if s.data == "stream":
+        streams["shard"] = ray.train.get_dataset_shard("train")
+        if not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2)):
+            streams["recorded_shard"] = ray.train.get_dataset_shard("train_recorded")
+    data = WorkerData(s, cfg, rank, world, **streams)
     log(
         s,
         rank,
@@ -330,7 +335,11 @@ def train_loop_per_worker(config: dict) -> None:
     for stage in s.stages:
         if stage in state["done"]:
             continue
-        sr = start_stage(model, cfg, s, stage, run, data.n_per_rank, rank, world, device)
+        sc = cfg.train.stage1 if stage == 1 else cfg.train.stage2
+        n_rows = data.rows_per_rank(recorded_only=not sc.speed_copies)
+        if n_rows == 0:
+            raise ValueError(f"stage {stage}: no training rows for this rank (speed_copies={sc.speed_copies})")
+        sr = start_stage(model, cfg, s, stage, run, n_rows, rank, world, device)
         for epoch in range(sr.start_epoch, sr.sc.epochs):
             t0 = time.perf_counter()
             train_metrics = train_epoch(model, sr, data, s, cfg.seed, epoch, rank)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from emoq_model import features as F
 from emoq_model.assets.speech_samples import asterisk_sounds_dir, asterisk_transcripts
 from emoq_model.assets.whisper_ct2 import build_whisper_tiny_en
 from emoq_model.config import EncoderConfig
@@ -177,6 +178,51 @@ def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text
     assert jiwer.wer(said, heard) < 0.3, (said, heard)
 
 
+@pytest.mark.slow
+def test_extraction_gives_speed_copies_their_recorded_turns_transcript(ray_session, prompts, tmp_path):
+    """Training features with ASR transcripts and speed perturbation: each recorded turn is decoded once (here in
+    bfloat16) and, with ``copy_transcripts="recorded"``, its copies take that transcript; by default each copy is
+    decoded too; the WER in ``meta.json`` is over the recorded turns."""
+    from emoq_model.config import demo_config_path, load_config
+    from pipeline.training.extract import extract_features
+
+    names, _, refs = prompts
+    root = asterisk_sounds_dir()
+    man = tmp_path / "m.csv"
+    pd.DataFrame(
+        {
+            "utt_id": names[:4],
+            "path": [str(root / f"{n}.wav") for n in names[:4]],
+            "label": ["neutral", "happy", "angry", "sad"],
+            "transcript": refs[:4],
+            "speaker": "s0",
+            "split": "train",
+        }
+    ).to_csv(man, index=False)
+    cfg = load_config(demo_config_path(), ["encoder.whisper_tail_s=0.5"])
+    asr = str(build_whisper_tiny_en())
+    runs = {}
+    for on_copies in (False, True):  # copy_transcripts "recorded", then "asr"
+        out = tmp_path / f"f{int(on_copies)}"
+        meta = extract_features(
+            str(man), str(out), cfg, asr_model=asr, speed_perturb=(0.9, 1.1), asr_dtype="bfloat16",
+            copy_transcripts="asr" if on_copies else "recorded", batch_size=4,
+        )  # fmt: skip
+        idx = F.FeatureCache(str(out)).index().set_index("utt_id")
+        assert meta["n_rows"] == 12 and meta["n_errors"] == 0 and meta["asr_dtype"] == "bfloat16"
+        runs[on_copies] = meta, idx
+    meta, idx = runs[False]
+    assert meta["copy_transcripts"] == "recorded"
+    for n in names[:4]:
+        assert idx.loc[n, "transcript"] and idx.loc[f"{n}~sp0.9", "transcript"] == idx.loc[n, "transcript"]
+        assert idx.loc[f"{n}~sp1.1", "transcript"] == idx.loc[n, "transcript"]
+    assert jiwer.wer(" ".join(map(_norm, refs[:4])), " ".join(_norm(idx.loc[n, "transcript"]) for n in names[:4])) < 0.3
+    meta2, idx2 = runs[True]
+    assert meta2["copy_transcripts"] == "asr" and idx2["transcript"].notna().all()
+    assert meta2["asr_wer"] == meta["asr_wer"]  # the recorded turns are decoded alike in both runs
+    np.testing.assert_array_equal(idx2.loc[names[:4], "n_frames"], idx.loc[names[:4], "n_frames"])
+
+
 def test_extraction_wer_against_the_manifest():
     from pipeline.training.extract import asr_wer
 
@@ -186,4 +232,6 @@ def test_extraction_wer_against_the_manifest():
     index = pd.DataFrame({"utt_id": ["a", "b", "c", "d"], "transcript": ["thank you so much", "i am fed", "x", None]})
     # a: 0 errors / 4 words, b: 1 deletion / 4, c: no reference (skipped), d: nothing heard = 2 errors / 2
     assert asr_wer(manifest, index) == round(3 / 10, 4)
+    copies = pd.DataFrame({"utt_id": ["a~sp0.9", "b~sp1.1"], "transcript": ["wrong words", "x"]})
+    assert asr_wer(manifest, pd.concat([index, copies])) == round(3 / 10, 4)  # speed copies are not counted
     assert asr_wer(manifest.assign(transcript=None), index) is None

@@ -190,8 +190,11 @@ def test_streaming_training_data(full_run, features, cfg, tmp_path_factory):
     from emoq_model.bundle import load_bundle
     from pipeline.training import run_training
 
+    # stage 2 without speed-perturbed copies reads its own dataset ("train_recorded"; this corpus has no copies, so
+    # the same rows: tests/training/test_data.py checks the filter)
+    stream_cfg = load_config(demo_config_path(), TRAIN_OVERRIDES + ["train.stage2.speed_copies=false"])
     s = run_training(
-        cfg, _settings(tmp_path_factory, features, "stream", data="stream", shuffle_buffer=16, context=True)
+        stream_cfg, _settings(tmp_path_factory, features, "stream", data="stream", shuffle_buffer=16, context=True)
     )
     assert _history(s) == _history(full_run)
     # --context on an isolated-utterance corpus: its rows have no place in a call, so no context is fitted
