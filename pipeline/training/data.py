@@ -72,10 +72,12 @@ class WorkerData:
         ids = train["utt_id"].to_numpy()
         recorded = perm[[not F.is_speed_copy(u) for u in ids[perm]]]
         train_ids = ids[rank_share(perm, rank, world)].tolist() if shard is None else []
-        recorded_ids = ids[rank_share(recorded, rank, world)].tolist() if shard is None else []
+        # loaded only when a stage trains without the copies
+        wanted = not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2))
+        recorded_ids = ids[rank_share(recorded, rank, world)].tolist() if shard is None and wanted else []
         # stream: the split gives every rank the same number of rows (the remainder is dropped)
         self.n_per_rank = len(train_ids) if shard is None else len(train) // world
-        self.n_recorded_per_rank = len(recorded_ids) if shard is None else len(recorded) // world
+        self.n_recorded_per_rank = len(rank_share(recorded, rank, world)) if shard is None else len(recorded) // world
         self.n_recorded = len(recorded)
         val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
         rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(recorded_ids) | set(val_ids))}

@@ -64,8 +64,11 @@ def test_recorded_rows_leave_out_the_speed_copies_with_equal_rank_shares(tmp_pat
     """``train.stage*.speed_copies=false`` trains on the recorded rows only: each rank's share holds no copy, all
     ranks take as many steps, and together they cover every recorded row; with copies, every row."""
     root = _cache(tmp_path / "cache")
-    cfg = load_config(demo_config_path(), ["former.num_queries=4", "former.num_layers=1"])
+    small = ["former.num_queries=4", "former.num_layers=1"]
     s = TrainSettings(features=str(root), storage_path=str(tmp_path / "runs"), name="t", feature_norm="none")
+    default = WorkerData(s, load_config(demo_config_path(), small), 0, 2)
+    assert default.train_recorded == [] and default.rows_per_rank(recorded_only=True) == 6  # not loaded unless used
+    cfg = load_config(demo_config_path(), [*small, "train.stage2.speed_copies=false"])
     ranks = [WorkerData(s, cfg, r, 2) for r in range(2)]
     assert {d.rows_per_rank() for d in ranks} == {17}  # 33 rows: 17 per rank with one wrapped around
     assert {d.rows_per_rank(recorded_only=True) for d in ranks} == {6}  # 11 recorded rows
