@@ -162,6 +162,9 @@ class Stage2Config:
     weight_decay: float = 0.0
     text_dropout: float = 0.0  # as in stage 1
     former_trainable: bool = False
+    # with former_trainable: the learning rate of the Former's stage-1-trained weights is lr x this (the projector and
+    # LoRA, which start fresh, train at lr): the Former arrives trained, and a full-rate restart can undo it
+    former_lr_scale: float = 1.0
     # the frozen Former runs in train mode (dropout, former.time_mask) while the LLM learns: the LLM then sees query
     # outputs as noisy as on unseen calls, not the near-perfect ones of the rows stage 1 fitted (stacking on
     # over-fitted stage-1 outputs made stage 2 validate below stage 1)
@@ -406,6 +409,7 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
         (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
         (st.stage2.distill_weight >= 0, "train.stage2.distill_weight must be >= 0"),
         (st.stage2.lm_weight >= 0, "train.stage2.lm_weight must be >= 0"),
+        (st.stage2.former_lr_scale >= 0, "train.stage2.former_lr_scale must be >= 0"),
         (
             st.stage2.mal_weight == 0 or st.stage2.former_trainable,
             "train.stage2.mal_weight > 0 needs train.stage2.former_trainable=true (MAL only trains the Former)",

@@ -133,10 +133,22 @@ def stage2_step(model: nn.Module, batch: EmoQBatch) -> dict[str, torch.Tensor]:
 
 def make_optimizer(model: nn.Module, stage: int) -> torch.optim.Optimizer:
     """AdamW over the stage's parameters with the configured lr / weight decay (no decay on norms, biases,
-    queries and layer weights)."""
+    queries and layer weights); in stage 2 the Former's stage-1 weights at ``lr x former_lr_scale``."""
     sc = model.cfg.train.stage1 if stage == 1 else model.cfg.train.stage2
-    decay, no_decay = [], []
+    scale = sc.former_lr_scale if stage == 2 else 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in trainable_named_parameters(model, stage):
-        (no_decay if p.dim() < 2 or name.endswith("queries") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": sc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=sc.lr)
+        no_decay = p.dim() < 2 or name.endswith("queries")
+        carried = scale != 1.0 and name.startswith("former.") and not name.startswith("former.projector.")
+        groups.setdefault((no_decay, carried), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else sc.weight_decay,
+                "lr": sc.lr * (scale if carried else 1.0),
+            }
+            for (no_decay, carried), params in sorted(groups.items())
+        ],
+        lr=sc.lr,
+    )

@@ -158,3 +158,23 @@ def test_stage2_former_augment_keeps_the_frozen_former_in_train_mode():
     plain = EmoQModel(tiny_config(SHORT_PROMPT))
     plain.set_stage(2)
     assert not plain.former.training
+
+
+def test_stage2_former_lr_scale_slows_only_the_carried_former_weights():
+    """``train.stage2.former_lr_scale``: the Former's stage-1 weights at lr x scale, the projector and LoRA at lr;
+    at 1.0 one rate for all (the optimizer as before: two groups, decay and no decay)."""
+    base = [*SHORT_PROMPT, "train.stage2.former_trainable=true", "train.stage2.mal_weight=1.0", "train.stage2.lr=0.01"]
+    m = EmoQModel(tiny_config([*base, "train.stage2.former_lr_scale=0.1"]))
+    m.set_stage(2)
+    opt = make_optimizer(m, 2)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(trainable_named_parameters(m, 2))
+    assert len(lr_of) == len(named)  # every trained parameter once
+    for n, p in named.items():
+        carried = n.startswith("former.") and not n.startswith("former.projector.")
+        assert lr_of[id(p)] == pytest.approx(0.001 if carried else 0.01), n
+    assert any(n.startswith("former.qformer.") for n in named) and any("lora_" in n for n in named)
+    plain = EmoQModel(tiny_config(base))
+    plain.set_stage(2)
+    groups = make_optimizer(plain, 2).param_groups
+    assert len(groups) == 2 and {g["lr"] for g in groups} == {0.01}
