@@ -188,6 +188,11 @@ class StageConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
 
+    @property
+    def recorded_only(self) -> bool:
+        """A stage trains without the speed-perturbed copies, so the training data keeps the recorded rows apart."""
+        return not (self.stage1.speed_copies and self.stage2.speed_copies)
+
 
 @dataclass
 class EmoQConfig:

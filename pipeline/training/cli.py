@@ -30,6 +30,8 @@ def _abs(path: str | None) -> str | None:
 
 
 def extract_parser(description: str | None = None) -> argparse.ArgumentParser:
+    from pipeline.labeling.job import ASR_DTYPES
+
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "manifest",
@@ -55,7 +57,7 @@ def extract_parser(description: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument(
         "--asr-dtype",
         default="float32",
-        choices=("float32", "bfloat16", "float16"),
+        choices=ASR_DTYPES,
         help="the ASR decoder's dtype (as label_corpus.py --asr-dtype; bfloat16: ~1.5x faster decoding on CPUs with "
         "native bf16, measured)",
     )

@@ -71,14 +71,13 @@ class WorkerData:
         perm = np.random.default_rng([cfg.seed, 11]).permutation(len(train))
         ids = train["utt_id"].to_numpy()
         recorded = perm[[not F.is_speed_copy(u) for u in ids[perm]]]
+        mine_recorded = rank_share(recorded, rank, world)
         train_ids = ids[rank_share(perm, rank, world)].tolist() if shard is None else []
         # loaded only when a stage trains without the copies
-        wanted = not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2))
-        recorded_ids = ids[rank_share(recorded, rank, world)].tolist() if shard is None and wanted else []
+        recorded_ids = ids[mine_recorded].tolist() if shard is None and cfg.train.recorded_only else []
         # stream: the split gives every rank the same number of rows (the remainder is dropped)
         self.n_per_rank = len(train_ids) if shard is None else len(train) // world
-        self.n_recorded_per_rank = len(rank_share(recorded, rank, world)) if shard is None else len(recorded) // world
-        self.n_recorded = len(recorded)
+        self.n_recorded_per_rank = len(mine_recorded) if shard is None else len(recorded) // world
         val_ids = val["utt_id"].to_numpy()[rank::world].tolist() if len(val) else []
         rows = {it["utt_id"]: it for it in cache.load(utt_ids=set(train_ids) | set(recorded_ids) | set(val_ids))}
         # normalisation: per-speaker statistics over the protocol's groups (s.norm_groups: call channels, real or

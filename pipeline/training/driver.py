@@ -97,7 +97,7 @@ def stream_datasets(cfg, settings: TrainSettings) -> dict:
     """Ray Train's datasets for ``data="stream"``: all training rows, and the recorded rows alone when a stage
     trains without the speed-perturbed copies."""
     out = {"train": training_rows(settings, cfg.seed)}
-    if not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2)):
+    if cfg.train.recorded_only:
         out["train_recorded"] = training_rows(settings, cfg.seed, recorded_only=True)
     return out
 

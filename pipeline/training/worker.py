@@ -311,7 +311,7 @@ def train_loop_per_worker(config: dict) -> None:
     streams = {}
     if s.data == "stream":
         streams["shard"] = ray.train.get_dataset_shard("train")
-        if not all(x.speed_copies for x in (cfg.train.stage1, cfg.train.stage2)):
+        if cfg.train.recorded_only:
             streams["recorded_shard"] = ray.train.get_dataset_shard("train_recorded")
     data = WorkerData(s, cfg, rank, world, **streams)
     log(
