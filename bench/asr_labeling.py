@@ -1,11 +1,11 @@
-"""Labeling throughput of a text bundle with ASR off, shared-encoder ASR (float32 or a bfloat16 decoder) and a
-separate ASR stage, in one run.
+"""Labeling throughput of a text bundle with ASR off, shared-encoder ASR (float32, a bfloat16 decoder, or ``_auto``:
+the labeling default, bfloat16 where native) and a separate ASR stage, in one run.
 
 Each mode labels the same call archive into a fresh output with the same bundle and resources (local Ray, 2 cores
 here); "off" labels from speech alone (the bundle's Former gets no transcript). The wall time includes each job's
 start (actors, vLLM engine), which is the same for every mode; the steady-state difference is the ASR's cost.
 
-    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,shared_bf16,separate] [--reps 2] \
+    python bench/asr_labeling.py BUNDLE CALLS_CSV [--modes off,shared,shared_bf16,shared_auto,separate] [--reps 2] \
         [--out bench/results/asr_labeling.json]
 
 Repetitions interleave the modes (off, shared, ..., off, shared, ...); each mode's ``vs_off`` is the ratio to the
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
             bundle=a.bundle,
             asr_model=None if mode == "off" else whisper,
             asr_shared=mode.startswith("shared"),
-            asr_dtype="bfloat16" if mode.endswith("_bf16") else "float32",
+            asr_dtype={"bf16": "bfloat16", "auto": "auto"}.get(mode.rpartition("_")[2], "float32"),
             encode=StageResources(1, 0.5),
             label=StageResources(1, 0.5),
             asr=StageResources(1, 0.5),

@@ -7,12 +7,13 @@ cuts them; 8 kHz telephone speech), one run measures, with the same threads:
 * ``separate`` -- :class:`pipeline.labeling.asr.Transcribe` (HF ``generate`` on 30 s padded windows: a second
   encoder pass),
 * ``shared``   -- the emotion encoder (real length, ``--tail`` s of silence) +
-  :class:`pipeline.labeling.asr.WhisperDecoder` on its states (one encoder pass), for each ``--tail``.
+  :class:`pipeline.labeling.asr.WhisperDecoder` on its states (one encoder pass), for each ``--tail`` and each
+  ``--decoder-dtypes`` entry (``auto``: the labeling default, bfloat16 where native).
 
 WER (jiwer; lower-cased, punctuation stripped) against the archive's transcripts; speed in audio-s/s.
 
-    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--limit 200] [--threads 2]
-        [--out bench/results/asr_wer.json]
+    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--decoder-dtypes float32,auto] [--limit 200]
+        [--threads 2] [--out bench/results/asr_wer.json]
 
 Without SEGMENTS_CSV the demo's evaluation archive is used (built and cached like ``jobs/demo.py`` builds it).
 """
@@ -50,6 +51,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("segments_csv", nargs="?", default=None)
     ap.add_argument("--tails", default="0,0.5", help="comma list of whisper_tail_s values for the shared path")
+    ap.add_argument("--decoder-dtypes", default="float32", help="comma list of shared-decoder dtypes (auto, ...)")
     ap.add_argument("--limit", type=int, default=None, help="first N turns only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="segments per encoder / decoder call")
@@ -108,8 +110,8 @@ def main(argv=None) -> dict:
         "audio_s_per_s": round(audio_s / t, 1),
         "with_encoder_audio_s_per_s": round(audio_s / (t + t_enc), 1),
     }
-    dec = WhisperDecoder(whisper, batch_size=a.batch)
-    for tail in [float(x) for x in a.tails.split(",")]:
+    decoders = {d: WhisperDecoder(whisper, batch_size=a.batch, dtype=d) for d in a.decoder_dtypes.split(",")}
+    for tail, (dtype, dec) in [(float(x), d) for x in a.tails.split(",") for d in decoders.items()]:
         enc = SpeechEncoder(EncoderConfig(path=whisper, layer="weighted", whisper_tail_s=tail))
         states, t_e = timed(lambda: encode_all(enc))
 
@@ -125,7 +127,8 @@ def main(argv=None) -> dict:
             return out
 
         hyps, t_d = timed(decode)
-        report["runs"][f"shared_tail{tail:g}"] = {
+        report["runs"][f"shared_tail{tail:g}" + ("" if dtype == "float32" else f"_{dtype}")] = {
+            "decoder_dtype": str(dec.dtype).removeprefix("torch."),
             "wer": round(wer(refs, hyps), 4),
             "encoder_wall_s": round(t_e, 2),
             "decoder_wall_s": round(t_d, 2),

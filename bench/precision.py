@@ -1,12 +1,13 @@
 """Reduced precision: speed of each model stage and label agreement with float32, on one bundle, in one run.
 
     .venv/bin/python bench/precision.py [--bundle runs/demo/bundle] [--archive CALLS_CSV] [--clips 120] [--reps 3]
+        [--variants float32,enc_bf16,enc_bf16_mixed]
 
 * ``stages`` (one process, options interleaved per repetition): the encoder alone on the benchmark corpus's
-  segments (real speech, 2-4 s, length batches of 32 as labeling forms them) in float32 / bfloat16 / int8
-  (``encoder.dtype``), after one untimed pass per option (oneDNN builds its kernels per shape); the Former + soft
-  prompt on the float32 encoder states in float32 / bfloat16 (``former.dtype``). Prompt agreement: relative error
-  and least cosine similarity against float32.
+  segments (real speech, 2-4 s, length batches of 32 as labeling forms them) in float32 / bfloat16 /
+  bfloat16-mixed / int8 (``encoder.dtype``), after one untimed pass per option (oneDNN builds its kernels per
+  shape); the Former + soft prompt on the float32 encoder states in float32 / bfloat16 (``former.dtype``).
+  Prompt agreement: relative error and least cosine similarity against float32.
 * ``label`` (one fresh process per variant: own Ray, own vLLM engine): ``pipeline.labeling.job.run`` on the call
   archive and on the corpus with the variant's ``model_overrides`` and engine ``dtype``; per variant the job's
   wall time, then per segment argmax agreement and the largest probability difference against the float32 run,
@@ -24,11 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, asterisk_clips, machine, run_phase, save_results, stats  # noqa: E402
 
-ENCODER_OPTIONS = ("float32", "bfloat16", "int8")
+ENCODER_OPTIONS = ("float32", "bfloat16", "bfloat16-mixed", "int8")
 FORMER_OPTIONS = ("float32", "bfloat16")
 VARIANTS = {  # name -> (model_overrides, vLLM dtype)
     "float32": ([], "float32"),
     "enc_bf16": (["encoder.dtype=bfloat16"], "float32"),
+    "enc_bf16_mixed": (["encoder.dtype=bfloat16-mixed"], "float32"),
     "enc_int8": (["encoder.dtype=int8"], "float32"),
     "enc_former_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "float32"),
     "all_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "bfloat16"),
@@ -197,7 +199,8 @@ def driver(a) -> None:
     res = {"machine": machine(), "bundle": a.bundle, "archive": a.archive}
     res["stages"] = run_phase(__file__, "stages", WORK / "precision_stages.json", *args, timeout=3000)
     res["label"] = {}
-    for v in VARIANTS:
+    variants = ["float32", *[v for v in a.variants.split(",") if v != "float32"]] if a.variants else list(VARIANTS)
+    for v in variants:
         res["label"][v] = run_phase(
             __file__, "label", WORK / f"precision_label_{v}.json", *args, "--variant", v, timeout=3000
         )
@@ -243,6 +246,7 @@ def main() -> None:
     ap.add_argument("--phase", default="driver")
     ap.add_argument("--out", default=None)
     ap.add_argument("--bundle", default="runs/demo/bundle")
+    ap.add_argument("--variants", default=None, help=f"label variants, comma list (default: {','.join(VARIANTS)})")
     ap.add_argument(
         "--archive",
         default=None,

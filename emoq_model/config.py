@@ -23,6 +23,7 @@ import yaml
 from emoq_model.errors import ConfigError  # noqa: F401  (raised here; part of this module's API)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+ENCODER_DTYPES = DTYPES + ("int8", "bfloat16-mixed")  # a frozen encoder also quantises or autocasts
 
 
 @dataclass
@@ -33,8 +34,10 @@ class EncoderConfig:
     layer: str | int = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
     weighted_layers: list[int] | None = None  # hidden-state indices the weighted sum uses (None: all)
     # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA) | int8 (CPU: dynamic int8 quantisation of the Linear
-    # layers, torch.ao). A frozen encoder's precision is a deployment choice: set it at labeling time
-    # (label_corpus --set encoder.dtype=bfloat16); BENCHMARKS.md has the speed and label agreement of each
+    # layers, torch.ao) | bfloat16-mixed (float32 weights, matmuls and convolutions under bfloat16 autocast: the
+    # residual stream and norms stay float32, so less error than bfloat16 weights at the same matmul speed). A
+    # frozen encoder's precision is a deployment choice: set it at labeling time (label_corpus --set
+    # encoder.dtype=bfloat16); BENCHMARKS.md has the speed and label agreement of each
     dtype: str = "float32"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     whisper_real_length: bool = True  # Whisper: run on the batch's real length instead of 30 s windows
@@ -438,8 +441,8 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
     ]
     checks.append(
         (
-            cfg.encoder.dtype in DTYPES + ("int8",),
-            f"encoder.dtype must be one of {DTYPES + ('int8',)}, got {cfg.encoder.dtype!r}",
+            cfg.encoder.dtype in ENCODER_DTYPES,
+            f"encoder.dtype must be one of {ENCODER_DTYPES}, got {cfg.encoder.dtype!r}",
         )
     )
     checks.append((cfg.llm.dtype in DTYPES, f"llm.dtype must be one of {DTYPES}, got {cfg.llm.dtype!r}"))
@@ -570,12 +573,30 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(dtype: str, device: str):
-    """Config dtype string -> torch dtype; ``auto`` = bfloat16 on cuda, float32 elsewhere; ``int8`` (dynamic
-    quantisation) computes around float32 weights."""
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with ``avx512_bf16`` /
+    ``amx_bf16`` (Linux ``/proc/cpuinfo`` flags). Elsewhere bfloat16 is emulated and slower than float32, so
+    ``auto`` choices fall back to float32 there."""
     import torch
 
-    if dtype == "int8":
+    device = resolve_device(device)
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Config dtype string -> torch dtype of the weights; ``auto`` = bfloat16 on cuda, float32 elsewhere; ``int8``
+    (dynamic quantisation) and ``bfloat16-mixed`` (autocast) compute around float32 weights."""
+    import torch
+
+    if dtype in ("int8", "bfloat16-mixed"):
         return torch.float32
     if dtype == "auto":
         return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32

@@ -120,6 +120,9 @@ class SpeechEncoder(nn.Module):
         if cfg.dtype == "int8":
             model = quantize_int8(model, device)
         self.model = model
+        # bfloat16-mixed: float32 weights, the model's matmuls and convolutions under bfloat16 autocast (the feature
+        # extractor's STFT stays outside it)
+        self.autocast = cfg.dtype == "bfloat16-mixed"
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.hidden_size = int(hf_cfg.d_model if self.family == "whisper" else hf_cfg.hidden_size)
         n_layers = hf_cfg.encoder_layers if self.family == "whisper" else hf_cfg.num_hidden_layers
@@ -154,6 +157,14 @@ class SpeechEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _compute(self):
+        """The context the model's forward runs in: bfloat16 autocast for ``bfloat16-mixed``, else nothing."""
+        import contextlib
+
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -237,7 +248,8 @@ class SpeechEncoder(nn.Module):
         lengths = torch.tensor([w.size for w in waves])
         x, sample_mask = self._wav2vec2_inputs(waves, lengths)
         kwargs = {"attention_mask": sample_mask.long()} if self.pass_mask else {}
-        out = self.model(x.to(self.dtype), output_hidden_states=self.layer_indices is not None, **kwargs)
+        with self._compute():
+            out = self.model(x.to(self.dtype), output_hidden_states=self.layer_indices is not None, **kwargs)
         frames = self.model._get_feat_extract_output_lengths(lengths).long()
         hidden = self._select(out.hidden_states, out.last_hidden_state)
         mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
@@ -280,7 +292,8 @@ class SpeechEncoder(nn.Module):
         frames = whisper_frames(torch.tensor([w.size for w in waves]), fe.hop_length)
         if not self.cfg.whisper_real_length:  # standard HF path: 30 s windows, no masking, sliced afterwards
             x = fe(waves, sampling_rate=self.sample_rate, return_tensors="pt").input_features
-            out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None)
+            with self._compute():
+                out = self.model(x.to(self.device, self.dtype), output_hidden_states=self.layer_indices is not None)
             hidden = self._select(out.hidden_states, out.last_hidden_state)[..., : int(frames.max()), :]
             dec, dec_len = out.last_hidden_state, torch.full((len(waves),), out.last_hidden_state.shape[1])
         else:
@@ -294,7 +307,8 @@ class SpeechEncoder(nn.Module):
             x = torch.zeros(len(mels), mels[0].shape[0], int(mel_len.max()))
             for i, m in enumerate(mels):
                 x[i, :, : m.shape[-1]] = m
-            hidden, dec = self._whisper_real_length(x.to(self.device, self.dtype), mel_len.to(self.device))
+            with self._compute():
+                hidden, dec = self._whisper_real_length(x.to(self.device, self.dtype), mel_len.to(self.device))
             dec_len = torch.div(mel_len + 1, 2, rounding_mode="floor")
         mask = torch.arange(hidden.shape[-2])[None] < frames[:, None]
         return EncoderOutput(hidden, mask.to(hidden.device), dec, dec_len)

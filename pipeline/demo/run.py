@@ -162,6 +162,8 @@ def _features(c: DemoConfig, manifest: Path, features: Path) -> None:
         and meta.get("speed_perturb", []) == sorted(f for f in c.speed_perturb if f != 1.0)
         # speed-perturbed copies with their own ASR transcripts (caches from before the key was written had them)
         and meta.get("copy_transcripts", "asr") == "asr"
+        # training transcripts decoded in float32 (caches from before the key was written were)
+        and (c.reference_transcripts or meta.get("asr_dtype", "float32") == "float32")
     ):
         print("cached:", features)  # extracted from this very manifest, encoder setting and transcript source
         return
@@ -254,11 +256,15 @@ def _demo(c: DemoConfig, work: Path, t0: float, log_path: Path | None) -> dict:
 
     step("5/6 labeling the evaluation archive (Ray Data + vLLM)")
     from pipeline.labeling.guards import output_model_ids
-    from pipeline.labeling.job import model_id
+    from pipeline.labeling.job import LabelJobConfig, model_id, precision_overrides
 
-    if output_model_ids(str(work / "labels")) - {model_id(str(bundle))}:  # labelled by an older bundle (or id format)
-        shutil.rmtree(work / "labels", ignore_errors=True)
-    asr = ["--asr-model", str(build_whisper_tiny_en())] if c.modality != "speech" else []  # transcripts from ASR
+    whisper = str(build_whisper_tiny_en()) if c.modality != "speech" else None  # transcripts from ASR
+    job = LabelJobConfig(
+        inputs=[str(arch["archive"])], output=str(work / "labels"), bundle=str(bundle), asr_model=whisper
+    )
+    if output_model_ids(str(work / "labels")) - {model_id(str(bundle), precision_overrides(job))}:
+        shutil.rmtree(work / "labels", ignore_errors=True)  # labelled by an older bundle, precision or id format
+    asr = ["--asr-model", whisper] if whisper else []
     label_report = label_corpus.main(
         [
             str(arch["archive"]),

@@ -95,7 +95,7 @@ class EncodePrompts:
         num_threads: int | None = None,
         asr_model: str | None = None,
         overrides: list[str] | None = None,
-        asr_dtype: str = "float32",
+        asr_dtype: str = "auto",
     ):
         if num_threads:
             torch.set_num_threads(num_threads)

@@ -147,7 +147,7 @@ class EncodeActor:
         asr_dtype: str = "float32",
     ):
         """``progress``: a :class:`pipeline.console.ProgressCounter` actor handle told each batch's rows;
-        ``asr_dtype``: the ASR decoder's dtype (as the labeling job's ``--asr-dtype``)."""
+        ``asr_dtype``: the ASR decoder's dtype (the labeling job's ``--asr-dtype`` choices)."""
         import torch
 
         from emoq_model.config import EncoderConfig

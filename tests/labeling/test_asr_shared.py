@@ -115,6 +115,29 @@ def test_bfloat16_decoder_transcribes_like_float32(prompts):
         WhisperDecoder(whisper, dtype="int8")
 
 
+def test_auto_decoder_dtype_is_bfloat16_only_where_the_device_computes_it_natively(monkeypatch):
+    """``asr_dtype: auto`` (the labeling and extraction default): bfloat16 on a CPU with avx512_bf16 / amx_bf16 or
+    a GPU that supports it, float32 where bfloat16 would be emulated (slower than float32)."""
+    from pathlib import Path
+
+    import torch
+
+    from pipeline.labeling.asr import decoder_dtype
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert decoder_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert decoder_dtype("auto", torch.device("cpu")) == decoder_dtype("auto", "cpu")
+    assert decoder_dtype("float32", "cpu") == torch.float32 and decoder_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert decoder_dtype("auto", "mps") == torch.float32
+    # a GPU cannot exist here: its capability query is what is mocked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert decoder_dtype("auto", "cuda:0") == want
+
+
 def test_same_checkpoint(tmp_path):
     import shutil
 
@@ -176,6 +199,8 @@ def test_label_job_decodes_transcripts_from_the_shared_encoder(ray_session, text
     said = " ".join(_norm(r) for r in refs[:4])
     assert df.transcript.notna().all()
     assert jiwer.wer(said, heard) < 0.3, (said, heard)
+    # the default decoder precision (auto: bfloat16 where native) names the labels' model
+    assert cfg.asr_dtype == "auto" and df.model_id.str.endswith("+asr.dtype=auto").all()
 
 
 @pytest.mark.slow

@@ -60,10 +60,16 @@ def test_asr_dtype_is_checked_and_names_the_model():
     from emoq_model.errors import ConfigError
     from pipeline.labeling.job import precision_overrides
 
-    cfg = config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o", "--asr-dtype", "bfloat16"]))
+    asr = ["x.csv", "--bundle", "b", "--output", "o", "--asr-model", "whisper"]
+    cfg = config_from_args(parse_args([*asr, "--asr-dtype", "bfloat16"]))
     assert cfg.asr_dtype == "bfloat16"
     # labels from bf16 transcripts are another model's: resuming a float32 output with them is refused by model id
     assert precision_overrides(cfg) == ["asr.dtype=bfloat16"]
+    # the default, auto (bfloat16 where the device computes it natively), names the model as chosen
+    default = config_from_args(parse_args(asr))
+    assert default.asr_dtype == "auto" and precision_overrides(default) == ["asr.dtype=auto"]
+    assert precision_overrides(config_from_args(parse_args([*asr, "--asr-dtype", "float32"]))) == []
+    # without an ASR the decoder's dtype changes nothing: speech-only outputs keep their model id
     assert precision_overrides(config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o"]))) == []
     with pytest.raises(ConfigError, match="asr_dtype"):
         config_from_args(parse_args(["x.csv", "--bundle", "b", "--output", "o", "--asr-dtype", "int8"]))

@@ -1,5 +1,5 @@
-"""Reduced-precision options (encoder.dtype bfloat16 / int8, former.dtype bfloat16) run and give the float32 prompts
-within their stated tolerance, on the real Whisper tiny.en weights and real speech."""
+"""Reduced-precision options (encoder.dtype bfloat16 / int8 / bfloat16-mixed, former.dtype bfloat16) run and give
+the float32 prompts within their stated tolerance, on the real Whisper tiny.en weights and real speech."""
 
 import pytest
 import soundfile as sf
@@ -12,6 +12,7 @@ from emoq_model.errors import ConfigError
 TOLERANCE = {
     ("encoder.dtype=bfloat16",): 0.01,
     ("encoder.dtype=int8",): 0.03,
+    ("encoder.dtype=bfloat16-mixed",): 0.01,
     ("former.dtype=bfloat16",): 0.01,
     ("encoder.dtype=bfloat16", "former.dtype=bfloat16"): 0.015,
 }
@@ -61,6 +62,8 @@ def test_precision_option_agrees_with_float32(setup, overrides):
         )
     if "encoder.dtype=bfloat16" in overrides:
         assert front.encoder.dtype == torch.bfloat16
+    if "encoder.dtype=bfloat16-mixed" in overrides:  # float32 weights, bfloat16 matmuls
+        assert front.encoder.dtype == torch.float32 and front.encoder.autocast
     assert all(p.dtype == torch.float32 for p in got)
 
 
