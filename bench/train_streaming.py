@@ -74,7 +74,9 @@ def synthetic_cache(n_train: int, n_val: int = 32, frames: int = 100) -> str:
         )
         if len(rows) == 256 or i == total - 1:
             pq.write_table(
-                pa.Table.from_pylist(rows, schema=F.feature_schema()), out / F.SHARDS_DIR / f"{part}.parquet"
+                pa.Table.from_pylist(rows, schema=F.feature_schema()),
+                out / F.SHARDS_DIR / f"{part}.parquet",
+                compression=F.shard_compression(),  # as extraction writes them
             )
             rows, part = [], part + 1
     meta = {

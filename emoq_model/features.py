@@ -102,6 +102,16 @@ def feature_schema() -> pa.Schema:
     )
 
 
+def shard_compression() -> dict[str, str]:
+    """Parquet codec per column of a feature shard (``pyarrow.parquet.write_table(compression=...)``).
+
+    Why: encoder states in float16 do not compress (snappy: 0.99994 of the raw size on the demo cache), yet snappy's
+    decode still runs on every read, and streaming training reads every row every epoch. Measured on the demo
+    cache (3560 rows, warm page cache, best of 3): 1.61 s to read with snappy frames, 0.99 s uncompressed. The
+    small columns keep snappy. Readers need nothing: the codec is recorded per column in the file."""
+    return {f.name: ("none" if f.name == "frames" else "snappy") for f in feature_schema()}
+
+
 # ------------------------------------------------------------------------------------------ frames encoding
 
 

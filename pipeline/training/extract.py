@@ -288,7 +288,7 @@ def encode_rows(
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
     )
-    ds.write_parquet(shards, min_rows_per_file=rows_per_file)
+    ds.write_parquet(shards, min_rows_per_file=rows_per_file, compression=F.shard_compression())
 
 
 def recorded_utt_id(utt_id: str) -> str:

@@ -86,6 +86,12 @@ def test_extract_features_error_rows(features, corpus):
     assert item["frames"].shape == (5, good["n_frames"].iloc[0], 384) and item["frames"].dtype == np.float16
     assert set(cache.speaker_stats()) == set(good["speaker"])
     assert meta["splits"] == {"train": 48, "val": 12, "test": 12}
+    import pyarrow.parquet as pq
+
+    for f in cache.files:  # frames stored raw (float16 states do not compress; decoding snappy costs every read)
+        md = pq.ParquetFile(f).metadata
+        codecs = {md.schema.column(i).name: md.row_group(0).column(i).compression for i in range(md.num_columns)}
+        assert codecs["frames"] == "UNCOMPRESSED" and codecs["utt_id"] == "SNAPPY", codecs
     # the progress bar counted every row (two of them failed) and its audio, fed by the encoder actors
     last = (out.parent / "console.txt").read_text().strip().splitlines()[-1]
     audio_h = meta["audio_s"] / 3600
