@@ -12,7 +12,8 @@ cuts them; 8 kHz telephone speech), one run measures, with the same threads:
 
 WER (jiwer; lower-cased, punctuation stripped) against the archive's transcripts; speed in audio-s/s.
 
-    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--decoder-dtypes float32,auto] [--limit 200]
+    python bench/asr_wer.py [SEGMENTS_CSV] [--tails 0,0.5] [--decoder-dtypes float32,auto] [--loops greedy,generate]
+        [--limit 200]
         [--threads 2] [--out bench/results/asr_wer.json]
 
 Without SEGMENTS_CSV the demo's evaluation archive is used (built and cached like ``jobs/demo.py`` builds it).
@@ -52,6 +53,9 @@ def main(argv=None) -> dict:
     ap.add_argument("segments_csv", nargs="?", default=None)
     ap.add_argument("--tails", default="0,0.5", help="comma list of whisper_tail_s values for the shared path")
     ap.add_argument("--decoder-dtypes", default="float32", help="comma list of shared-decoder dtypes (auto, ...)")
+    ap.add_argument(
+        "--loops", default="greedy", help="comma list of shared-decoder loops: greedy (the default), generate"
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N turns only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="segments per encoder / decoder call")
@@ -110,8 +114,12 @@ def main(argv=None) -> dict:
         "audio_s_per_s": round(audio_s / t, 1),
         "with_encoder_audio_s_per_s": round(audio_s / (t + t_enc), 1),
     }
-    decoders = {d: WhisperDecoder(whisper, batch_size=a.batch, dtype=d) for d in a.decoder_dtypes.split(",")}
-    for tail, (dtype, dec) in [(float(x), d) for x in a.tails.split(",") for d in decoders.items()]:
+    decoders = {
+        (d, loop): WhisperDecoder(whisper, batch_size=a.batch, dtype=d, use_generate=loop == "generate")
+        for d in a.decoder_dtypes.split(",")
+        for loop in a.loops.split(",")
+    }
+    for tail, ((dtype, loop), dec) in [(float(x), d) for x in a.tails.split(",") for d in decoders.items()]:
         enc = SpeechEncoder(EncoderConfig(path=whisper, layer="weighted", whisper_tail_s=tail))
         states, t_e = timed(lambda: encode_all(enc))
 
@@ -127,8 +135,14 @@ def main(argv=None) -> dict:
             return out
 
         hyps, t_d = timed(decode)
-        report["runs"][f"shared_tail{tail:g}" + ("" if dtype == "float32" else f"_{dtype}")] = {
+        name = (
+            f"shared_tail{tail:g}"
+            + ("" if dtype == "float32" else f"_{dtype}")
+            + ("" if loop == "greedy" else "_generate")
+        )
+        report["runs"][name] = {
             "decoder_dtype": str(dec.dtype).removeprefix("torch."),
+            "decoder_loop": loop,
             "wer": round(wer(refs, hyps), 4),
             "encoder_wall_s": round(t_e, 2),
             "decoder_wall_s": round(t_d, 2),

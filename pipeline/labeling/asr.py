@@ -101,6 +101,11 @@ class SilenceSplitAttention(torch.nn.Module):
         self.bias_real = torch.where(pos_real[None] < n_t, 0.0, neg).to(flat.dtype)[:, None, None, :]
         self.bias_sil = torch.where(pos_sil[None] >= n_t, 0.0, neg).to(flat.dtype)[:, None, None, :]
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the items at positions ``keep`` of the current batch (greedy decoding drops finished ones)."""
+        self.k_real_t, self.v_real = self.k_real_t[keep], self.v_real[keep]
+        self.bias_real, self.bias_sil = self.bias_real[keep], self.bias_sil[keep]
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
         b, q, _ = hidden_states.shape
         w, n_max = self.v_sil.shape[1], self.v_real.shape[2]
@@ -147,11 +152,14 @@ class WhisperDecoder:
         max_new_tokens: int = 96,
         tokens_per_s: float = 6.0,
         dtype: str = "float32",
+        use_generate: bool = False,
     ):
-        """``batch_size``: items per ``generate`` call; each batch stops at ``8 + tokens_per_s`` x its longest
+        """``batch_size``: items per decoding call; each batch stops at ``8 + tokens_per_s`` x its longest
         clip's seconds new tokens (at most ``max_new_tokens``): speech is ~3 tokens/s, and a runaway repetition loop
         must not cost 96 steps. ``dtype``: the decoder's weights and activations (``bfloat16`` halves the weight
-        traffic of greedy decoding's small per-step matmuls; the silent window is encoded in float32 either way)."""
+        traffic of greedy decoding's small per-step matmuls; the silent window is encoded in float32 either way).
+        ``use_generate``: decode with ``transformers``' ``generate`` even where the own greedy loop (:meth:`_greedy`,
+        the same tokens) applies."""
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -174,6 +182,16 @@ class WhisperDecoder:
         for layer in self.model.model.decoder.layers:
             layer.encoder_attn = SilenceSplitAttention(layer.encoder_attn, self.silence)
             self.cross.append(layer.encoder_attn)
+        gen = self.model.generation_config
+        # the prompt tokens generate() starts from when no language has to be detected: an English-only
+        # checkpoint's <|startoftranscript|><|notimestamps|>; a multilingual one detects the language per item first,
+        # which generate() does (and then decodes the whole batch to its longest item)
+        self.prefix = None
+        if not use_generate and not getattr(gen, "is_multilingual", True) and gen.no_timestamps_token_id is not None:
+            self.prefix = torch.tensor([[gen.decoder_start_token_id, gen.no_timestamps_token_id]], device=self.device)
+        self.eos = int(gen.eos_token_id)
+        self.suppress = torch.tensor(list(gen.suppress_tokens or []), dtype=torch.long, device=self.device)
+        self.begin_suppress = torch.tensor(list(gen.begin_suppress_tokens or []), dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
     def transcribe_states(self, states: torch.Tensor, lengths: Sequence[int]) -> list[str]:
@@ -200,10 +218,47 @@ class WhisperDecoder:
             enc = BaseModelOutput(last_hidden_state=self.silence.new_zeros(len(rows), 1, self.silence.shape[-1]))
             longest_s = max(int(r.shape[0]) for r in rows) * self.frame_s
             budget = min(self.max_new_tokens, 8 + math.ceil(self.tokens_per_s * longest_s))
-            ids = self.model.generate(encoder_outputs=enc, max_new_tokens=budget)
+            if self.prefix is None:
+                ids = self.model.generate(encoder_outputs=enc, max_new_tokens=budget)
+            else:
+                ids = self._greedy(enc.last_hidden_state, budget)
             for i, text in zip(idx, self.processor.batch_decode(ids, skip_special_tokens=True)):
                 out[i] = text.strip()
         return out
+
+    def _greedy(self, enc: torch.Tensor, budget: int) -> list[list[int]]:
+        """Greedy decoding as ``generate`` does it for this checkpoint (the same prompt tokens, suppressed tokens
+        and begin-suppressed tokens, argmax, stop at end-of-text or ``budget`` new tokens), except that an item
+        leaves the batch when it ends: ``generate`` goes on computing finished items until the longest one ends,
+        and every step of every item reads the 51,864-way output layer, most of a step's work."""
+        dec, proj = self.model.model.decoder, self.model.proj_out
+        n = enc.shape[0]
+        alive = list(range(n))
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        ids, cache = self.prefix.expand(n, -1), None
+        for step in range(budget):
+            o = dec(input_ids=ids, encoder_hidden_states=enc, past_key_values=cache, use_cache=True)
+            cache = o.past_key_values
+            logits = proj(o.last_hidden_state[:, -1]).float()
+            logits[:, self.suppress] = float("-inf")
+            if step == 0:
+                logits[:, self.begin_suppress] = float("-inf")
+            nxt = logits.argmax(-1)
+            ended = nxt == self.eos
+            for i, t, e in zip(alive, nxt.tolist(), ended.tolist()):
+                if not e:
+                    tokens[i].append(t)
+            if bool(ended.all()):
+                break
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                for attn in self.cross:
+                    attn.select(keep)
+                alive = [alive[k] for k in keep.tolist()]
+                nxt, enc = nxt[keep], enc[keep]
+            ids = nxt[:, None]
+        return tokens
 
 
 def same_checkpoint(a: str, b: str) -> bool:
