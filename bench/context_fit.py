@@ -22,8 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def rescored(labels: str, truth: str, context, tmp: Path) -> dict:
-    """``evaluate_archive`` of ``labels`` after ``context`` (labels and probabilities rewritten)."""
+def rescored(labels: str, truth: str, transform, tmp: Path) -> dict:
+    """``evaluate_archive`` of ``labels`` after ``transform(probs, groups, start_s, end_s) -> probs`` (each scored
+    segment's stored probabilities, its recording-and-channel group and span): labels and probabilities rewritten
+    (``bench/prior_correction.py`` reuses it)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -37,7 +39,7 @@ def rescored(labels: str, truth: str, context, tmp: Path) -> dict:
     probs = np.array([[dict(v)[k] for k in names] for v in df.loc[ok, "probabilities"]])
     sub = df.loc[ok]
     groups = (sub["recording_id"].astype(str) + "\0" + sub["channel"].astype(str)).tolist()
-    out = context.apply(probs, groups, sub["start_s"].to_numpy(), sub["end_s"].to_numpy())
+    out = transform(probs, groups, sub["start_s"].to_numpy(), sub["end_s"].to_numpy())
     df.loc[ok, "label"] = np.asarray(names, dtype=object)[out.argmax(1)]
     row_of = np.cumsum(ok) - 1  # row of ``out`` for each scored segment
     df["probabilities"] = [
@@ -78,14 +80,14 @@ def main(argv=None) -> dict:
     print(f"fitted on {len(y)} validation turns: weight {chosen.weight:g}, tau {chosen.tau_s:g} s")
     out = {"bundle": a.bundle, "labels": a.labels, "validation_grid": grid, "chosen": chosen.to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
-        base = rescored(a.labels, a.truth, ChannelContext(), Path(tmp) / "base")
-        fitted = rescored(a.labels, a.truth, chosen, Path(tmp) / "fitted")
+        base = rescored(a.labels, a.truth, ChannelContext().apply, Path(tmp) / "base")
+        fitted = rescored(a.labels, a.truth, chosen.apply, Path(tmp) / "fitted")
         out["archive_without"] = {k: base["segment"][k] for k in ("ua", "wa", "macro_f1")}
         out["archive_with_fitted"] = {k: fitted["segment"][k] for k in ("ua", "wa", "macro_f1")}
         explore = []
         for w in (x for x in WEIGHTS if x > 0):
             for tau in TAUS_S:
-                r = rescored(a.labels, a.truth, ChannelContext(w, tau), Path(tmp) / f"g{w}_{tau}")
+                r = rescored(a.labels, a.truth, ChannelContext(w, tau).apply, Path(tmp) / f"g{w}_{tau}")
                 explore.append({"weight": w, "tau_s": tau, "ua": r["segment"]["ua"]})
         out["archive_grid_exploratory"] = explore
     print(
