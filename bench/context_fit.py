@@ -51,6 +51,19 @@ def rescored(labels: str, truth: str, transform, tmp: Path) -> dict:
     return evaluate_archive(str(tmp), truth, timelines=0)
 
 
+def validation_predictions(bundle: str, features: str):
+    """The bundle's served (LLM-answer, calibrated) probabilities on the cache's ``val`` turns, honest
+    normalisation (``jobs/evaluate.py``'s path): ``(predictions frame, label names, probs [N, K], y [N])``."""
+    import pandas as pd
+
+    from pipeline.evaluation.clips import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pred = pd.read_parquet(evaluate(bundle, tmp, features=features, split="val")["files"]["predictions"])
+    names = [c[2:] for c in pred.columns if c.startswith("p_")]
+    return pred, names, pred[[f"p_{n}" for n in names]].to_numpy(), pred["label"].map(names.index).to_numpy()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle")
@@ -59,23 +72,15 @@ def main(argv=None) -> dict:
     ap.add_argument("truth", help="the archive's per-turn truth (segments.csv)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "context_fit.json"))
     a = ap.parse_args(argv)
-    import pandas as pd
-
     from emoq_model import features as F
     from emoq_model.calibration import load_context
     from emoq_model.context import TAUS_S, WEIGHTS, ChannelContext, fit_context
-    from pipeline.evaluation.clips import evaluate
 
     if load_context(a.bundle).active:
         raise SystemExit(f"{a.bundle} already applies a context: its labels and validation are not context-free")
-    with tempfile.TemporaryDirectory() as tmp:
-        rep = evaluate(a.bundle, tmp, features=a.features, split="val")
-        pred = pd.read_parquet(rep["files"]["predictions"])
+    pred, names, probs, y = validation_predictions(a.bundle, a.features)
     times = F.FeatureCache(a.features).index(["utt_id", "start_s", "end_s"])
-    pred = pred.merge(times, on="utt_id", how="left")
-    names = [c[2:] for c in pred.columns if c.startswith("p_")]
-    probs = pred[[f"p_{n}" for n in names]].to_numpy()
-    y = pred["label"].map(names.index).to_numpy()
+    pred = pred.merge(times, on="utt_id", how="left")  # same row order: a left merge keeps the left keys' order
     chosen, grid = fit_context(probs, y, pred["speaker"].tolist(), pred["start_s"], pred["end_s"])
     print(f"fitted on {len(y)} validation turns: weight {chosen.weight:g}, tau {chosen.tau_s:g} s")
     out = {"bundle": a.bundle, "labels": a.labels, "validation_grid": grid, "chosen": chosen.to_dict()}

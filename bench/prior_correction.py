@@ -28,12 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from context_fit import rescored  # noqa: E402
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
+from context_fit import rescored, validation_predictions  # noqa: E402
+from scipy.special import log_softmax  # noqa: E402
 
 
 def fit_offsets(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -46,7 +42,7 @@ def fit_offsets(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     w /= w.sum()
 
     def loss(x: np.ndarray) -> float:
-        lp = log_softmax(logp / np.exp(x[-1]) + np.r_[0.0, x[:-1]])
+        lp = log_softmax(logp / np.exp(x[-1]) + np.r_[0.0, x[:-1]], axis=1)
         return float(-(w * lp[np.arange(len(y)), y]).sum())
 
     x = minimize(loss, np.zeros(k), method="L-BFGS-B").x
@@ -65,25 +61,19 @@ def main(argv=None) -> dict:
     ap.add_argument("truth", help="the archive's per-turn truth (segments.csv)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "prior_correction.json"))
     a = ap.parse_args(argv)
-    import pandas as pd
-
     from emoq_model.calibration import (
         apply_temperature,
         expected_calibration_error,
         fit_temperature,
         load_temperature,
     )
-    from pipeline.evaluation.clips import evaluate
 
     t_bundle = load_temperature(a.bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        pred = pd.read_parquet(evaluate(a.bundle, tmp, features=a.features, split="val")["files"]["predictions"])
-    names = [c[2:] for c in pred.columns if c.startswith("p_")]
-    raw = np.log(pred[[f"p_{n}" for n in names]].to_numpy(np.float64).clip(1e-30)) * t_bundle  # up to a row constant
-    y = pred["label"].map(names.index).to_numpy()
+    _, names, probs, y = validation_predictions(a.bundle, a.features)
+    raw = np.log(probs.astype(np.float64).clip(1e-30)) * t_bundle  # raw log-probabilities, up to a row constant
     k = len(names)
     b = fit_offsets(raw, y)
-    corrected = np.exp(log_softmax(raw + b))
+    corrected = np.exp(log_softmax(raw + b, axis=1))
     t_conf = fit_temperature(corrected, y)
 
     def ua(p: np.ndarray) -> float:
@@ -97,7 +87,7 @@ def main(argv=None) -> dict:
         "ua_after": ua((raw + b).argmax(1)),
         "recall_before": dict(zip(names, recall(raw.argmax(1), y, k))),
         "recall_after": dict(zip(names, recall((raw + b).argmax(1), y, k))),
-        "ece_before": expected_calibration_error(apply_temperature(np.exp(log_softmax(raw)), t_bundle), y),
+        "ece_before": expected_calibration_error(apply_temperature(np.exp(log_softmax(raw, axis=1)), t_bundle), y),
         "ece_after": expected_calibration_error(apply_temperature(corrected, t_conf), y),
     }
     print(
@@ -107,7 +97,7 @@ def main(argv=None) -> dict:
 
     def corrected_probs(probs, groups, start, end):  # the stored, calibrated probabilities -> corrected ones
         z = np.log(np.asarray(probs, np.float64).clip(1e-30)) * t_bundle + b
-        return apply_temperature(np.exp(log_softmax(z)), t_conf)
+        return apply_temperature(np.exp(log_softmax(z, axis=1)), t_conf)
 
     out = {"bundle": a.bundle, "labels": a.labels, "validation": val}
     with tempfile.TemporaryDirectory() as tmp:
