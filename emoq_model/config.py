@@ -155,6 +155,10 @@ class Stage1Config:
     ema: float = 0.0
     # train on the feature cache's speed-perturbed copies too (extract --speed-perturb); false: the recorded rows only
     speed_copies: bool = True
+    # chance that a training example is normalised with the statistics of a label-skewed part of its channel instead
+    # of the whole channel (pipeline.training.resample; per-speaker feature norm only): the model learns emotion that
+    # holds whatever a channel's mix, as a call that is one emotion throughout needs
+    stats_resample: float = 0.0
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Stage2Config:
     # as in stage 1; false: a third of the rows with two copies per turn, e.g. for a stage that starts from a Former
     # stage 1 trained on all of them
     speed_copies: bool = True
+    stats_resample: float = 0.0  # as in stage 1
 
 
 @dataclass
@@ -414,6 +419,10 @@ def validate(cfg: EmoQConfig, check_assets: bool = True) -> EmoQConfig:
             "train.stage*.text_dropout must be in [0, 1)",
         ),
         (all(0.0 <= x.ema < 1.0 for x in (st.stage1, st.stage2)), "train.stage*.ema must be in [0, 1)"),
+        (
+            all(0.0 <= x.stats_resample <= 1.0 for x in (st.stage1, st.stage2)),
+            "train.stage*.stats_resample must be in [0, 1]",
+        ),
         (st.stage2.label_ce_weight >= 0, "train.stage2.label_ce_weight must be >= 0"),
         (st.stage2.distill_weight >= 0, "train.stage2.distill_weight must be >= 0"),
         (st.stage2.lm_weight >= 0, "train.stage2.lm_weight must be >= 0"),

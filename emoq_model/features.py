@@ -596,14 +596,36 @@ def norm_groups(
     return out
 
 
-def group_stats(cache: FeatureCache, groups: Mapping[str, str]) -> dict[str, GroupStats]:
+def group_stats(
+    cache: FeatureCache,
+    groups: Mapping[str, str],
+    utterances: dict[str, StatsAccumulator] | None = None,
+) -> dict[str, GroupStats]:
     """Frame statistics per group (``utt_id -> group``) in one streaming pass over the cache (constant memory; every
-    rank of a training run gets the same, whole-group numbers whatever its share of the rows)."""
+    rank of a training run gets the same, whole-group numbers whatever its share of the rows). ``utterances``: a
+    dict to fill, in the same pass, with every row's own moments (the statistics of any subset of a group are then
+    merged from them, :func:`subset_stats`)."""
     acc: dict[str, StatsAccumulator] = {}
     ids = pa.array(sorted(groups), pa.string())
     expr = pc.field("error").is_null() & pc.field("utt_id").isin(ids)
     for batch in cache.batches(filter=expr, batch_size=64):
         for row in batch.to_pylist():
             it = row_to_item(row, cache.dtype)
-            acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).add(it["frames"])
+            if utterances is None:
+                acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).add(it["frames"])
+                continue
+            own = StatsAccumulator()
+            own.add(it["frames"])
+            if own.s1 is not None:
+                utterances[it["utt_id"]] = own
+            acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).merge(own)
     return {k: a.result() for k, a in acc.items()}
+
+
+def subset_stats(utterances: Mapping[str, StatsAccumulator], utt_ids: Iterable[str]) -> GroupStats:
+    """The statistics of the frames of ``utt_ids`` together, merged from their own moments (:func:`group_stats`)."""
+    acc = StatsAccumulator()
+    for u in utt_ids:
+        if u in utterances:
+            acc.merge(utterances[u])
+    return acc.result()

@@ -89,17 +89,36 @@ class WorkerData:
             min_frames=s.norm_min_frames,
             stats_frames=cfg.former.stats_frames,  # the Former reads its channel's statistics too
         )
-        stats, self.groups = {}, {}
+        stats, self.groups, utterances = {}, {}, None
+        resampling = s.feature_norm == "speaker" and any(
+            x.stats_resample > 0 for x in (cfg.train.stage1, cfg.train.stage2)
+        )
         if self.norm.enabled:
             speaker_stats = cache.speaker_stats()
             if s.feature_norm == "speaker":
                 self.groups = F.norm_groups(cache, pd.concat([train, val]), s.norm_groups, cfg.seed)
                 for u, it in rows.items():
                     it["norm_group"] = self.groups[u]
-                stats = F.group_stats(cache, self.groups)
+                utterances = {} if resampling else None  # each turn's moments, for statistics of channel subsets
+                stats = F.group_stats(cache, self.groups, utterances)
             spk_train = set(train["speaker"].astype(str))
             pool = [v for k, v in speaker_stats.items() if k in spk_train]
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
+        # train.stage*.stats_resample: alternative baselines of every training channel, the same on every rank
+        self.resampler = None
+        if resampling and utterances is not None:
+            from pipeline.training.resample import ChannelResampler
+
+            every = train["utt_id"].astype(str)  # every rank's training rows: baselines over whole channels
+            self.resampler = ChannelResampler(
+                self.norm,
+                {u: self.groups[u] for u in every},
+                dict(zip(every, train["label"].astype(str))),
+                stats,
+                utterances,
+                seed=cfg.seed,
+            )
+            del utterances
         if self.norm.enabled and s.feature_norm == "speaker":  # groups without statistics: over all their rows
             missing = [it for it in rows.values() if str(it.get("norm_group")) not in stats]
             if missing:
@@ -115,6 +134,17 @@ class WorkerData:
         self.train = [items[u] for u in train_ids]  # duplicates (padding) share the arrays
         self.train_recorded = [items[u] for u in recorded_ids]
         self.val = [items[u] for u in val_ids]
+
+    def resample(self, items: list[dict], p: float, rng: np.random.Generator) -> list[dict]:
+        """``train.stage*.stats_resample``: items re-normalised against part of their channel with probability ``p``
+        (:mod:`pipeline.training.resample`); unchanged, drawing nothing, when ``p`` is 0."""
+        if p <= 0:
+            return items
+        if self.resampler is None:
+            raise ValueError(
+                "train.stage*.stats_resample needs per-speaker feature normalisation (--feature-norm speaker)"
+            )
+        return self.resampler.apply(items, p, rng)
 
     def rows_per_rank(self, recorded_only: bool = False) -> int:
         """Training rows this rank sees per epoch (all, or the recorded rows without speed-perturbed copies)."""

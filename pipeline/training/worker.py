@@ -161,6 +161,7 @@ def train_epoch(
     sums: dict[str, float] = {}
     n_seen = 0
     for i, chunk in enumerate(data.epoch_batches(sr.bs, rng, recorded_only=not sr.sc.speed_copies)):
+        chunk = data.resample(chunk, sr.sc.stats_resample, rng)
         batch = collate(drop_transcripts(chunk, sr.sc.text_dropout, rng))
         out = sr.ddp(batch, sr.stage)
         sr.opt.zero_grad(set_to_none=True)
