@@ -1,16 +1,21 @@
 """Streaming training data vs in-memory shards: per-worker peak memory as the feature cache grows 10x, and samples/s.
 
-    .venv/bin/python bench/train_streaming.py [--rows 1000] [--scale 10] [--frames 50] [--json J]
+    .venv/bin/python bench/train_streaming.py [--rows 1000] [--scale 10] [--frames 50] [--epochs 2] [--reps 0]
+        [--json J]
 
 Two synthetic feature caches in the demo config's layout (5 stacked Whisper tiny.en layers x 384, float16,
 ``--frames`` frames per row (50 = 1 s), 8 speakers, random labels: memory and speed only), one with ``--rows``
 training rows, one with ``--scale`` times as many; both with the same 32 validation rows (validation stays in memory
 in both modes, so only the training rows grow). For each (mode, cache): ``run_training`` in a fresh process (own
-local Ray), stage 1 only, 2 epochs, 2 workers x 1 torch thread. Reported from the run's metrics (rank 0):
+local Ray), stage 1 only, ``--epochs`` epochs, 2 workers x 1 torch thread. Reported from the run's metrics (rank 0):
 ``peak_private_mb`` (the worker's peak private resident memory, ``RssAnon``, sampled every step), ``max_rss_mb``
 (peak RSS, which also counts the shared object-store pages that reading Ray Data blocks maps in) and samples/s of
-epoch 1 (epoch 0 is warm-up) = rows trained over both ranks / ``train_s`` (the training pass alone, without
+epochs 1.. (epoch 0 is warm-up) = rows trained over both ranks / ``train_s`` (the training pass alone, without
 validation). Results: ``bench/results/train_streaming.{json,md}`` (``--json``).
+
+Speed on a shared machine swings by +-20 % between runs minutes apart, more than the 10 % the streaming path is
+held to. ``--reps R`` then runs R more (memory, stream) pairs on the large cache, back to back, alternating which
+mode goes first, and reports each pair's ratio and their median: a drift of the machine hits both runs of a pair.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, machine, run_phase, save_results  # noqa: E402
 
-OVR = ["train.stage1.epochs=2", "train.stage1.batch_size=32"]
+OVR = ["train.stage1.batch_size=32"]
 LABELS = ["neutral", "happy", "angry", "sad"]
 
 
-def cfg_():
+def cfg_(epochs: int = 2):
     from emoq_model.config import demo_config_path, load_config
 
-    return load_config(demo_config_path(), OVR)
+    return load_config(demo_config_path(), [*OVR, f"train.stage1.epochs={epochs}"])
 
 
 def synthetic_cache(n_train: int, n_val: int = 32, frames: int = 100) -> str:
@@ -113,13 +118,14 @@ def phase_train(a) -> dict:
         max_failures=0,
     )
     t0 = time.perf_counter()
-    summ = run_training(cfg_(), s)
+    summ = run_training(cfg_(a.epochs), s)
     h = summ["history"][-1]
+    timed = summ["history"][1:] or summ["history"]  # epoch 0 is warm-up
     return {
         "wall_s": time.perf_counter() - t0,
         "max_rss_mb": h["max_rss_mb"],
         "peak_private_mb": h["peak_private_mb"],
-        "samples_per_s": 2 * h["train_rows"] / h["train_s"],
+        "samples_per_s": 2 * sum(x["train_rows"] for x in timed) / sum(x["train_s"] for x in timed),
         "train_rows_per_rank": h["train_rows"],
         "history": [{k: x.get(k) for k in ("epoch", "train_s", "epoch_s", "max_rss_mb")} for x in summ["history"]],
     }
@@ -134,6 +140,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--frames", type=int, default=50, help="frames per row (50 = 1 s of Whisper frames)")
     ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per run; samples/s over all but the first")
+    ap.add_argument("--reps", type=int, default=0, help="more (memory, stream) pairs on the large cache")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_streaming.json"))
     a = ap.parse_args()
     if a.phase != "driver":
@@ -141,23 +149,28 @@ def main() -> None:
         return
     caches = {n: synthetic_cache(n, frames=a.frames) for n in (a.rows, a.rows * a.scale)}
     res: dict[str, dict] = {}
+
+    def run(mode: str, n: int, key: str) -> dict:
+        r = run_phase(
+            str(Path(__file__).resolve()),
+            "train",
+            WORK / "stream_phases" / f"{key}.json",
+            *("--features", caches[n], "--mode", mode, "--epochs", str(a.epochs)),
+            timeout=1500,
+        )
+        print(f"{key}: peak {r['max_rss_mb']:.0f} MiB, {r['samples_per_s']:.1f} samples/s", flush=True)
+        return r
+
     for mode in ("memory", "stream"):
-        for n, path in caches.items():
-            key = f"{mode}_{n}"
-            res[key] = run_phase(
-                str(Path(__file__).resolve()),
-                "train",
-                WORK / "stream_phases" / f"{key}.json",
-                "--features",
-                path,
-                "--mode",
-                mode,
-                timeout=1500,
-            )
-            print(
-                f"{key}: peak {res[key]['max_rss_mb']:.0f} MiB, {res[key]['samples_per_s']:.1f} samples/s", flush=True
-            )
+        for n in caches:
+            res[f"{mode}_{n}"] = run(mode, n, f"{mode}_{n}")
     small, big = a.rows, a.rows * a.scale
+    pairs = []
+    for i in range(a.reps):
+        order = ("stream", "memory") if i % 2 == 0 else ("memory", "stream")  # the first pass ran memory first
+        got = {m: run(m, big, f"rep{i}_{m}_{big}") for m in order}
+        pairs.append({"first": order[0], **{m: got[m]["samples_per_s"] for m in order}})
+        pairs[-1]["ratio"] = pairs[-1]["stream"] / pairs[-1]["memory"]
     ratios = {
         "memory_private_peak_growth": res[f"memory_{big}"]["peak_private_mb"]
         / res[f"memory_{small}"]["peak_private_mb"],
@@ -183,7 +196,23 @@ def main() -> None:
                 f"| {r['samples_per_s']:.1f} |"
             )
     md += ["", *(f"- {k}: {v:.3f}" for k, v in ratios.items())]
-    save_results(a.json, {"machine": machine(), "results": res, "ratios": ratios, "rows": [small, big]}, md)
+    if pairs:
+        import statistics
+
+        ratios["stream_vs_memory_big_pairs_median"] = statistics.median(
+            [ratios["stream_vs_memory_samples_per_s_big"], *(p["ratio"] for p in pairs)]
+        )
+        md += ["", f"Pairs on the {big}-row cache, {a.epochs} epochs each (samples/s of epochs 1..):", ""]
+        md += ["| pair | first | memory | stream | stream ÷ memory |", "| ---: | --- | ---: | ---: | ---: |"]
+        md.append(
+            f"| 0 | memory | {res[f'memory_{big}']['samples_per_s']:.1f} | {res[f'stream_{big}']['samples_per_s']:.1f} "
+            f"| {ratios['stream_vs_memory_samples_per_s_big']:.3f} |"
+        )
+        for i, p in enumerate(pairs, 1):
+            md.append(f"| {i} | {p['first']} | {p['memory']:.1f} | {p['stream']:.1f} | {p['ratio']:.3f} |")
+        md += ["", f"- median of the {len(pairs) + 1} ratios: {ratios['stream_vs_memory_big_pairs_median']:.3f}"]
+    out = {"machine": machine(), "results": res, "ratios": ratios, "rows": [small, big], "epochs": a.epochs}
+    save_results(a.json, {**out, "pairs": pairs}, md)
 
 
 if __name__ == "__main__":

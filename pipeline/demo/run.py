@@ -49,6 +49,9 @@ class DemoConfig:
     train_calls: int = 36  # labelled training calls
     train_customers: int = 13  # distinct customers over the training calls
     val_calls: int = 8  # labelled validation calls (unseen speakers): best epoch and calibration
+    # the validation calls' customer scripts (pipeline.demo.calls.ARCS, comma list): "mixed" (each channel a random
+    # skewed mix, as the training calls), or call-centre scripts such as "escalate,sad,pleased,upset,calm,grieving"
+    val_scripts: str = "mixed"
     calls: int = 12  # calls in the evaluation archive (unseen speakers)
     call_minutes: float = 2.0  # length of each synthetic call
     stage1_epochs: int = 4  # overrides the demo config's train.stage1.epochs (20); 3x the rows with speed_perturb
@@ -63,10 +66,14 @@ class DemoConfig:
     verbose: bool = False  # Ray's, vLLM's and the workers' logs on the console (default: <workdir>/logs/demo.log)
 
     def __post_init__(self):
-        if self.modality not in MODALITIES:
-            from emoq_model.errors import ConfigError
+        from emoq_model.errors import ConfigError
+        from pipeline.demo.calls import ARCS
 
+        if self.modality not in MODALITIES:
             raise ConfigError(f"modality must be one of {sorted(MODALITIES)}, got {self.modality!r}")
+        unknown = [s for s in self.val_scripts.split(",") if s.strip() not in ARCS]
+        if unknown:
+            raise ConfigError(f"val_scripts: unknown scripts {unknown}; known: {sorted(ARCS)}")
 
 
 def step(msg: str) -> None:
@@ -96,7 +103,7 @@ def demo_archives(c: DemoConfig | None = None) -> dict[str, Path]:
         "demo_val_calls",
         n_calls=c.val_calls,
         seed=202,
-        scripts="mixed",
+        scripts=c.val_scripts,
         lines="service",
         n_customers=max(1, c.val_calls // 2),
         id_prefix="val",

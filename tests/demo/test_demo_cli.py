@@ -19,3 +19,10 @@ def test_flags_and_overrides():
 def test_unknown_modality_is_refused():
     with pytest.raises(ConfigError, match="modality"):
         parse_args(["--modality", "video"])
+
+
+def test_validation_scripts_are_checked_early():
+    c = parse_args(["--val-scripts", "calm,upset"])
+    assert c.val_scripts == "calm,upset"
+    with pytest.raises(ConfigError, match="unknown scripts"):
+        parse_args(["--val-scripts", "calm,furious"])
