@@ -64,8 +64,11 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def calibration_report(probs: np.ndarray, y: np.ndarray) -> dict:
-    """Fit ``T`` on (``probs``, ``y``) and report NLL and ECE before / after.
+def calibration_report(probs: np.ndarray, y: np.ndarray, groups=None) -> dict:
+    """Fit ``T`` on (``probs``, ``y``) and report NLL and ECE before / after; with ``groups`` (one per row, e.g. the
+    recording) also the out-of-fold ECE (:func:`crossfit_ece`, ``ece_crossfit``): ``ece_after`` scores ``T`` on the
+    rows it was fitted on and comes out near its minimum whatever the model; the out-of-fold number is what to expect
+    on calls the temperature has not seen.
 
     ``T`` minimises the NLL; on a small validation split that can still raise the binned ECE (measured: 55 rows,
     ECE 0.081 -> 0.091 at T = 1.27). A temperature that makes calibration worse on the very data it was fitted on
@@ -83,7 +86,32 @@ def calibration_report(probs: np.ndarray, y: np.ndarray) -> dict:
         "nll_after": nll(cal, y),
         "ece_before": expected_calibration_error(probs, y),
         "ece_after": expected_calibration_error(cal, y),
+        "ece_crossfit": None if groups is None else crossfit_ece(probs, y, groups),
     }
+
+
+def crossfit_ece(probs: np.ndarray, y: np.ndarray, groups, folds: int = 4) -> float | None:
+    """Out-of-fold ECE of temperature scaling: the groups (e.g. recordings) are dealt into ``folds`` folds, each fold's
+    rows get the temperature fitted on the other folds, and the ECE is taken over all rows so calibrated. The
+    in-sample ``ece_after`` scores ``T`` on the rows it was fitted on; this scores it on rows it has not seen, as
+    labeling will. None with fewer than two groups. (A temperature that would not improve its own fold's training
+    rows is kept at 1, as :func:`calibration_report` does.)"""
+    g = np.asarray([str(x) for x in groups])
+    names = sorted(set(g.tolist()))
+    if len(names) < 2:
+        return None
+    fold_of = {n: i % min(folds, len(names)) for i, n in enumerate(names)}
+    f = np.array([fold_of[x] for x in g])
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
+    out = np.empty_like(p)
+    for k in np.unique(f):
+        train, test = f != k, f == k
+        t = fit_temperature(p[train], y[train])
+        cal = apply_temperature(p[train], t)
+        if expected_calibration_error(cal, y[train]) > expected_calibration_error(p[train], y[train]):
+            t = 1.0
+        out[test] = apply_temperature(p[test], t)
+    return expected_calibration_error(out, y)
 
 
 def save_calibration(bundle_dir: str | os.PathLike, report: dict) -> None:

@@ -193,6 +193,7 @@ class WorkerData:
             "label": names.index(it["label"]),
             "transcript": it.get("transcript"),
             "speaker": it.get("speaker"),
+            "path": it.get("path"),  # the recording: calibration's out-of-fold ECE holds out whole recordings
             "start_s": it.get("start_s"),  # the turn's place in its call: validation fits conversation context
             "end_s": it.get("end_s"),
         }

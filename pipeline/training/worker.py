@@ -225,7 +225,10 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
     state["final"] = True
     val_probs: list = []
     vt, _, _ = evaluate_items(model, data.val, last, s.eval_batch_size, val_probs)
-    where = [(it.get("speaker"), _num(it.get("start_s")), _num(it.get("end_s"))) for it in data.val]
+    where = [
+        (it.get("speaker"), _num(it.get("start_s")), _num(it.get("end_s")), it.get("path") or it.get("speaker"))
+        for it in data.val
+    ]
     parts = gather((vt, val_probs, where))
     y_val = np.array([t for p in parts for t in p[0]], dtype=int)
     p_val = np.array([q for p in parts for q in p[1]], dtype=np.float64).reshape(len(y_val), len(names))
@@ -255,7 +258,7 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
                 starts, ends = [w[1] for w in w_val], [w[2] for w in w_val]
                 context, grid = fit_context(p_val, y_val, groups, starts, ends)
                 p_val = context.apply(p_val, groups, starts, ends)
-            cal = calibration_report(p_val, y_val)
+            cal = calibration_report(p_val, y_val, groups=[w[3] for w in w_val])  # out-of-fold ECE by recording
             cal["context"] = {**context.to_dict(), "grid": grid}
             save_calibration(bundle, cal)
             log(
@@ -263,7 +266,8 @@ def export(model, data: WorkerData, s: TrainSettings, run: RunState, rank: int, 
                 rank,
                 f"calibration on {cal['n']} validation rows: context weight={context.weight:g} "
                 f"tau={context.tau_s:g}s, T={cal['temperature']:.3f}, ECE "
-                f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}",
+                f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f} (out of fold, by recording: "
+                f"{cal['ece_crossfit'] if cal['ece_crossfit'] is None else round(cal['ece_crossfit'], 4)})",
             )
         train_info = {
             "settings": dataclasses.asdict(s),

@@ -125,6 +125,7 @@ def test_archive_quality_beats_chance_and_majority(labelled, trained):
     # calibration was fitted on the validation calls and the output carries the label mass
     cal = json.load(open(os.path.join(trained["summary"]["bundle"], "calibration.json")))
     assert cal["ece_after"] <= cal["ece_before"] + 1e-9 and 0.05 < cal["temperature"] < 20
+    assert 0 <= cal["ece_crossfit"] <= 1  # held out by recording: the worker passed each validation row's call
     seg_rows = pd.read_parquet(rep["files"]["segments"])
     assert seg_rows["label_mass"].between(0, 1.0001).all()
 

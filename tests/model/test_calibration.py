@@ -45,3 +45,22 @@ def test_bundle_file_round_trip(tmp_path):
     assert C.load_temperature(tmp_path) == 1.0  # bundles from before calibration
     C.save_calibration(tmp_path, {"temperature": 1.7, "n": 3})
     assert C.load_temperature(tmp_path) == 1.7
+
+
+def test_out_of_fold_ece_scores_each_group_with_a_temperature_fitted_without_it():
+    """``crossfit_ece``: two groups that need different temperatures. In sample one T fits both on average; out of
+    fold each group gets the other's T, which is worse. By hand: fold A's rows calibrated with T fitted on B, and
+    the other way round."""
+    pa, ya = _overconfident(1500, true_t=3.0, seed=2)  # over-confident by 3
+    pb, yb = _overconfident(1500, true_t=0.8, seed=3)  # slightly under-confident
+    probs, y = np.concatenate([pa, pb]), np.concatenate([ya, yb])
+    groups = ["a"] * len(ya) + ["b"] * len(yb)
+    rep = C.calibration_report(probs, y, groups=groups)
+    ta, tb = C.fit_temperature(pa, ya), C.fit_temperature(pb, yb)
+    by_hand = C.expected_calibration_error(
+        np.concatenate([C.apply_temperature(pa, tb), C.apply_temperature(pb, ta)]), y
+    )
+    assert rep["ece_crossfit"] == pytest.approx(by_hand)
+    assert rep["ece_crossfit"] > rep["ece_after"] + 0.02
+    assert C.calibration_report(probs, y)["ece_crossfit"] is None  # no groups: not computed
+    assert C.crossfit_ece(probs, y, ["a"] * len(y)) is None  # one group: nothing to hold out
