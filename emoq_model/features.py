@@ -611,12 +611,9 @@ def group_stats(
     for batch in cache.batches(filter=expr, batch_size=64):
         for row in batch.to_pylist():
             it = row_to_item(row, cache.dtype)
-            if utterances is None:
-                acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).add(it["frames"])
-                continue
-            own = StatsAccumulator()
+            own = StatsAccumulator()  # merging a row's moments is the same arithmetic as adding its frames
             own.add(it["frames"])
-            if own.s1 is not None:
+            if utterances is not None and own.s1 is not None:
                 utterances[it["utt_id"]] = own
             acc.setdefault(groups[it["utt_id"]], StatsAccumulator()).merge(own)
     return {k: a.result() for k, a in acc.items()}

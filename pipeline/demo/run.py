@@ -67,13 +67,14 @@ class DemoConfig:
 
     def __post_init__(self):
         from emoq_model.errors import ConfigError
-        from pipeline.demo.calls import ARCS
+        from pipeline.demo.calls import _scripts
 
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality must be one of {sorted(MODALITIES)}, got {self.modality!r}")
-        unknown = [s for s in self.val_scripts.split(",") if s.strip() not in ARCS]
-        if unknown:
-            raise ConfigError(f"val_scripts: unknown scripts {unknown}; known: {sorted(ARCS)}")
+        try:
+            _scripts(self.val_scripts)  # the generator's own check, before anything is built
+        except ValueError as e:
+            raise ConfigError(f"val_scripts: {e}") from None
 
 
 def step(msg: str) -> None:

@@ -106,7 +106,7 @@ class WorkerData:
             self.norm.global_stats = F.pooled_stats(pool) if pool else None
         # train.stage*.stats_resample: alternative baselines of every training channel, the same on every rank
         self.resampler = None
-        if resampling and utterances is not None:
+        if resampling:  # per-speaker normalisation: the statistics pass above filled ``utterances``
             from pipeline.training.resample import ChannelResampler
 
             every = train["utt_id"].astype(str)  # every rank's training rows: baselines over whole channels
