@@ -1,13 +1,15 @@
 """Streaming training data vs in-memory shards: per-worker peak memory as the feature cache grows 10x, and samples/s.
 
     .venv/bin/python bench/train_streaming.py [--rows 1000] [--scale 10] [--frames 50] [--epochs 2] [--reps 0]
-        [--json J]
+        [--workers 2] [--json J]
 
 Two synthetic feature caches in the demo config's layout (5 stacked Whisper tiny.en layers x 384, float16,
 ``--frames`` frames per row (50 = 1 s), 8 speakers, random labels: memory and speed only), one with ``--rows``
 training rows, one with ``--scale`` times as many; both with the same 32 validation rows (validation stays in memory
 in both modes, so only the training rows grow). For each (mode, cache): ``run_training`` in a fresh process (own
-local Ray), stage 1 only, ``--epochs`` epochs, 2 workers x 1 torch thread. Reported from the run's metrics (rank 0):
+local Ray), stage 1 only, ``--epochs`` epochs, ``--workers`` workers (2) x 1 torch thread: on this 2-core
+machine 2 workers leave the data tasks no core of their own, 1 leaves them one (as a GPU node's spare CPU cores
+would). Reported from the run's metrics (rank 0):
 ``peak_private_mb`` (the worker's peak private resident memory, ``RssAnon``, sampled every step), ``max_rss_mb``
 (peak RSS, which also counts the shared object-store pages that reading Ray Data blocks maps in) and samples/s of
 epochs 1.. (epoch 0 is warm-up) = rows trained over both ranks / ``train_s`` (the training pass alone, without
@@ -110,7 +112,7 @@ def phase_train(a) -> dict:
         storage_path=str(WORK / "stream_runs"),
         name=f"{a.mode}-{os.getpid()}-{int(time.time())}",
         stages=(1,),
-        num_workers=2,
+        num_workers=a.workers,
         cpus_per_worker=0.5,
         threads_per_worker=1,
         data=a.mode,
@@ -125,7 +127,7 @@ def phase_train(a) -> dict:
         "wall_s": time.perf_counter() - t0,
         "max_rss_mb": h["max_rss_mb"],
         "peak_private_mb": h["peak_private_mb"],
-        "samples_per_s": 2 * sum(x["train_rows"] for x in timed) / sum(x["train_s"] for x in timed),
+        "samples_per_s": a.workers * sum(x["train_rows"] for x in timed) / sum(x["train_s"] for x in timed),
         "train_rows_per_rank": h["train_rows"],
         "history": [{k: x.get(k) for k in ("epoch", "train_s", "epoch_s", "max_rss_mb")} for x in summ["history"]],
     }
@@ -142,6 +144,9 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run; samples/s over all but the first")
     ap.add_argument("--reps", type=int, default=0, help="more (memory, stream) pairs on the large cache")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="Train workers (1 torch thread each); 1 leaves a core to the data tasks"
+    )
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_streaming.json"))
     a = ap.parse_args()
     if a.phase != "driver":
@@ -155,7 +160,7 @@ def main() -> None:
             str(Path(__file__).resolve()),
             "train",
             WORK / "stream_phases" / f"{key}.json",
-            *("--features", caches[n], "--mode", mode, "--epochs", str(a.epochs)),
+            *("--features", caches[n], "--mode", mode, "--epochs", str(a.epochs), "--workers", str(a.workers)),
             timeout=1500,
         )
         print(f"{key}: peak {r['max_rss_mb']:.0f} MiB, {r['samples_per_s']:.1f} samples/s", flush=True)
@@ -211,7 +216,14 @@ def main() -> None:
         for i, p in enumerate(pairs, 1):
             md.append(f"| {i} | {p['first']} | {p['memory']:.1f} | {p['stream']:.1f} | {p['ratio']:.3f} |")
         md += ["", f"- median of the {len(pairs) + 1} ratios: {ratios['stream_vs_memory_big_pairs_median']:.3f}"]
-    out = {"machine": machine(), "results": res, "ratios": ratios, "rows": [small, big], "epochs": a.epochs}
+    out = {
+        "machine": machine(),
+        "results": res,
+        "ratios": ratios,
+        "rows": [small, big],
+        "epochs": a.epochs,
+        "workers": a.workers,
+    }
     save_results(a.json, {**out, "pairs": pairs}, md)
 
 
