@@ -1,13 +1,14 @@
 """Score a labelled archive against per-turn ground truth (per segment, time-weighted, coverage, per channel role).
 
     python jobs/evaluate_archive.py LABELS_DIR TRUTH [--out DIR] [--name NAME] [--min-overlap 0.5]
-        [--labels neutral,happy,angry,sad] [--calm-label neutral] [--timelines 3]
+        [--labels neutral,happy,angry,sad] [--calm-label neutral] [--timelines 3] [--ci-resamples 2000]
 
 ``LABELS_DIR``: the output of ``jobs/label_corpus.py`` (``segments/part-*.parquet``). ``TRUTH``: CSV or Parquet,
 one row per turn (recording_id, channel, start_s, end_s, label[, channel_name]), e.g. the ``segments.csv`` of
 ``pipeline/demo/calls.py``. Writes ``<DIR>/<NAME>.json``, ``<NAME>_confusion.png``, ``<NAME>_segments.parquet``
 and ``timelines/<id>.png`` (predicted and truth lanes of the first N evaluated recordings) (default ``DIR``:
-``LABELS_DIR/eval``). Semantics: ``pipeline/evaluation/archive.py``.
+``LABELS_DIR/eval``). The report carries 95 % intervals of the segment scores from resampling whole recordings
+(``ci``; ``--ci-resamples 0``: none). Semantics: ``pipeline/evaluation/archive.py``.
 """
 
 from __future__ import annotations
@@ -50,9 +51,18 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="N",
         help="timeline pictures (predicted vs truth lanes) of the first N evaluated recordings; 0: none",
     )
+    ap.add_argument(
+        "--ci-resamples",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples of the recordings for the 95%% intervals of the segment scores; 0: none",
+    )
     a = ap.parse_args(argv)
     if a.timelines < 0:
         ap.error(f"--timelines must be >= 0, got {a.timelines}")
+    if a.ci_resamples < 0:
+        ap.error(f"--ci-resamples must be >= 0, got {a.ci_resamples}")
     out = a.out or os.path.join(a.labels_dir, "eval")
     report = evaluate_archive(
         a.labels_dir,
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         label_names=a.labels.split(",") if a.labels else None,
         calm_label=a.calm_label,
         timelines=a.timelines,
+        ci_resamples=a.ci_resamples,
     )
     print(format_archive_report(report))
     print(json.dumps(report["files"]))

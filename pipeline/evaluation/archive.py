@@ -26,6 +26,9 @@ Semantics, and why:
   labels (10 bins), with mean confidence and accuracy: calibration on calls whose speakers the temperature never saw.
 * ``majority``: always predicting the scored segments' most frequent true label (accuracy, UA = 1/classes present,
   macro-F1): emotional speech is rare in calls, so accuracy alone flatters a model that says ``neutral``.
+* ``ci``: 95 % percentile intervals of segment UA, accuracy, macro-F1 and ECE from resampling whole recordings
+  (:mod:`pipeline.evaluation.bootstrap`): a call's segments share a speaker and a script, so the recording is the
+  independent unit; with a dozen calls the interval is wide, and a difference inside it is not a finding.
 * ``by_channel``: segment metrics per truth channel role (agent / customer / ...): roles differ in emotion mix.
 * Calm channels (all truth turns ``calm_label``): ``calm_channel_neutral_share`` = share of their scored segments
   predicted ``calm_label`` (how often a calm speaker is labelled emotional); ``channel_dominant_accuracy``: truth
@@ -134,23 +137,48 @@ def _frame_labels(s: np.ndarray, e: np.ndarray, lab: np.ndarray, k: int, n: int)
     return out
 
 
-def _calibration(probs, labs: list[str], scored: np.ndarray, true_idx: np.ndarray) -> dict | None:
-    """Held-out calibration of the output: ECE (10 equal-width bins) of the scored segments' probabilities against
-    their truth, with mean confidence and accuracy beside it (None when no scored segment has probabilities)."""
+def _probabilities(probs, labs: list[str], scored: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scored segments' probabilities in ``labs`` order and which segments carry them (None: none do)."""
     if probs is None or not scored.any():
         return None
-    from emoq_model.calibration import expected_calibration_error
-
-    has = scored & probs.is_valid().to_numpy(zero_copy_only=False)  # segments that carry probabilities
+    has = scored & probs.is_valid().to_numpy(zero_copy_only=False)
     if not has.any():
         return None
     p = np.array([[dict(r).get(c, 0.0) for c in labs] for r, keep in zip(probs.to_pylist(), has) if keep], np.float64)
+    return p, has
+
+
+def _calibration(probs, labs: list[str], scored: np.ndarray, true_idx: np.ndarray) -> dict | None:
+    """Held-out calibration of the output: ECE (10 equal-width bins) of the scored segments' probabilities against
+    their truth, with mean confidence and accuracy beside it (None when no scored segment has probabilities)."""
+    got = _probabilities(probs, labs, scored)
+    if got is None:
+        return None
+    from emoq_model.calibration import expected_calibration_error
+
+    p, has = got
     y = true_idx[has]
     return {
         "ece": expected_calibration_error(p, y),
         "mean_confidence": float(p.max(1).mean()),
         "accuracy": float((p.argmax(1) == y).mean()),
     }
+
+
+def _intervals(seg, scored, true_idx, pred_lab, probs, labs, n_resamples: int) -> dict | None:
+    """Recording-bootstrap intervals of the segment scores (:mod:`pipeline.evaluation.bootstrap`)."""
+    from pipeline.evaluation.bootstrap import recording_bootstrap
+
+    got = _probabilities(probs, labs, scored)
+    return recording_bootstrap(
+        seg["recording_id"].to_numpy(object)[scored],
+        true_idx[scored],
+        pred_lab[scored],
+        len(labs),
+        probs=None if got is None else got[0],
+        prob_mask=None if got is None else got[1][scored],
+        n_resamples=n_resamples,
+    )
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -175,8 +203,10 @@ def evaluate_archive(
     min_overlap: float = 0.5,
     calm_label: str = "neutral",
     timelines: int = 3,
+    ci_resamples: int = 2000,
 ) -> dict:
-    """Score the labels directory ``labels`` against ``truth`` (see the module docstring); with ``out_dir``, write
+    """Score the labels directory ``labels`` against ``truth`` (see the module docstring), with 95 % intervals of
+    the segment scores from ``ci_resamples`` resamples of the recordings (``ci``; 0: none); with ``out_dir``, write
     ``<name>.json``, ``<name>_confusion.png`` and ``<name>_segments.parquet`` (every predicted segment with
     ``true_label``, ``overlap_s``, ``false_alarm``, ``scored``, ``role``), timeline pictures with truth lanes of
     the first ``timelines`` evaluated recordings (``timelines/<id>.png``) and add their paths as ``files``."""
@@ -320,6 +350,7 @@ def evaluate_archive(
         "n_dominant_channels": len(dom),
         "channel_dominant_accuracy": _ratio(sum(dom), len(dom)),
         "calibration": _calibration(probs, labs, scored, true_idx),
+        "ci": _intervals(seg, scored, true_idx, pred_lab, probs, labs, ci_resamples),
     }
     if out_dir is not None:
         ids = sorted(evaluated)[:timelines]
@@ -387,6 +418,7 @@ def format_archive_report(report: dict) -> str:
     """A short table: headline, per-class recall, one line per channel role, calm channels, counts."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     s, m = report["segment"], report["majority"]
+    ci = report.get("ci")
     lines = [
         f"segment UA {f(s['ua'])}, accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} "
         f"(always-majority '{m['label']}': accuracy {f(m['accuracy'])}, UA {f(m['ua'])}) | time-weighted UA "
@@ -394,6 +426,15 @@ def format_archive_report(report: dict) -> str:
         f"false alarms {report['n_false_alarms']}",
         "recall: " + "  ".join(f"{c} {f(v['recall'])}" for c, v in s["per_class"].items()),
     ]
+    if ci:
+        lines.append(
+            f"{ci['level']:.0%} intervals over {ci['n_recordings']} recordings (bootstrap of whole recordings): "
+            + ", ".join(
+                f"{name} {f(ci[key][0])}-{f(ci[key][1])}"
+                for key, name in (("ua", "UA"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
+                if key in ci
+            )
+        )
     w = max([len(r) for r in report["by_channel"]] + [4])
     for r, c in report["by_channel"].items():
         lines.append(

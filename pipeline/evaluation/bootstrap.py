@@ -1,0 +1,116 @@
+"""Confidence intervals of archive scores by resampling whole recordings (a cluster bootstrap).
+
+Segments of one call share a speaker, a script and a line, so they are not independent draws: an interval over
+segments would be far too narrow (one all-call angry customer can hold most of an archive's angry segments). The
+unit resampled here is the recording. Each recording is reduced once to its confusion counts and its calibration
+bin sums, so a resample's scores are sums of small arrays; ``scipy.stats.bootstrap`` draws the resamples
+(percentile intervals: they stay defined when a resample is degenerate, e.g. every recording labelled perfectly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+N_BINS = 10  # as emoq_model.calibration.expected_calibration_error
+
+
+def recording_tables(
+    recording: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-recording confusion counts ``[R, k, k + 1]`` (true x predicted; column ``k`` = a prediction outside the
+    labels, always wrong) and the recording of each row (``recording`` as codes ``0..R-1``)."""
+    codes, _ = _codes(recording)
+    conf = np.zeros((codes.max() + 1, k, k + 1), np.int64)
+    np.add.at(conf, (codes, np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return conf, codes
+
+
+def calibration_bins(codes: np.ndarray, n_recordings: int, probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    """Per-recording sums of the ECE's equal-width confidence bins ``[R, N_BINS, 3]``: count, confidence,
+    correct."""
+    p = np.asarray(probs, np.float64)
+    conf, correct = p.max(-1), p.argmax(-1) == np.asarray(y_true, np.int64)
+    b = np.minimum((conf * N_BINS).astype(int), N_BINS - 1)
+    out = np.zeros((n_recordings, N_BINS, 3))
+    for j, v in enumerate((np.ones_like(conf), conf, correct.astype(np.float64))):
+        np.add.at(out[..., j], (codes, b), v)
+    return out
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """UA, accuracy and macro-F1 from confusion counts ``[..., k, k + 1]``, with ``classification_report``'s
+    conventions: UA over the classes present in the truth, F1 over the classes present in truth or prediction."""
+    k = conf.shape[-2]
+    tp = np.diagonal(conf[..., :k], axis1=-2, axis2=-1).astype(np.float64)
+    support = conf.sum(-1).astype(np.float64)
+    predicted = conf[..., :k].sum(-2).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
+        return {
+            "ua": np.nanmean(recall, -1),
+            "accuracy": tp.sum(-1) / support.sum(-1),
+            "macro_f1": np.nanmean(f1, -1),
+        }
+
+
+def ece_from_bins(bins: np.ndarray) -> np.ndarray:
+    """ECE from summed bins ``[..., N_BINS, 3]``: sum over bins of |correct - confidence| / n."""
+    return np.abs(bins[..., 2] - bins[..., 1]).sum(-1) / bins[..., 0].sum(-1)
+
+
+def recording_bootstrap(
+    recording,
+    y_true,
+    y_pred,
+    k: int,
+    probs=None,
+    prob_mask=None,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict | None:
+    """Percentile intervals of segment UA, accuracy, macro-F1 (and ECE with ``probs``, the rows of ``prob_mask``)
+    over ``n_resamples`` resamples of the recordings; None with fewer than 2 recordings. ``y_pred`` == ``k``: a
+    prediction outside the labels."""
+    from scipy.stats import bootstrap
+
+    conf, codes = recording_tables(np.asarray(recording), y_true, y_pred, k)
+    n_rec = conf.shape[0]
+    if n_rec < 2 or n_resamples <= 0:
+        return None
+    tables = {"conf": conf}
+    if probs is not None and len(probs):
+        mask = np.ones(len(codes), bool) if prob_mask is None else np.asarray(prob_mask, bool)
+        tables["bins"] = calibration_bins(codes[mask], n_rec, probs, np.asarray(y_true)[mask])
+
+    def stat(name):
+        def f(idx, axis=-1):
+            idx = np.asarray(idx, np.int64)
+            if name == "ece":
+                return ece_from_bins(tables["bins"][idx].sum(-3))
+            return scores_from_confusion(tables["conf"][idx].sum(-3))[name]
+
+        return f
+
+    out: dict = {"level": level, "n_recordings": n_rec, "n_resamples": n_resamples, "method": "percentile"}
+    names = ["ua", "accuracy", "macro_f1"] + (["ece"] if "bins" in tables else [])
+    for name in names:
+        res = bootstrap(
+            (np.arange(n_rec),),
+            stat(name),
+            n_resamples=n_resamples,
+            batch=max(1, min(n_resamples, 2_000_000 // (n_rec * (k + 1) * k))),
+            vectorized=True,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        ci = res.confidence_interval
+        out[name] = [None if np.isnan(v) else float(v) for v in (ci.low, ci.high)]  # NaN: undefined in resamples
+    return out
+
+
+def _codes(values) -> tuple[np.ndarray, np.ndarray]:
+    uniq, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    return codes.astype(np.int64), uniq
