@@ -151,6 +151,23 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     return ap
 
 
+def train_settings(a: argparse.Namespace):
+    """The flags' ``TrainSettings``, every local path made absolute: the Train workers do not run in the
+    driver's working directory."""
+    from pipeline.training import TrainSettings
+
+    kw = dataclass_kwargs(a, a.settings)
+    kw.update(
+        features=_abs(a.features),
+        storage_path=_abs(kw["storage_path"]),
+        bundle_out=_abs(kw["bundle_out"]),
+        init_bundle=_abs(kw["init_bundle"]),
+        name=kw["name"] or f"emoq-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        verbose=a.verbose,
+    )
+    return TrainSettings(**kw)
+
+
 def train_from_args(a: argparse.Namespace) -> dict:
     """Run the training the flags describe: a bar over all epochs with each epoch's validation line (followed
     from the run's ``metrics.jsonl``), logs to ``<run dir>/logs/train.log``; then the optional evaluation.
@@ -158,20 +175,12 @@ def train_from_args(a: argparse.Namespace) -> dict:
     from emoq_model.config import demo_config_path, load_config
     from pipeline.console import default_log_path, follow_train_metrics, line_buffered, note_ray_session, quiet_logs
     from pipeline.ray_env import init_ray
-    from pipeline.training import TrainSettings, run_training
+    from pipeline.training import run_training
     from pipeline.training.settings import METRICS_FILE
 
     line_buffered()
     cfg = load_config(a.config or demo_config_path(), a.set)
-    kw = dataclass_kwargs(a, a.settings)
-    kw.update(
-        features=_abs(a.features),
-        storage_path=_abs(kw["storage_path"]),
-        bundle_out=_abs(kw["bundle_out"]),
-        name=kw["name"] or f"emoq-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-        verbose=a.verbose,
-    )
-    s = TrainSettings(**kw)
+    s = train_settings(a)
     epochs = sum(getattr(cfg.train, f"stage{k}").epochs for k in s.stages)
     follow = "://" not in s.run_dir and not a.verbose  # a run on object storage prints its summary at the end
     with quiet_logs(default_log_path(s.run_dir, "train"), a.verbose) as log_path:
