@@ -414,6 +414,45 @@ def _write(
     return files
 
 
+def compare_to_baseline(segments: str, baseline_segments: str, n_resamples: int = 2000) -> dict | None:
+    """``segments`` minus ``baseline_segments`` (two ``<name>_segments.parquet`` of :func:`evaluate_archive`, one
+    archive and truth): segment UA, accuracy and macro-F1 of each, their difference and its interval from
+    resampling the recordings once for both (:func:`pipeline.evaluation.bootstrap.paired_difference`)."""
+    from pipeline.evaluation.bootstrap import paired_difference
+
+    frames = [
+        pd.read_parquet(p, columns=["recording_id", "label", "true_label", "scored"])
+        for p in (baseline_segments, segments)
+    ]
+    frames = [f[f["scored"].fillna(False).astype(bool)] for f in frames]
+    labs = sorted({lab for f in frames for col in ("true_label", "label") for lab in f[col].dropna()})
+    k = len(labs)
+    idx = {lab: i for i, lab in enumerate(labs)}
+    sides = [
+        (
+            f["recording_id"].astype(str).to_numpy(),
+            f["true_label"].map(idx).to_numpy(np.int64),
+            f["label"].map(idx).fillna(k).to_numpy(np.int64),
+        )
+        for f in frames
+    ]
+    return paired_difference(sides[0], sides[1], k, n_resamples=n_resamples)
+
+
+def format_comparison(cmp: dict | None, baseline: str) -> str:
+    """One line per score: this labeling against the baseline, with the paired interval of the difference."""
+    if not cmp:
+        return f"against {baseline}: fewer than 2 recordings scored in both, no comparison"
+    lines = [f"against {baseline} (paired over {cmp['n_recordings']} recordings, {cmp['level']:.0%} intervals):"]
+    for key, name in (("ua", "segment UA"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        c = cmp[key]
+        lines.append(
+            f"  {name}: {c['a']:.3f} -> {c['b']:.3f}, difference {c['b_minus_a']:+.3f} "
+            f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], higher in {c['p_b_better']:.0%} of resamples"
+        )
+    return "\n".join(lines)
+
+
 def format_archive_report(report: dict) -> str:
     """A short table: headline, per-class recall, one line per channel role, calm channels, counts."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

@@ -111,6 +111,62 @@ def recording_bootstrap(
     return out
 
 
+def paired_difference(
+    a: tuple,
+    b: tuple,
+    k: int,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict | None:
+    """Two labelings of one archive, ``a`` and ``b`` (each ``(recording, y_true, y_pred)`` of its scored segments;
+    their segmentations may differ): each score of both, ``b - a`` and its percentile interval over resamples of
+    the recordings both scored, drawn once for both, so that what the recordings share (a hard caller, an easy
+    script) cancels and a difference much smaller than either interval can still be told from noise. ``p_b_better``:
+    the share of resamples in which ``b`` scores higher. None with fewer than 2 shared recordings."""
+    from scipy.stats import bootstrap
+
+    recs = [np.asarray(x[0]).astype(str) for x in (a, b)]
+    shared = np.intersect1d(recs[0], recs[1])
+    if len(shared) < 2 or n_resamples <= 0:
+        return None
+    confs = []
+    for (_, yt, yp), rec in zip((a, b), recs):
+        keep = np.isin(rec, shared)
+        codes = np.searchsorted(shared, rec[keep])
+        conf = np.zeros((len(shared), k, k + 1), np.int64)
+        np.add.at(conf, (codes, np.asarray(yt)[keep], np.asarray(yp)[keep]), 1)
+        confs.append(conf)
+    out: dict = {"level": level, "n_recordings": len(shared), "n_resamples": n_resamples, "method": "percentile"}
+    for name in ("ua", "accuracy", "macro_f1"):
+
+        def diff(idx, axis=-1, name=name):
+            idx = np.asarray(idx, np.int64)
+            sa, sb = (scores_from_confusion(c[idx].sum(-3))[name] for c in confs)
+            return sb - sa
+
+        res = bootstrap(
+            (np.arange(len(shared)),),
+            diff,
+            n_resamples=n_resamples,
+            batch=max(1, min(n_resamples, 2_000_000 // (len(shared) * (k + 1) * k))),
+            vectorized=True,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        full = [float(scores_from_confusion(c.sum(0))[name]) for c in confs]
+        ci = res.confidence_interval
+        out[name] = {
+            "a": full[0],
+            "b": full[1],
+            "b_minus_a": full[1] - full[0],
+            "ci": [float(ci.low), float(ci.high)],
+            "p_b_better": float((res.bootstrap_distribution > 0).mean()),
+        }
+    return out
+
+
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:
     uniq, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
     return codes.astype(np.int64), uniq

@@ -1,5 +1,7 @@
 """pipeline/evaluation/bootstrap.py: recording-bootstrap intervals of archive scores (no Ray)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from pipeline.evaluation.archive import evaluate_archive, format_archive_report
 from pipeline.evaluation.bootstrap import (
     calibration_bins,
     ece_from_bins,
+    paired_difference,
     recording_bootstrap,
     recording_tables,
     scores_from_confusion,
@@ -109,3 +112,58 @@ def test_evaluate_archive_reports_intervals(tmp_path):
     assert ci["ece"][0] <= rep["calibration"]["ece"] <= ci["ece"][1]
     assert "95% intervals over 6 recordings" in format_archive_report(rep)
     assert evaluate_archive(write_labels(tmp_path / "b", rows), pd.DataFrame(truth), ci_resamples=0)["ci"] is None
+
+
+def test_paired_difference_cancels_what_recordings_share():
+    """b fixes 3 wrong segments in every recording of a labeling whose recordings differ widely in difficulty:
+    the paired interval of b - a is far narrower than either labeling's own interval and lies above 0; the
+    same labeling twice differs by exactly 0."""
+    g = np.random.default_rng(4)
+    rec, yt, ya = [], [], []
+    for r in range(12):
+        skill = g.uniform(0.2, 0.9)  # an easy or a hard caller
+        for _ in range(30):
+            t = int(g.integers(4))
+            rec.append(f"c{r}")
+            yt.append(t)
+            ya.append(t if g.random() < skill else (t + 1) % 4)
+    rec, yt, ya = np.array(rec), np.array(yt), np.array(ya)
+    yb = ya.copy()
+    for r in range(12):
+        wrong = np.flatnonzero((rec == f"c{r}") & (ya != yt))[:3]
+        yb[wrong] = yt[wrong]
+    cmp = paired_difference((rec, yt, ya), (rec, yt, yb), 4, n_resamples=1000)
+    own = recording_bootstrap(rec, yt, ya, 4, n_resamples=1000)
+    for key in ("ua", "accuracy", "macro_f1"):
+        c = cmp[key]
+        assert c["b"] > c["a"] and c["ci"][0] > 0 and c["p_b_better"] == 1.0
+        assert c["ci"][1] - c["ci"][0] < 0.5 * (own[key][1] - own[key][0])
+    assert cmp["accuracy"]["b_minus_a"] == pytest.approx(36 / 360)
+    want = classification_report([LABELS[t] for t in yt], [LABELS[p] for p in yb], LABELS)
+    assert cmp["ua"]["b"] == pytest.approx(want["ua"]) and cmp["macro_f1"]["b"] == pytest.approx(want["macro_f1"])
+    same = paired_difference((rec, yt, ya), (rec, yt, ya), 4, n_resamples=200)
+    assert same["ua"]["b_minus_a"] == 0 and same["ua"]["ci"] == [0.0, 0.0] and same["ua"]["p_b_better"] == 0
+    # only the recordings both labelings scored are compared
+    part = paired_difference((rec, yt, ya), (rec[:60], yt[:60], yb[:60]), 4, n_resamples=200)
+    assert part["n_recordings"] == 2
+    assert paired_difference((rec, yt, ya), (rec[:30], yt[:30], yb[:30]), 4) is None
+
+
+def test_cli_compares_with_a_baseline_labeling(tmp_path, capsys):
+    from jobs.evaluate_archive import main
+
+    truth, good, bad = [], [], []
+    for r in range(4):
+        for i in range(6):
+            lab = LABELS[(r + i) % 4]
+            truth.append(turn(f"r{r}", 1, 2.0 * i, 2.0 * i + 1, lab))
+            good.append(seg(f"r{r}", 1, 2.0 * i, 2.0 * i + 1, lab, i))
+            bad.append(seg(f"r{r}", 1, 2.0 * i, 2.0 * i + 1, lab if i % 2 else "neutral", i))
+    pd.DataFrame(truth).to_csv(tmp_path / "t.csv", index=False)
+    new, old = write_labels(tmp_path / "new", good), write_labels(tmp_path / "old", bad)
+    rep = main([new, str(tmp_path / "t.csv"), "--baseline", old, "--ci-resamples", "300"])
+    c = rep["comparison"]
+    assert c["n_recordings"] == 4 and c["accuracy"]["a"] < c["accuracy"]["b"] == 1.0
+    assert c["accuracy"]["b_minus_a"] == pytest.approx(1.0 - c["accuracy"]["a"]) and c["accuracy"]["ci"][0] > 0
+    assert json.load(open(rep["files"]["json"]))["comparison"] == c
+    assert "against " + old + " (paired over 4 recordings" in capsys.readouterr().out
