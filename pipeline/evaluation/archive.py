@@ -148,10 +148,10 @@ def _probabilities(probs, labs: list[str], scored: np.ndarray) -> tuple[np.ndarr
     return p, has
 
 
-def _calibration(probs, labs: list[str], scored: np.ndarray, true_idx: np.ndarray) -> dict | None:
-    """Held-out calibration of the output: ECE (10 equal-width bins) of the scored segments' probabilities against
-    their truth, with mean confidence and accuracy beside it (None when no scored segment has probabilities)."""
-    got = _probabilities(probs, labs, scored)
+def _calibration(got: tuple[np.ndarray, np.ndarray] | None, true_idx: np.ndarray) -> dict | None:
+    """Held-out calibration of the output: ECE (10 equal-width bins) of the scored segments' probabilities
+    (``got``, from :func:`_probabilities`) against their truth, with mean confidence and accuracy beside it (None
+    when no scored segment has probabilities)."""
     if got is None:
         return None
     from emoq_model.calibration import expected_calibration_error
@@ -165,16 +165,16 @@ def _calibration(probs, labs: list[str], scored: np.ndarray, true_idx: np.ndarra
     }
 
 
-def _intervals(seg, scored, true_idx, pred_lab, probs, labs, n_resamples: int) -> dict | None:
-    """Recording-bootstrap intervals of the segment scores (:mod:`pipeline.evaluation.bootstrap`)."""
+def _intervals(seg, scored, true_idx, pred_lab, got, k: int, n_resamples: int) -> dict | None:
+    """Recording-bootstrap intervals of the segment scores (:mod:`pipeline.evaluation.bootstrap`); ``got`` from
+    :func:`_probabilities`."""
     from pipeline.evaluation.bootstrap import recording_bootstrap
 
-    got = _probabilities(probs, labs, scored)
     return recording_bootstrap(
         seg["recording_id"].to_numpy(object)[scored],
         true_idx[scored],
         pred_lab[scored],
-        len(labs),
+        k,
         probs=None if got is None else got[0],
         prob_mask=None if got is None else got[1][scored],
         n_resamples=n_resamples,
@@ -324,6 +324,7 @@ def evaluate_archive(
             "majority_accuracy": _majority(yt, labs)["accuracy"],
         }
     calm = np.concatenate(calm_segs) if calm_segs else np.zeros(0, np.int64)
+    scored_probs = _probabilities(probs, labs, scored)  # read once for the calibration and the intervals
     report = {
         "labels": labs,
         "n_pred_segments": int(n),
@@ -349,8 +350,8 @@ def evaluate_archive(
         "calm_channel_neutral_share": _ratio((pred_lab[calm] == calm_idx).sum(), len(calm)),
         "n_dominant_channels": len(dom),
         "channel_dominant_accuracy": _ratio(sum(dom), len(dom)),
-        "calibration": _calibration(probs, labs, scored, true_idx),
-        "ci": _intervals(seg, scored, true_idx, pred_lab, probs, labs, ci_resamples),
+        "calibration": _calibration(scored_probs, true_idx),
+        "ci": _intervals(seg, scored, true_idx, pred_lab, scored_probs, k, ci_resamples),
     }
     if out_dir is not None:
         ids = sorted(evaluated)[:timelines]

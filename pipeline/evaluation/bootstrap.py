@@ -15,13 +15,17 @@ N_BINS = 10  # as emoq_model.calibration.expected_calibration_error
 
 
 def recording_tables(
-    recording: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int
+    recording: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int, order: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-recording confusion counts ``[R, k, k + 1]`` (true x predicted; column ``k`` = a prediction outside the
-    labels, always wrong) and the recording of each row (``recording`` as codes ``0..R-1``)."""
-    codes, _ = _codes(recording)
-    conf = np.zeros((codes.max() + 1, k, k + 1), np.int64)
-    np.add.at(conf, (codes, np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    labels, always wrong) and each row's recording code; ``order``: the recordings (sorted strings) and their order,
+    rows of others left out (default: every recording in ``recording``)."""
+    rec = np.asarray(recording).astype(str)
+    order = np.unique(rec) if order is None else order
+    keep = np.isin(rec, order)
+    codes = np.searchsorted(order, rec[keep])
+    conf = np.zeros((len(order), k, k + 1), np.int64)
+    np.add.at(conf, (codes, np.asarray(y_true, np.int64)[keep], np.asarray(y_pred, np.int64)[keep]), 1)
     return conf, codes
 
 
@@ -59,6 +63,22 @@ def ece_from_bins(bins: np.ndarray) -> np.ndarray:
     return np.abs(bins[..., 2] - bins[..., 1]).sum(-1) / bins[..., 0].sum(-1)
 
 
+def _percentile(stat, n_rec: int, k: int, n_resamples: int, level: float, seed: int):
+    """``scipy.stats.bootstrap`` over the recording indices ``0..n_rec-1``, vectorised in batches of bounded size."""
+    from scipy.stats import bootstrap
+
+    return bootstrap(
+        (np.arange(n_rec),),
+        stat,
+        n_resamples=n_resamples,
+        batch=max(1, min(n_resamples, 2_000_000 // (n_rec * (k + 1) * k))),
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+
+
 def recording_bootstrap(
     recording,
     y_true,
@@ -73,8 +93,6 @@ def recording_bootstrap(
     """Percentile intervals of segment UA, accuracy, macro-F1 (and ECE with ``probs``, the rows of ``prob_mask``)
     over ``n_resamples`` resamples of the recordings; None with fewer than 2 recordings. ``y_pred`` == ``k``: a
     prediction outside the labels."""
-    from scipy.stats import bootstrap
-
     conf, codes = recording_tables(np.asarray(recording), y_true, y_pred, k)
     n_rec = conf.shape[0]
     if n_rec < 2 or n_resamples <= 0:
@@ -96,17 +114,7 @@ def recording_bootstrap(
     out: dict = {"level": level, "n_recordings": n_rec, "n_resamples": n_resamples, "method": "percentile"}
     names = ["ua", "accuracy", "macro_f1"] + (["ece"] if "bins" in tables else [])
     for name in names:
-        res = bootstrap(
-            (np.arange(n_rec),),
-            stat(name),
-            n_resamples=n_resamples,
-            batch=max(1, min(n_resamples, 2_000_000 // (n_rec * (k + 1) * k))),
-            vectorized=True,
-            confidence_level=level,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-        ci = res.confidence_interval
+        ci = _percentile(stat(name), n_rec, k, n_resamples, level, seed).confidence_interval
         out[name] = [None if np.isnan(v) else float(v) for v in (ci.low, ci.high)]  # NaN: undefined in resamples
     return out
 
@@ -124,19 +132,10 @@ def paired_difference(
     the recordings both scored, drawn once for both, so that what the recordings share (a hard caller, an easy
     script) cancels and a difference much smaller than either interval can still be told from noise. ``p_b_better``:
     the share of resamples in which ``b`` scores higher. None with fewer than 2 shared recordings."""
-    from scipy.stats import bootstrap
-
-    recs = [np.asarray(x[0]).astype(str) for x in (a, b)]
-    shared = np.intersect1d(recs[0], recs[1])
+    shared = np.intersect1d(np.asarray(a[0]).astype(str), np.asarray(b[0]).astype(str))
     if len(shared) < 2 or n_resamples <= 0:
         return None
-    confs = []
-    for (_, yt, yp), rec in zip((a, b), recs):
-        keep = np.isin(rec, shared)
-        codes = np.searchsorted(shared, rec[keep])
-        conf = np.zeros((len(shared), k, k + 1), np.int64)
-        np.add.at(conf, (codes, np.asarray(yt)[keep], np.asarray(yp)[keep]), 1)
-        confs.append(conf)
+    confs = [recording_tables(*side, k, order=shared)[0] for side in (a, b)]
     out: dict = {"level": level, "n_recordings": len(shared), "n_resamples": n_resamples, "method": "percentile"}
     for name in ("ua", "accuracy", "macro_f1"):
 
@@ -145,16 +144,7 @@ def paired_difference(
             sa, sb = (scores_from_confusion(c[idx].sum(-3))[name] for c in confs)
             return sb - sa
 
-        res = bootstrap(
-            (np.arange(len(shared)),),
-            diff,
-            n_resamples=n_resamples,
-            batch=max(1, min(n_resamples, 2_000_000 // (len(shared) * (k + 1) * k))),
-            vectorized=True,
-            confidence_level=level,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        res = _percentile(diff, len(shared), k, n_resamples, level, seed)
         full = [float(scores_from_confusion(c.sum(0))[name]) for c in confs]
         ci = res.confidence_interval
         out[name] = {
@@ -165,8 +155,3 @@ def paired_difference(
             "p_b_better": float((res.bootstrap_distribution > 0).mean()),
         }
     return out
-
-
-def _codes(values) -> tuple[np.ndarray, np.ndarray]:
-    uniq, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
-    return codes.astype(np.int64), uniq
