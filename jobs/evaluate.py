@@ -2,6 +2,7 @@
 
     python jobs/evaluate.py BUNDLE OUT_DIR (--features CACHE | --manifest MANIFEST) [--split test]
         [--backend hf|vllm] [--head llm|aux] [--batch-size 32] [--name NAME] [--device cpu]
+        [--norm-groups channels|speaker] [--ci-resamples 2000]
 
 What it does, step by step: :mod:`pipeline.evaluation.clips` (this file only parses the arguments).
 """
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
         "(optimistic on balanced corpora)",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated channels")
+    ap.add_argument(
+        "--ci-resamples",
+        type=int,
+        default=2000,
+        help="bootstrap resamples of the held-out recordings (calls) or speakers for 95%% intervals (0: none)",
+    )
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return evaluate(
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=a.device,
         norm_groups=a.norm_groups,
         seed=a.seed,
+        ci_resamples=a.ci_resamples,
     )
 
 

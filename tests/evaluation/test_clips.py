@@ -101,6 +101,9 @@ def test_evaluate_writes_report_plot_predictions(bundle, cache, tmp_path):
     preds = pd.read_parquet(rep["files"]["predictions"])
     assert list(preds.columns[:5]) == ["utt_id", "speaker", "label", "prediction", "confidence"]
     assert np.allclose(preds[[f"p_{c}" for c in LABELS]].sum(axis=1), 1, atol=1e-5)
+    # intervals over the held-out speakers (isolated clips), holding the point estimate
+    ci = rep["ci"]
+    assert ci["unit"] == "speaker" and ci["n_recordings"] == 2 and ci["ua"][0] <= rep["ua"] <= ci["ua"][1]
     # the aux head (stage-1 bundles) and the CLI
     aux = evaluate(bundle, str(tmp_path), features=cache, split="test", head="aux")
     assert aux["n"] == 16 and aux["files"]["json"].endswith("test_hf_aux.json")
@@ -125,3 +128,40 @@ def test_evaluate_rejects_mismatches(bundle, cache, tmp_path):
         evaluate(bundle, str(tmp_path / "o"), features=cache, split="nope")
     with pytest.raises(ValueError, match="exactly one"):
         evaluate(bundle, str(tmp_path / "o"))
+
+
+class _Cache:
+    def __init__(self, groups: str | None):
+        self.meta = {"groups": groups} if groups else {}
+
+
+def _items(units: list[str], key: str) -> list[dict]:
+    return [
+        {"path": f"/a/{u}_{i}.wav", "speaker": u}
+        if key == "speaker"
+        else {"path": f"/a/{u}.wav", "speaker": f"{u}/ch{i % 2}"}
+        for u in units
+        for i in range(8)
+    ]
+
+
+def test_intervals_resample_held_out_units():
+    """Speakers for isolated clips, recordings for turns of calls; a split of one perfect and one hopeless unit
+    spans nearly everything, however many rows each holds."""
+    from pipeline.evaluation.clips import _intervals, format_intervals
+
+    y = np.tile(np.arange(4), 4)  # 16 rows, 8 per unit
+    pred = np.where(np.arange(16) < 8, y, (y + 1) % 4)  # the first unit all right, the second all wrong
+    probs = np.eye(4)[pred] * 0.9 + 0.025
+    ci = _intervals(_Cache(None), _items(["a", "b"], "speaker"), y, pred, probs, 4, 500)
+    assert ci["unit"] == "speaker" and ci["n_recordings"] == 2
+    assert ci["ua"][0] <= 0.05 and ci["ua"][1] >= 0.95 and "ece" in ci
+    calls = _intervals(_Cache("channels"), _items(["c1", "c2"], "recording"), y, pred, probs, 4, 500)
+    assert calls["unit"] == "recording" and calls["n_recordings"] == 2  # two channels each, one call
+    line = format_intervals(ci)
+    assert "over 2 speakers" in line and "UA 0.000-1.000" in line
+    # the same rows as one unit each would give a narrow interval: the unit is what makes it honest
+    per_row = _intervals(_Cache(None), [{"path": str(i), "speaker": str(i)} for i in range(16)], y, pred, probs, 4, 500)
+    assert per_row["n_recordings"] == 16 and per_row["ua"][1] - per_row["ua"][0] < 0.6
+    assert _intervals(_Cache(None), _items(["a"], "speaker")[:8], y[:8], pred[:8], probs[:8], 4, 500) is None
+    assert _intervals(_Cache(None), _items(["a", "b"], "speaker"), y, pred, probs, 4, 0) is None
