@@ -102,9 +102,9 @@ def _evaluate(bundle: Path, features: Path) -> dict:
     return out
 
 
-def _pooled(frames: np.ndarray, mean=None, std=None) -> np.ndarray:
-    f = frames if mean is None else (frames - mean[:, None]) / std[:, None]
-    return np.concatenate([f.mean(1).ravel(), f.std(1).ravel()])
+def _pooled(frames: np.ndarray) -> np.ndarray:
+    """Per-layer mean and std over time of ``[L, T, D]`` frames, flattened."""
+    return np.concatenate([frames.mean(1).ravel(), frames.std(1).ravel()])
 
 
 def probe(
@@ -118,26 +118,38 @@ def probe(
     from sklearn.metrics import recall_score
     from sklearn.preprocessing import StandardScaler
 
-    from emoq_model.features import FeatureCache, StatsAccumulator, is_speed_copy, simulated_channels
+    from emoq_model.features import (
+        FeatureCache,
+        StatsAccumulator,
+        is_speed_copy,
+        normalize_frames,
+        simulated_channels,
+        subset_stats,
+    )
 
     rows = [r for r in FeatureCache(features).iter_items() if not is_speed_copy(r["utt_id"])]
     idx = pd.DataFrame([{k: r[k] for k in ("utt_id", "speaker", "label")} for r in rows])
     frames = [np.asarray(r["frames"], np.float32) for r in rows]  # [L, T, D]
     y, spk = idx["label"].to_numpy(), idx["speaker"].to_numpy()
     fold_of = np.array_split(np.random.default_rng(0).permutation(np.unique(spk)), folds)
+    own: dict[str, StatsAccumulator] = {}  # each clip's moments, once; a group's statistics are merged from them
+    for u, f in zip(idx["utt_id"], frames):
+        own[u] = StatsAccumulator()
+        own[u].add(f)
 
     def normalised(group: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-        acc: dict[str, StatsAccumulator] = {}
-        for u, f in zip(idx["utt_id"], frames):
-            acc.setdefault(group[u], StatsAccumulator()).add(f)
-        stats = {g: a.result() for g, a in acc.items()}
-        x, s = [], []
-        for u, f in zip(idx["utt_id"], frames):
-            st = stats[group[u]]
-            mean, std = np.asarray(st.mean, np.float32), np.asarray(st.std, np.float32)
-            x.append(_pooled(f, mean, std))
-            s.append(np.concatenate([mean.ravel(), std.ravel()]))
-        return np.array(x), np.array(s)
+        members = pd.Series(list(group)).groupby(pd.Series(list(group.values()))).agg(list)
+        stats = {g: subset_stats(own, ids) for g, ids in members.items()}
+        x = np.array(
+            [
+                _pooled(normalize_frames(f, stats[group[u]].mean, stats[group[u]].std))
+                for u, f in zip(idx["utt_id"], frames)
+            ]
+        )
+        s = np.array(
+            [np.concatenate([stats[group[u]].mean.ravel(), stats[group[u]].std.ravel()]) for u in idx["utt_id"]]
+        )
+        return x, s
 
     def cv(x: np.ndarray) -> list[float]:
         out = []

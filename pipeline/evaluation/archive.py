@@ -51,6 +51,7 @@ import pyarrow.dataset as ds
 
 from emoq_model.io import resolve, write_json, write_parquet
 from emoq_model.metrics import classification_report, plot_confusion, safe_name
+from pipeline.evaluation.bootstrap import format_intervals
 
 STEP = 0.01  # grid of the time-weighted metrics (s)
 
@@ -467,14 +468,7 @@ def format_archive_report(report: dict) -> str:
         "recall: " + "  ".join(f"{c} {f(v['recall'])}" for c, v in s["per_class"].items()),
     ]
     if ci:
-        lines.append(
-            f"{ci['level']:.0%} intervals over {ci['n_recordings']} recordings (bootstrap of whole recordings): "
-            + ", ".join(
-                f"{name} {f(ci[key][0])}-{f(ci[key][1])}"
-                for key, name in (("ua", "UA"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
-                if key in ci
-            )
-        )
+        lines.append(format_intervals(ci))
     w = max([len(r) for r in report["by_channel"]] + [4])
     for r, c in report["by_channel"].items():
         lines.append(

@@ -63,6 +63,15 @@ def ece_from_bins(bins: np.ndarray) -> np.ndarray:
     return np.abs(bins[..., 2] - bins[..., 1]).sum(-1) / bins[..., 0].sum(-1)
 
 
+def format_intervals(ci: dict, unit: str = "recording") -> str:
+    """One line: each score's interval and what was resampled (``unit``: recording, speaker)."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    names = (("ua", "UA"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
+    return f"{ci['level']:.0%} intervals over {ci['n_recordings']} {unit}s (bootstrap of whole {unit}s): " + ", ".join(
+        f"{name} {f(ci[key][0])}-{f(ci[key][1])}" for key, name in names if key in ci
+    )
+
+
 def _percentile(stat, n_rec: int, k: int, n_resamples: int, level: float, seed: int):
     """``scipy.stats.bootstrap`` over the recording indices ``0..n_rec-1``, vectorised in batches of bounded size."""
     from scipy.stats import bootstrap

@@ -37,6 +37,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.bootstrap import format_intervals
+
 
 def _batches(items: list[dict], batch_size: int):
     """Feature items collated into model batches of ``batch_size``."""
@@ -98,21 +100,6 @@ def _intervals(cache, items: list[dict], y_idx, pred, probs, k: int, n_resamples
     units = [str(it["path"] if unit == "recording" else it["speaker"]) for it in items]
     ci = recording_bootstrap(units, y_idx, pred, k, probs=probs, n_resamples=n_resamples)
     return None if ci is None else {"unit": unit, **ci}
-
-
-def format_intervals(ci: dict) -> str:
-    """One line: the intervals and what was resampled."""
-    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    return (
-        f"{ci['level']:.0%} intervals over {ci['n_recordings']} {ci['unit']}s (bootstrap of whole {ci['unit']}s): "
-        + (
-            ", ".join(
-                f"{name} {f(ci[key][0])}-{f(ci[key][1])}"
-                for key, name in (("ua", "UA"), ("accuracy", "WA"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
-                if key in ci
-            )
-        )
-    )
 
 
 def evaluate(
@@ -248,6 +235,6 @@ def evaluate(
     report["files"] = {**paths, "predictions": pred_path}
     print(format_report(report))
     if report["ci"]:
-        print(format_intervals(report["ci"]))
+        print(format_intervals(report["ci"], report["ci"]["unit"]))
     print(json.dumps(report["files"]))
     return report

@@ -148,7 +148,8 @@ def _items(units: list[str], key: str) -> list[dict]:
 def test_intervals_resample_held_out_units():
     """Speakers for isolated clips, recordings for turns of calls; a split of one perfect and one hopeless unit
     spans nearly everything, however many rows each holds."""
-    from pipeline.evaluation.clips import _intervals, format_intervals
+    from pipeline.evaluation.bootstrap import format_intervals
+    from pipeline.evaluation.clips import _intervals
 
     y = np.tile(np.arange(4), 4)  # 16 rows, 8 per unit
     pred = np.where(np.arange(16) < 8, y, (y + 1) % 4)  # the first unit all right, the second all wrong
@@ -158,7 +159,7 @@ def test_intervals_resample_held_out_units():
     assert ci["ua"][0] <= 0.05 and ci["ua"][1] >= 0.95 and "ece" in ci
     calls = _intervals(_Cache("channels"), _items(["c1", "c2"], "recording"), y, pred, probs, 4, 500)
     assert calls["unit"] == "recording" and calls["n_recordings"] == 2  # two channels each, one call
-    line = format_intervals(ci)
+    line = format_intervals(ci, ci["unit"])
     assert "over 2 speakers" in line and "UA 0.000-1.000" in line
     # the same rows as one unit each would give a narrow interval: the unit is what makes it honest
     per_row = _intervals(_Cache(None), [{"path": str(i), "speaker": str(i)} for i in range(16)], y, pred, probs, 4, 500)
