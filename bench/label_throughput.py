@@ -7,7 +7,8 @@ of them alike:
 
 * ``floor``: pre-decoded segments (the pipeline's own decode+VAD, done in-process and timed apart); encoder alone at
   batch 1/8/32 (best kept), Former+prompt alone at batch 64, vLLM ``classify`` on all prompts in one call.
-  Floor throughput = audio_s / (best encoder + Former + vLLM seconds).
+  Floor throughput = audio_s / (best encoder + Former + vLLM seconds). ``--variants`` also time each variant's floor
+  (its ``model_overrides``, e.g. ``encoder.dtype=bfloat16``, and vLLM ``engine`` arguments) beside the float32 one.
 * ``plain``: what a user writes without this project: per file, decode (soundfile + soxr), per channel, Whisper in
   30 s windows (``hf30``: the standard HF feature extractor, 30 s padding) or at real length (``real``), Former,
   HF ``predict_proba`` (one prefill, label-token softmax) or HF ``generate`` (``*_generate``: 4 new tokens, the
@@ -279,6 +280,16 @@ def phase_pipeline(a) -> dict:
     return res
 
 
+def common_prefix(embeds: list) -> int:
+    """Rows that every ``[T_i, H]`` prompt shares at its start (the instruction prefix)."""
+    import torch
+
+    n = min(e.shape[0] for e in embeds)
+    rows = torch.stack([e[:n] for e in embeds])
+    same = (rows == rows[0]).all(-1).all(0)
+    return n if bool(same.all()) else int(same.long().argmin())
+
+
 def phase_floor(a) -> dict:
     import numpy as np
     import torch
@@ -299,7 +310,9 @@ def phase_floor(a) -> dict:
     waves = [w for p in prepared for w in split_segments(p)]
     res["segments"] = len(waves)
     res["speech_s"] = float(sum(len(w) for w in waves)) / pc.sample_rate
-    front = load_bundle(a.bundle, load_llm=False, with_encoder=True)
+    # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine.dtype``) times its own stages
+    job = json.loads(a.job) if a.job else {}
+    front = load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=job.get("model_overrides"))
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
 
     def batches(bs):
@@ -334,13 +347,23 @@ def phase_floor(a) -> dict:
 
     meta = read_meta(a.bundle)
     t0 = time.perf_counter()
-    kw = engine_kwargs(a.bundle, enforce_eager=True, max_model_len=1024, max_num_seqs=a.max_num_seqs)
+    engine = {"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": a.max_num_seqs, **job.get("engine", {})}
+    kw = engine_kwargs(a.bundle, **engine)
     llm = LLM(**kw)
     res["engine_start_s"] = time.perf_counter() - t0
     lora = lora_request(a.bundle) if kw.get("enable_lora") else None
-    classify(llm, embeds[:16], meta["label_token_ids"], meta["labels"], lora)  # warm-up
+    # Prefix caching (vLLM hashes prompt-embedding blocks) must not time a prompt it has already seen: before each
+    # timed pass the cache is emptied and one prompt that shares only the instruction prefix with the corpus's (the
+    # rows after the common prefix shifted) warms it, as the first batch of a labeling actor does.
+    common = common_prefix(embeds)
+    warm = embeds[0].clone()
+    warm[common:] += 1.0
+    res["common_prefix_tokens"] = common
+    classify(llm, [e + 1.0 for e in embeds[:16]], meta["label_token_ids"], meta["labels"], lora)  # kernels, unseen rows
     llm_t = {}
     for chunk in (64, len(embeds)):
+        llm.reset_prefix_cache()
+        classify(llm, [warm], meta["label_token_ids"], meta["labels"], lora)  # warm-up
         t0 = time.perf_counter()
         for i in range(0, len(embeds), chunk):
             classify(llm, embeds[i : i + chunk], meta["label_token_ids"], meta["labels"], lora)
@@ -426,7 +449,13 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--phases", default="floor,plain_real,plain_hf30,pipeline")
-    ap.add_argument("--variants", default="", help="extra pipeline variants: name=JSON;name=JSON")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="extra variants of the pipeline and floor phases: name=JSON;name=JSON (LabelJobConfig overrides; the "
+        "floor reads their model_overrides and engine.dtype)",
+    )
+    ap.add_argument("--baseline", default="", help="the floor variant the others' speed-ups are over (default floor)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "label_throughput.json"))
     a = ap.parse_args()
     if a.phase != "driver":
@@ -459,8 +488,8 @@ def main() -> None:
                         + (["--limit", str(a.hf30_limit)] if ph.startswith("plain_hf30") else []),
                     )
                 ]
-            if ph == "pipeline":
-                todo += [(f"pipeline_{k}", ["--job", v]) for k, v in variants.items()]
+            if ph in ("pipeline", "floor"):
+                todo += [(f"{ph}_{k}", ["--job", v]) for k, v in variants.items()]
             for name, extra in todo:
                 phase = name.split("_")[0]
                 t0 = time.perf_counter()
@@ -475,7 +504,7 @@ def main() -> None:
                     f"{json.dumps({k: v for k, v in r.items() if k != 'breakdown'}, default=float)[:400]}",
                     flush=True,
                 )
-    summary = summarize(raw, audio_s)
+    summary = summarize(raw, audio_s, a.baseline)
     out = {
         "machine": machine(),
         "corpus": {**corpus, "clips": a.clips, "calls": a.calls, "audio_s": audio_s},
@@ -489,19 +518,39 @@ def main() -> None:
     Path(a.json).with_suffix(".md").write_text(markdown(summary))
 
 
-def summarize(raw: dict, audio_s: float) -> dict:
+def _best(r: dict, key: str) -> float:
+    """A floor result's seconds for ``key``: the value, or the best of its batch sizes."""
+    v = r[key]
+    return min(v.values()) if isinstance(v, dict) else v
+
+
+def summarize(raw: dict, audio_s: float, baseline: str = "") -> dict:
+    """Medians over repetitions; floor variants also as speed-ups over ``floor_<baseline>`` (the default floor if
+    empty), each repetition against the baseline run beside it."""
     s = {}
-    if "floor" in raw:
-        fl = raw["floor"]
-        s["floor"] = stats([r["floor_audio_s_per_s"] for r in fl])
-        s["floor_encoder_best"] = stats([audio_s / min(r["encoder_s_by_batch"].values()) for r in fl])
-        s["floor_encoder_b1"] = stats([audio_s / r["encoder_s_by_batch"]["1"] for r in fl])
-        s["floor_former_best"] = stats([audio_s / min(r["former_s_by_batch"].values()) for r in fl])
-        s["floor_llm_best"] = stats([audio_s / min(r["llm_s_by_chunk"].values()) for r in fl])
-        s["floor_llm_segments_per_s"] = stats([r["segments"] / min(r["llm_s_by_chunk"].values()) for r in fl])
-        s["prepare_single_process"] = stats([audio_s / r["prepare_s"] for r in fl])
-        s["engine_start_s"] = stats([r["engine_start_s"] for r in fl])
-        s["floor_with_prepare"] = stats([r["audio_s"] / (r["floor_s"] + r["prepare_s"]) for r in fl])
+    base = f"floor_{baseline}" if baseline else "floor"
+    for k in (k for k in raw if k.startswith("floor")):
+        fl, tag = raw[k], k[len("floor") :]  # "" or "_<variant>"
+        s[k] = stats([r["floor_audio_s_per_s"] for r in fl])
+        s[f"floor{tag}_encoder_best"] = stats([audio_s / min(r["encoder_s_by_batch"].values()) for r in fl])
+        s[f"floor{tag}_encoder_b1"] = stats([audio_s / r["encoder_s_by_batch"]["1"] for r in fl])
+        s[f"floor{tag}_former_best"] = stats([audio_s / min(r["former_s_by_batch"].values()) for r in fl])
+        s[f"floor{tag}_llm_best"] = stats([audio_s / min(r["llm_s_by_chunk"].values()) for r in fl])
+        s[f"floor{tag}_llm_segments_per_s"] = stats([r["segments"] / min(r["llm_s_by_chunk"].values()) for r in fl])
+        s[f"floor{tag}_engine_start_s"] = stats([r["engine_start_s"] for r in fl])
+        if not tag:
+            s["prepare_single_process"] = stats([audio_s / r["prepare_s"] for r in fl])
+            s["engine_start_s"] = s["floor_engine_start_s"]
+            s["floor_with_prepare"] = stats([r["audio_s"] / (r["floor_s"] + r["prepare_s"]) for r in fl])
+        if k != base and base in raw:  # per-repetition speed-ups over the baseline floor measured beside it
+            parts = {
+                "": "floor_s",
+                "_encoder": "encoder_s_by_batch",
+                "_former": "former_s_by_batch",
+                "_llm": "llm_s_by_chunk",
+            }
+            for part, key in parts.items():
+                s[f"{k}{part}_vs_{base}{part}"] = stats([_best(b, key) / _best(r, key) for b, r in zip(raw[base], fl)])
     for k in raw:
         if k.startswith("plain"):
             s[k] = stats([r["audio_s_per_s"] for r in raw[k]])

@@ -11,7 +11,10 @@
 * ``label`` (one fresh process per variant: own Ray, own vLLM engine): ``pipeline.labeling.job.run`` on the call
   archive and on the corpus with the variant's ``model_overrides`` and engine ``dtype``; per variant the job's
   wall time, then per segment argmax agreement and the largest probability difference against the float32 run,
-  and the archive evaluation's segment UA (truth: the archive's ``segments.csv``).
+  and the archive evaluation's segment UA (truth: the archive's ``segments.csv``). With transcripts (shared ASR),
+  also the share of transcripts that changed and the agreement where they did not. ``float32_b8`` (float32 with
+  encoder batches of 8) says how far float32 agrees with itself; ``float32_bs128`` is the engine's former
+  128-token KV blocks (no prefix caching on CPU).
 """
 
 from __future__ import annotations
@@ -27,13 +30,19 @@ from common import WORK, asterisk_clips, machine, run_phase, save_results, stats
 
 ENCODER_OPTIONS = ("float32", "bfloat16", "bfloat16-mixed", "int8")
 FORMER_OPTIONS = ("float32", "bfloat16")
-VARIANTS = {  # name -> (model_overrides, vLLM dtype)
-    "float32": ([], "float32"),
-    "enc_bf16": (["encoder.dtype=bfloat16"], "float32"),
-    "enc_bf16_mixed": (["encoder.dtype=bfloat16-mixed"], "float32"),
-    "enc_int8": (["encoder.dtype=int8"], "float32"),
-    "enc_former_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "float32"),
-    "all_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "bfloat16"),
+VARIANTS = {  # name -> (model_overrides, vLLM dtype, other LabelJobConfig fields)
+    "float32": ([], "float32", {}),
+    # float32 again with other encoder batches (other GEMM shapes, other rounding): how far float32 agrees with itself
+    "float32_b8": ([], "float32", {"max_batch_segments": 8}),
+    # the LLM engine as it was before prefix caching could hit on CPU (128-token KV blocks; now 32)
+    "float32_bs128": ([], "float32", {"engine": {"block_size": 128}}),
+    "llm_bf16": ([], "bfloat16", {}),
+    "enc_bf16": (["encoder.dtype=bfloat16"], "float32", {}),
+    "enc_bf16_mixed": (["encoder.dtype=bfloat16-mixed"], "float32", {}),
+    "enc_int8": (["encoder.dtype=int8"], "float32", {}),
+    "enc_former_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "float32", {}),
+    "all_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "bfloat16", {}),
+    "all_bf16_mixed": (["encoder.dtype=bfloat16-mixed", "former.dtype=bfloat16"], "bfloat16", {}),
 }
 
 
@@ -132,7 +141,7 @@ def phase_label(a) -> dict:
     from pipeline.labeling.job import LabelJobConfig, run
     from pipeline.ray_env import init_ray
 
-    overrides, vdtype = VARIANTS[a.variant]
+    overrides, vdtype, extra = VARIANTS[a.variant]
     init_ray(None, 4)
     out = {}
     for name, inputs in (("archive", a.archive), ("corpus", a.manifest)):
@@ -152,8 +161,15 @@ def phase_label(a) -> dict:
             asr_model=asr,
             encode=_res(),
             label=_res(),
-            engine={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 256, "dtype": vdtype},
+            engine={
+                "enforce_eager": True,
+                "max_model_len": 1024,
+                "max_num_seqs": 256,
+                "dtype": vdtype,
+                **extra.get("engine", {}),
+            },
             timeline_calls=0,
+            **{k: v for k, v in extra.items() if k != "engine"},
         )
         t0 = time.perf_counter()
         rep = run(cfg, log=lambda *_: None)
@@ -182,13 +198,24 @@ def compare(base_dir: str, other_dir: str) -> dict:
     joined = b.join(o.add_suffix("_o"), how="inner").rename(columns=lambda c: c if c.endswith("_o") else c + "_b")
     pb = np.array([[p for _, p in row] for row in joined["probabilities_b"]])
     po = np.array([[p for _, p in row] for row in joined["probabilities_o"]])
-    return {
+    same = joined["label_b"] == joined["label_o"]
+    out = {
         "segments": len(joined),
         "same_segments": len(joined) == len(b) == len(o),
-        "argmax_agreement": float((joined["label_b"] == joined["label_o"]).mean()),
+        "argmax_agreement": float(same.mean()),
         "max_prob_diff": float(np.abs(pb - po).max()),
         "mean_prob_diff": float(np.abs(pb - po).mean()),
     }
+    if "transcript_b" in joined:  # text bundles: how much of the disagreement comes with a changed transcript
+        same_text = joined["transcript_b"].fillna("") == joined["transcript_o"].fillna("")
+        out["transcripts_changed"] = float((~same_text).mean())
+        out["changed_labels_with_changed_transcript"] = int((~same & ~same_text).sum())
+        out["argmax_agreement_same_transcript"] = float(same[same_text].mean()) if same_text.any() else None
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
 
 
 def driver(a) -> None:
@@ -227,8 +254,8 @@ def driver(a) -> None:
     md += [
         "",
         "| variant | archive job wall s | corpus job wall s | archive argmax agree | corpus argmax agree | "
-        "max prob diff | archive segment UA |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "max prob diff | archive segment UA | archive transcripts changed | archive agree, same transcript |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v, r in res["label"].items():
         va, vc = r["archive"].get("vs_float32"), r["corpus"].get("vs_float32")
@@ -236,7 +263,8 @@ def driver(a) -> None:
             f"| {v} | {r['archive']['wall_s']:.1f} | {r['corpus']['wall_s']:.1f} | "
             f"{va['argmax_agreement'] if va else 1.0:.4f} | {vc['argmax_agreement'] if vc else 1.0:.4f} | "
             f"{max(va['max_prob_diff'], vc['max_prob_diff']) if va else 0.0:.4f} | "
-            f"{r['archive_eval']['ua']:.4f} |"
+            f"{r['archive_eval']['ua']:.4f} | {_fmt((va or {}).get('transcripts_changed'))} | "
+            f"{_fmt((va or {}).get('argmax_agreement_same_transcript'))} |"
         )
     save_results(a.json, res, md)
 

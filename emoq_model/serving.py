@@ -30,13 +30,20 @@ import torch
 
 from emoq_model.bundle import read_meta
 
+# KV-cache block size for engines on CPU. vLLM's CPU backend defaults to 128-token blocks, longer than the prompt's
+# fixed instruction prefix (47 tokens with the demo template), and prefix caching reuses whole blocks only, so no
+# request ever hit the cache. 32 (the CPU backend's preferred multiple; 16 fails to start there) lets every request
+# reuse the prefix's first block(s): same labels, LLM stage 1.6x in float32 (BENCHMARKS.md §7). GPUs keep vLLM's 16.
+CPU_BLOCK_SIZE = 32
+
 
 def engine_kwargs(
     bundle_dir: str | os.PathLike, use_merged: bool | None = None, dtype: str = "auto", **overrides
 ) -> dict:
     """Arguments for ``vllm.LLM``: the merged LLM if the bundle has one (unless ``use_merged=False``), else the
-    base LLM with LoRA enabled. ``dtype="auto"`` takes the bundle's LLM dtype config (float32 if it says auto on
-    CPU)."""
+    base LLM with LoRA enabled. ``dtype="auto"`` takes the bundle's LLM dtype config, and where that says auto too,
+    :func:`serving_dtype`. On CPU the KV blocks are :data:`CPU_BLOCK_SIZE` tokens, so the shared instruction
+    prefix is cached (``overrides`` may set ``block_size`` / ``enable_prefix_caching`` otherwise)."""
     meta = read_meta(bundle_dir)
     merged = meta["merged_llm"] is not None if use_merged is None else use_merged
     if merged and meta["merged_llm"] is None:
@@ -45,7 +52,7 @@ def engine_kwargs(
         from emoq_model.bundle import bundle_config
 
         cfg_dtype = bundle_config(bundle_dir).llm.dtype
-        dtype = cfg_dtype if cfg_dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+        dtype = cfg_dtype if cfg_dtype != "auto" else serving_dtype()
     kw = dict(
         model=str(Path(meta["root"]) / meta["merged_llm"]) if merged else meta["llm_path"],
         enable_prompt_embeds=True,
@@ -55,8 +62,21 @@ def engine_kwargs(
     )
     if not merged:
         kw.update(max_lora_rank=_rank_slot(int(meta["lora_rank"])), max_loras=1)
+    if not torch.cuda.is_available():
+        kw["block_size"] = CPU_BLOCK_SIZE
     kw.update(overrides)
     return kw
+
+
+def serving_dtype() -> str:
+    """The engine's precision when nothing asks for one: bfloat16 where the device computes it natively (a GPU, or
+    a CPU with ``avx512_bf16`` / ``amx_bf16``), float32 elsewhere (emulated bfloat16 is slower). On CPU it kept
+    every label of the demo archive and the benchmark clips (probabilities within 0.004) at 2x the LLM stage's
+    float32 speed (BENCHMARKS.md §7), which the precision rule asks of a default."""
+    from emoq_model.config import native_bf16
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bfloat16" if native_bf16(device) else "float32"
 
 
 def _rank_slot(r: int) -> int:

@@ -37,11 +37,17 @@ ASR_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def precision_overrides(cfg: LabelJobConfig) -> list[str]:
-    """The deployment-precision choices that may change labels (the bundle's overrides, and the ASR decoder's dtype
-    when an ASR runs and its dtype is not float32), as ``key=value``: they name the output's model
-    (:func:`model_id`)."""
+    """The deployment-precision choices that may change labels, as ``key=value``: they name the output's model
+    (:func:`model_id`). The bundle's overrides; the ASR decoder's dtype when an ASR runs and its dtype is not
+    float32; the LLM engine's dtype when one is asked for (``engine.dtype``). The engine's default, ``auto``
+    (bfloat16 where native, :func:`emoq_model.serving.serving_dtype`), is not named: it kept every float32 label."""
     asr = cfg.asr_model and cfg.asr_dtype != "float32"
-    return [*cfg.model_overrides, *([f"asr.dtype={cfg.asr_dtype}"] if asr else [])]
+    llm = cfg.engine.get("dtype", "auto")
+    return [
+        *cfg.model_overrides,
+        *([f"asr.dtype={cfg.asr_dtype}"] if asr else []),
+        *([f"llm.dtype={llm}"] if llm != "auto" else []),
+    ]
 
 
 @dataclass

@@ -54,6 +54,19 @@ def test_defaults():
     assert cfg.use_merged is None and cfg.resume and not cfg.retry_failed
 
 
+def test_engine_dtype_names_the_model():
+    """An LLM precision asked for (``--engine dtype=...``) names the output's model; the default (auto: bfloat16
+    where native, measured to keep every float32 label) does not, so default outputs keep their model id."""
+    from pipeline.labeling.job import precision_overrides
+
+    base = ["x.csv", "--bundle", "b", "--output", "o"]
+    for dtype in ("bfloat16", "float32"):
+        cfg = config_from_args(parse_args([*base, "--engine", f"dtype={dtype}"]))
+        assert precision_overrides(cfg) == [f"llm.dtype={dtype}"]
+    assert precision_overrides(config_from_args(parse_args([*base, "--engine", "dtype=auto"]))) == []
+    assert precision_overrides(config_from_args(parse_args(base))) == []
+
+
 def test_asr_dtype_is_checked_and_names_the_model():
     import pytest
 

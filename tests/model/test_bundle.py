@@ -14,7 +14,7 @@ import torch
 
 from emoq_model.bundle import load_bundle, read_meta, save_bundle
 from emoq_model.model import EmoQModel, collate_features
-from emoq_model.serving import engine_kwargs, label_scores, save_features
+from emoq_model.serving import CPU_BLOCK_SIZE, engine_kwargs, label_scores, save_features
 from emoq_model.steps import make_optimizer
 from emoq_model.testing import SHORT_PROMPT, synthetic_items, tiny_config
 
@@ -95,6 +95,21 @@ def test_copy_base_bundle_is_self_contained(trained, tmp_path):
         assert torch.equal(front.prompt_embeds(test).embeds[0], model.prompt_embeds(test).embeds[0])
 
 
+def _serve(bundle: Path, feats: Path, out: Path, modes: str, dtype: str) -> dict:
+    """``python -m emoq_model.serving`` (a real vLLM CPU engine in its own process); its JSON result."""
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [sys.executable, "-m", "emoq_model.serving", str(bundle), str(feats), str(out), "--modes", modes]
+    run = subprocess.run([*cmd, "--dtype", dtype], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_vllm_parity(trained, tmp_path):
     """Same bundle through HF predict_proba and through a real vLLM engine (CPU, LoRA, prompt embeddings)."""
@@ -107,34 +122,7 @@ def test_vllm_parity(trained, tmp_path):
     assert kw["enable_lora"] is False and kw["enable_prompt_embeds"]  # merged bundle -> no LoRA needed ...
     kw = engine_kwargs(bundle, use_merged=False)
     assert kw["enable_lora"] and kw["max_lora_rank"] >= model.cfg.lora.r  # ... but the test serves the adapter
-    env = dict(
-        os.environ,
-        VLLM_CPU_KVCACHE_SPACE="1",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "emoq_model.serving",
-            str(bundle),
-            str(feats),
-            str(out),
-            "--modes",
-            "tokens,choice",
-            "--dtype",
-            "float32",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    res = json.loads(out.read_text())
+    res = _serve(bundle, feats, out, "tokens,choice", "float32")
     tokens, choice = res["modes"]["tokens"], res["modes"]["choice"]
     got = np.array(tokens["probs"])
     print(
@@ -152,6 +140,46 @@ def test_vllm_parity(trained, tmp_path):
     cp = np.array(choice["probs"])
     full = (cp > 0).all(1)
     assert full.any() and np.allclose(cp[full], want[full], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_vllm_bfloat16_agrees_with_float32(trained, tmp_path):
+    """The LLM precision option (the engine's ``dtype=bfloat16``) runs on the real engine and gives the float32
+    label probabilities within its stated tolerance: 0.02 absolute, and the same argmax wherever float32's top two
+    labels are further apart than twice that (measured: 0.005)."""
+    pytest.importorskip("vllm")
+    from emoq_model.config import native_bf16
+
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no native bfloat16 (avx512_bf16 / amx_bf16), the only place the option is offered")
+    model, bundle, test = trained
+    want = model.predict_proba(test).numpy()
+    feats = tmp_path / "feats.safetensors"
+    save_features(feats, test)
+    res = _serve(bundle, feats, tmp_path / "bf16.json", "tokens", "bfloat16")
+    got = np.array(res["modes"]["tokens"]["probs"])
+    print(f"vLLM bfloat16: max |p_bf16 - p_fp32| = {np.abs(got - want).max():.2e}")
+    assert np.abs(got - want).max() < 0.02
+    top2 = np.sort(want, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.04
+    assert clear.any() and np.array_equal(got.argmax(1)[clear], want.argmax(1)[clear])
+
+
+def test_engine_caches_the_prompt_prefix_on_cpu(trained):
+    """On CPU the engine gets KV blocks that the default prompt's fixed prefix fills at least once (vLLM's CPU
+    default, 128 tokens, is longer than the prefix, so prefix caching never hit); GPUs keep vLLM's default."""
+    from emoq_model.config import LabelConfig, PromptConfig
+    from emoq_model.prompt import PromptBuilder
+
+    model, bundle, _ = trained
+    kw = engine_kwargs(bundle)
+    if torch.cuda.is_available():
+        assert "block_size" not in kw
+    else:
+        assert kw["block_size"] == CPU_BLOCK_SIZE
+    prefix = PromptBuilder(model.tokenizer, PromptConfig(), LabelConfig()).prefix_ids
+    assert len(prefix) >= CPU_BLOCK_SIZE, f"the default prompt's fixed prefix is {len(prefix)} tokens"
+    assert engine_kwargs(bundle, block_size=128)["block_size"] == 128  # the caller's choice wins
 
 
 def test_label_scores_from_logprobs():
