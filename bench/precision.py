@@ -40,6 +40,8 @@ VARIANTS = {  # name -> (model_overrides, vLLM dtype, other LabelJobConfig field
     "enc_bf16": (["encoder.dtype=bfloat16"], "float32", {}),
     "enc_bf16_mixed": (["encoder.dtype=bfloat16-mixed"], "float32", {}),
     "enc_int8": (["encoder.dtype=int8"], "float32", {}),
+    "enc_llm_bf16": (["encoder.dtype=bfloat16"], "bfloat16", {}),
+    "enc_mixed_llm_bf16": (["encoder.dtype=bfloat16-mixed"], "bfloat16", {}),
     "enc_former_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "float32", {}),
     "all_bf16": (["encoder.dtype=bfloat16", "former.dtype=bfloat16"], "bfloat16", {}),
     "all_bf16_mixed": (["encoder.dtype=bfloat16-mixed", "former.dtype=bfloat16"], "bfloat16", {}),

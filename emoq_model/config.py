@@ -91,6 +91,8 @@ class LLMConfig:
     """Causal LM loaded from a local directory."""
 
     path: str = "${assets}/tiny-qwen2"
+    # auto: training and HF prediction in bfloat16 on CUDA, float32 elsewhere; vLLM serving in bfloat16 wherever the
+    # device computes it natively (CPUs with avx512_bf16 / amx_bf16 too: emoq_model.serving.serving_dtype)
     dtype: str = "float32"
     device: str = "auto"
     trust_remote_code: bool = False
