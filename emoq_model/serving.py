@@ -33,7 +33,8 @@ from emoq_model.bundle import read_meta
 # KV-cache block size for engines on CPU. vLLM's CPU backend defaults to 128-token blocks, longer than the prompt's
 # fixed instruction prefix (47 tokens with the demo template), and prefix caching reuses whole blocks only, so no
 # request ever hit the cache. 32 (the CPU backend's preferred multiple; 16 fails to start there) lets every request
-# reuse the prefix's first block(s): same labels, LLM stage 1.6x in float32 (BENCHMARKS.md §7). GPUs keep vLLM's 16.
+# reuse the prefix's first block(s): bitwise the same labels, LLM stage 1.8x in float32 (BENCHMARKS.md §7). GPUs
+# keep vLLM's 16.
 CPU_BLOCK_SIZE = 32
 
 
@@ -71,8 +72,8 @@ def engine_kwargs(
 def serving_dtype() -> str:
     """The engine's precision when nothing asks for one: bfloat16 where the device computes it natively (a GPU, or
     a CPU with ``avx512_bf16`` / ``amx_bf16``), float32 elsewhere (emulated bfloat16 is slower). On CPU it kept
-    every label of the demo archive and the benchmark clips (probabilities within 0.004) at 2x the LLM stage's
-    float32 speed (BENCHMARKS.md §7), which the precision rule asks of a default."""
+    every label of the demo archive and the benchmark clips (probabilities within 0.004) with the LLM stage 1.6x
+    faster than float32 (BENCHMARKS.md §7): what the precision rule asks of a default."""
     from emoq_model.config import native_bf16
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
