@@ -310,7 +310,7 @@ def phase_floor(a) -> dict:
     waves = [w for p in prepared for w in split_segments(p)]
     res["segments"] = len(waves)
     res["speech_s"] = float(sum(len(w) for w in waves)) / pc.sample_rate
-    # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine.dtype``) times its own stages
+    # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine``) times its own stages
     job = json.loads(a.job) if a.job else {}
     front = load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=job.get("model_overrides"))
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
@@ -453,7 +453,7 @@ def main() -> None:
         "--variants",
         default="",
         help="extra variants of the pipeline and floor phases: name=JSON;name=JSON (LabelJobConfig overrides; the "
-        "floor reads their model_overrides and engine.dtype)",
+        "floor reads their model_overrides and engine)",
     )
     ap.add_argument("--baseline", default="", help="the floor variant the others' speed-ups are over (default floor)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "label_throughput.json"))
@@ -518,6 +518,14 @@ def main() -> None:
     Path(a.json).with_suffix(".md").write_text(markdown(summary))
 
 
+FLOOR_PARTS = {
+    "": "floor_s",
+    "_encoder": "encoder_s_by_batch",
+    "_former": "former_s_by_batch",
+    "_llm": "llm_s_by_chunk",
+}
+
+
 def _best(r: dict, key: str) -> float:
     """A floor result's seconds for ``key``: the value, or the best of its batch sizes."""
     v = r[key]
@@ -532,24 +540,18 @@ def summarize(raw: dict, audio_s: float, baseline: str = "") -> dict:
     for k in (k for k in raw if k.startswith("floor")):
         fl, tag = raw[k], k[len("floor") :]  # "" or "_<variant>"
         s[k] = stats([r["floor_audio_s_per_s"] for r in fl])
-        s[f"floor{tag}_encoder_best"] = stats([audio_s / min(r["encoder_s_by_batch"].values()) for r in fl])
+        s[f"floor{tag}_encoder_best"] = stats([audio_s / _best(r, "encoder_s_by_batch") for r in fl])
         s[f"floor{tag}_encoder_b1"] = stats([audio_s / r["encoder_s_by_batch"]["1"] for r in fl])
-        s[f"floor{tag}_former_best"] = stats([audio_s / min(r["former_s_by_batch"].values()) for r in fl])
-        s[f"floor{tag}_llm_best"] = stats([audio_s / min(r["llm_s_by_chunk"].values()) for r in fl])
-        s[f"floor{tag}_llm_segments_per_s"] = stats([r["segments"] / min(r["llm_s_by_chunk"].values()) for r in fl])
+        s[f"floor{tag}_former_best"] = stats([audio_s / _best(r, "former_s_by_batch") for r in fl])
+        s[f"floor{tag}_llm_best"] = stats([audio_s / _best(r, "llm_s_by_chunk") for r in fl])
+        s[f"floor{tag}_llm_segments_per_s"] = stats([r["segments"] / _best(r, "llm_s_by_chunk") for r in fl])
         s[f"floor{tag}_engine_start_s"] = stats([r["engine_start_s"] for r in fl])
         if not tag:
             s["prepare_single_process"] = stats([audio_s / r["prepare_s"] for r in fl])
             s["engine_start_s"] = s["floor_engine_start_s"]
             s["floor_with_prepare"] = stats([r["audio_s"] / (r["floor_s"] + r["prepare_s"]) for r in fl])
         if k != base and base in raw:  # per-repetition speed-ups over the baseline floor measured beside it
-            parts = {
-                "": "floor_s",
-                "_encoder": "encoder_s_by_batch",
-                "_former": "former_s_by_batch",
-                "_llm": "llm_s_by_chunk",
-            }
-            for part, key in parts.items():
+            for part, key in FLOOR_PARTS.items():
                 s[f"{k}{part}_vs_{base}{part}"] = stats([_best(b, key) / _best(r, key) for b, r in zip(raw[base], fl)])
     for k in raw:
         if k.startswith("plain"):

@@ -151,7 +151,7 @@ def test_vllm_bfloat16_agrees_with_float32(trained, tmp_path):
     from emoq_model.config import native_bf16
 
     if not native_bf16("cpu"):
-        pytest.skip("this CPU has no native bfloat16 (avx512_bf16 / amx_bf16), the only place the option is offered")
+        pytest.skip("no native bfloat16 on this CPU (avx512_bf16 / amx_bf16): auto serves float32 here")
     model, bundle, test = trained
     want = model.predict_proba(test).numpy()
     feats = tmp_path / "feats.safetensors"
