@@ -297,7 +297,7 @@ def phase_floor(a) -> dict:
     from emoq_model.bundle import load_bundle
     from emoq_model.model import collate_features
     from emoq_model.serving import classify, engine_kwargs
-    from pipeline.labeling.job import encoder_sample_rate
+    from pipeline.labeling.job import LabelJobConfig, encoder_sample_rate, with_resolved_precision
     from pipeline.labeling.prepare import PrepareConfig, prepare_recording, split_segments
     from pipeline.labeling.sources import discover
 
@@ -310,9 +310,15 @@ def phase_floor(a) -> dict:
     waves = [w for p in prepared for w in split_segments(p)]
     res["segments"] = len(waves)
     res["speech_s"] = float(sum(len(w) for w in waves)) / pc.sample_rate
-    # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine``) times its own stages
+    # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine``) times its own stages; an
+    # ``auto`` encoder precision resolves as the label job resolves it (pipeline.labeling.job.encoder_precision)
     job = json.loads(a.job) if a.job else {}
-    front = load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=job.get("model_overrides"))
+    jc, _, _ = with_resolved_precision(
+        LabelJobConfig([a.manifest], str(WORK / "unused"), a.bundle, model_overrides=job.get("model_overrides", [])),
+        a.bundle,
+    )
+    res["model_overrides"] = jc.model_overrides
+    front = load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=jc.model_overrides)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
 
     def batches(bs):

@@ -220,13 +220,41 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
+def fresh_archive(seed: int) -> str:
+    """A call archive no model or setting here was chosen on: A-law instead of the demo's mu-law, generic wording
+    without cue words, the given synthesis seed, and no voice of the demo's training or validation calls; its
+    ``calls.csv`` (``segments.csv`` beside it). Cached under the bench directory."""
+    from pipeline.demo.calls import archive_voices, make_call_archive
+    from pipeline.demo.run import demo_archives
+
+    out = WORK / f"precision_calls_seed{seed}"
+    if not (out / "segments.parquet").exists():  # written last
+        arch = demo_archives()
+        seen = archive_voices(arch["train"]) | archive_voices(arch["val"])
+        return str(
+            make_call_archive(
+                out,
+                n_calls=12,
+                minutes=2.0,
+                seed=seed,
+                encoding="alaw",
+                lines="generic",
+                exclude_voices=seen,
+                id_prefix=f"fresh{seed}",
+            )
+        )
+    return str(out / "calls.csv")
+
+
 def driver(a) -> None:
     from pipeline.evaluation.archive import evaluate_archive
 
     man = corpus(a.clips)
     args = ["--bundle", a.bundle, "--manifest", str(man), "--archive", a.archive, "--reps", str(a.reps)]
     res = {"machine": machine(), "bundle": a.bundle, "archive": a.archive}
-    res["stages"] = run_phase(__file__, "stages", WORK / "precision_stages.json", *args, timeout=3000)
+    res["stages"] = (
+        run_phase(__file__, "stages", WORK / "precision_stages.json", *args, timeout=3000) if a.stages else None
+    )
     res["label"] = {}
     variants = ["float32", *[v for v in a.variants.split(",") if v != "float32"]] if a.variants else list(VARIANTS)
     for v in variants:
@@ -244,7 +272,7 @@ def driver(a) -> None:
         "| stage option | audio-s/s (best of reps) | × float32 | prompt rel. error | least cosine |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for kind, opts in (("encoder", ENCODER_OPTIONS), ("former", FORMER_OPTIONS)):
+    for kind, opts in (("encoder", ENCODER_OPTIONS), ("former", FORMER_OPTIONS)) if st else ():
         for o in opts:
             k = f"{kind}_{o}"
             ag = st["agreement"].get(k, {"rel_error": 0.0, "min_cosine": 1.0})
@@ -282,6 +310,13 @@ def main() -> None:
         default=None,
         help="calls.csv of a call archive with segments.csv beside it (default: the demo's evaluation archive)",
     )
+    ap.add_argument(
+        "--archive-seed",
+        type=int,
+        default=None,
+        help="label a fresh archive instead (fresh_archive: A-law, generic wording, unseen voices, this seed)",
+    )
+    ap.add_argument("--no-stages", dest="stages", action="store_false", help="label agreement only")
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--variant", default="float32")
     ap.add_argument("--clips", type=int, default=120)
@@ -289,6 +324,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "precision.json"))
     a = ap.parse_args()
     a.bundle = str(Path(a.bundle).resolve())
+    if a.archive_seed is not None and a.phase == "driver":
+        a.archive = fresh_archive(a.archive_seed)
     if a.archive is None:
         from pipeline.demo.run import demo_archives
 

@@ -33,11 +33,13 @@ class EncoderConfig:
     path: str = "${assets}/whisper-tiny.en"
     layer: str | int = "weighted"  # "last" | hidden-state index (0 = embeddings, -1 = last) | "weighted"
     weighted_layers: list[int] | None = None  # hidden-state indices the weighted sum uses (None: all)
-    # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA) | int8 (CPU: dynamic int8 quantisation of the Linear
-    # layers, torch.ao) | bfloat16-mixed (float32 weights, matmuls and convolutions under bfloat16 autocast: the
-    # residual stream and norms stay float32, so less error than bfloat16 weights at the same matmul speed). A
-    # frozen encoder's precision is a deployment choice: set it at labeling time (label_corpus --set
-    # encoder.dtype=bfloat16); BENCHMARKS.md has the speed and label agreement of each
+    # float32 | bfloat16 | float16 | int8 (CPU: dynamic int8 quantisation of the Linear layers, torch.ao) |
+    # bfloat16-mixed (float32 weights, matmuls and convolutions under bfloat16 autocast: the residual stream and
+    # norms stay float32, so less error than bfloat16 weights at the same matmul speed) | auto: feature extraction
+    # and training in bfloat16 on CUDA, float32 elsewhere; labeling picks per job (bfloat16-mixed where the device
+    # computes bfloat16 natively and no shared-encoder ASR reads the states, else float32:
+    # pipeline.labeling.job.encoder_precision). A frozen encoder's precision is a deployment choice: label_corpus
+    # --set encoder.dtype=... overrides it; BENCHMARKS.md §7 has the speed and label agreement of each
     dtype: str = "float32"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     whisper_real_length: bool = True  # Whisper: run on the batch's real length instead of 30 s windows

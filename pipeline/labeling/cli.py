@@ -103,8 +103,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         default=[],
         metavar="KEY=VALUE",
         dest="model_overrides",
-        help="deployment precision of the bundle's models: encoder.dtype=bfloat16|int8, "
-        "former.dtype=bfloat16 (repeatable)",
+        help="deployment precision of the bundle's models: encoder.dtype=float32|bfloat16|bfloat16-mixed|int8, "
+        "former.dtype=bfloat16 (repeatable; a bundle whose encoder.dtype is auto gets bfloat16-mixed where the "
+        "device computes bfloat16 natively and no shared-encoder ASR reads the encoder, else float32)",
     )
     ap.add_argument("--no-resume", action="store_true", help="label everything again (duplicates rows)")
     ap.add_argument(

@@ -10,7 +10,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,46 @@ warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
 
 PRECISION_KEYS = ("encoder.dtype", "former.dtype")  # what labeling may change about a trained bundle
 ASR_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What a bundle's ``encoder.dtype: auto`` labels in where the encode stage's device computes bfloat16 natively and no
+# shared-encoder ASR reads the encoder's states: float32 weights, matmuls and convolutions under bfloat16 autocast.
+# With the LLM in bfloat16 too, it kept 99.1-100 % of float32's labels on each of two archives with each of two
+# speech-only bundles (7 of 1,678 segments moved; bfloat16 weights 98.8 % on one), UA within 0.006 (BENCHMARKS.md §7).
+AUTO_ENCODER_DTYPE = "bfloat16-mixed"
+
+
+def encoder_precision(cfg: LabelJobConfig, bundle: str) -> str | None:
+    """The precision an ``encoder.dtype: auto`` bundle's encoder runs in for this job; None when the bundle's
+    config or the job's ``model_overrides`` name one.
+
+    :data:`AUTO_ENCODER_DTYPE` where the encode stage's device computes bfloat16 natively
+    (:func:`emoq_model.config.native_bf16`, checked on the driver: a job whose GPUs the driver cannot see stays
+    float32 unless asked) and no shared-encoder ASR decodes transcripts from the encoder's states: there the
+    changed states change 14 % of the words and the words 2 % of the labels (BENCHMARKS.md §7). float32 otherwise.
+    """
+    from emoq_model.bundle import bundle_config
+    from emoq_model.config import native_bf16
+
+    if any(o.split("=", 1)[0].strip() == "encoder.dtype" for o in cfg.model_overrides):
+        return None
+    enc = bundle_config(bundle).encoder
+    if enc.dtype != "auto":
+        return None
+    device = cfg.device or enc.device
+    if device == "auto":  # as the actors resolve it: cuda when Ray gave them a GPU
+        device = "cuda" if (cfg.label if cfg.fuse_model_stages else cfg.encode).num_gpus > 0 else "cpu"
+    fast = native_bf16(device) and asr_mode(cfg, bundle) != "shared"
+    return AUTO_ENCODER_DTYPE if fast else "float32"
+
+
+def with_resolved_precision(cfg: LabelJobConfig, bundle: str) -> tuple[LabelJobConfig, list[str], str | None]:
+    """``cfg`` with the ``auto`` encoder precision resolved into its ``model_overrides`` (what the stages load);
+    the overrides that name the model (:func:`model_id`: every one but an ``auto`` resolved to float32, the
+    precision every other is measured against); the resolved ``auto`` (None: none to resolve)."""
+    auto = encoder_precision(cfg, bundle)
+    if auto is None:
+        return cfg, precision_overrides(cfg), None
+    run_cfg = replace(cfg, model_overrides=[*cfg.model_overrides, f"encoder.dtype={auto}"])
+    return run_cfg, precision_overrides(cfg if auto == "float32" else run_cfg), auto
 
 
 def precision_overrides(cfg: LabelJobConfig) -> list[str]:
@@ -84,7 +124,8 @@ class LabelJobConfig:
     label: StageResources = field(default_factory=StageResources)
     device: str | None = None  # None: the bundle's config ("auto" = cuda when the actor has a GPU)
     # deployment-time precision of the bundle's models, e.g. ["encoder.dtype=bfloat16", "former.dtype=bfloat16"]
-    # (only encoder.dtype and former.dtype; the LLM's is the engine's: engine={"dtype": "bfloat16"})
+    # (only encoder.dtype and former.dtype; the LLM's is the engine's: engine={"dtype": "bfloat16"}). A bundle whose
+    # encoder.dtype is auto gets one chosen per job when none is given here (encoder_precision)
     model_overrides: list[str] = field(default_factory=list)
     max_batch_segments: int = 32  # encoder batch (segments); padded samples bounded by max_batch_seconds
     max_batch_seconds: float = 240.0
@@ -370,7 +411,11 @@ def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
     bundle = str(Path(cfg.bundle).expanduser().resolve())
     meta = read_meta(bundle)
-    labels, mid = list(meta["labels"]), model_id(bundle, precision_overrides(cfg))
+    cfg, named, auto = with_resolved_precision(cfg, bundle)  # the auto encoder precision, chosen once for all actors
+    labels, mid = list(meta["labels"]), model_id(bundle, named)
+    if auto:
+        shared = asr_mode(cfg, bundle) == "shared"
+        log(f"[label] encoder precision (auto): {auto}" + (" (shared-encoder ASR reads its states)" if shared else ""))
     check_output_model(out, mid, cfg.allow_other_model)  # never mix two models' labels in one output
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
 
@@ -397,6 +442,7 @@ def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
         "isolated": 0,
         "crashed": 0,
         "asr": asr_mode(cfg, bundle),
+        "model_overrides": list(cfg.model_overrides),  # the precision the stages ran in, auto resolved
     }
     if todo and bundle_uses_text(bundle) and not cfg.asr_model:
         log(
