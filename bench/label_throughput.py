@@ -6,9 +6,11 @@ Phases run in fresh processes (own Ray / vLLM engine), interleaved per repetitio
 of them alike:
 
 * ``floor``: pre-decoded segments (the pipeline's own decode+VAD, done in-process and timed apart); encoder alone at
-  batch 1/8/32 (best kept), Former+prompt alone at batch 64, vLLM ``classify`` on all prompts in one call.
-  Floor throughput = audio_s / (best encoder + Former + vLLM seconds). ``--variants`` also time each variant's floor
-  (its ``model_overrides``, e.g. ``encoder.dtype=bfloat16``, and vLLM ``engine`` arguments) beside the float32 one.
+  batch 1/8/32 (best kept), Former+prompt alone at batch 64, vLLM ``classify`` on all prompts in one call, served
+  as the label job serves it (on CPU the engine core in this process). Floor throughput = audio_s / (best encoder +
+  Former + vLLM seconds). ``--variants`` also time each variant's floor (its ``model_overrides``, e.g.
+  ``encoder.dtype=bfloat16``, and vLLM ``engine`` arguments) beside the default one; an ``auto`` encoder precision
+  resolves as the job resolves it.
 * ``plain``: what a user writes without this project: per file, decode (soundfile + soxr), per channel, Whisper in
   30 s windows (``hf30``: the standard HF feature extractor, 30 s padding) or at real length (``real``), Former,
   HF ``predict_proba`` (one prefill, label-token softmax) or HF ``generate`` (``*_generate``: 4 new tokens, the
@@ -346,6 +348,8 @@ def phase_floor(a) -> dict:
                     embeds[i] = e.float().cpu()
             former_t[bs] = time.perf_counter() - t0
         res["former_s_by_batch"] = former_t
+    if not torch.cuda.is_available():  # served as the label job serves on CPU: engine core in the caller's process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # (LabelJobConfig.engine_in_process; 1.7x the LLM stage)
     from vllm import LLM
 
     from emoq_model.bundle import read_meta
