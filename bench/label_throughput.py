@@ -315,9 +315,10 @@ def phase_floor(a) -> dict:
     # a precision variant (``--job``: LabelJobConfig's ``model_overrides`` and ``engine``) times its own stages; an
     # ``auto`` encoder precision resolves as the label job resolves it (pipeline.labeling.job.encoder_precision)
     job = json.loads(a.job) if a.job else {}
-    jc, _, _ = with_resolved_precision(
+    jc, _, _ = with_resolved_precision(  # no ASR here: the floor bundle is speech only
         LabelJobConfig([a.manifest], str(WORK / "unused"), a.bundle, model_overrides=job.get("model_overrides", [])),
         a.bundle,
+        None,
     )
     res["model_overrides"] = jc.model_overrides
     front = load_bundle(a.bundle, load_llm=False, with_encoder=True, overrides=jc.model_overrides)

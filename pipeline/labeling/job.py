@@ -41,9 +41,9 @@ ASR_DTYPES = ("auto", "float32", "bfloat16", "float16")
 AUTO_ENCODER_DTYPE = "bfloat16-mixed"
 
 
-def encoder_precision(cfg: LabelJobConfig, bundle: str) -> str | None:
-    """The precision an ``encoder.dtype: auto`` bundle's encoder runs in for this job; None when the bundle's
-    config or the job's ``model_overrides`` name one.
+def encoder_precision(cfg: LabelJobConfig, bundle: str, asr: str | None) -> str | None:
+    """The precision an ``encoder.dtype: auto`` bundle's encoder runs in for this job (``asr``: its
+    :func:`asr_mode`); None when the bundle's config or the job's ``model_overrides`` name one.
 
     :data:`AUTO_ENCODER_DTYPE` where the encode stage's device computes bfloat16 natively
     (:func:`emoq_model.config.native_bf16`, checked on the driver: a job whose GPUs the driver cannot see stays
@@ -61,15 +61,17 @@ def encoder_precision(cfg: LabelJobConfig, bundle: str) -> str | None:
     device = cfg.device or enc.device
     if device == "auto":  # as the actors resolve it: cuda when Ray gave them a GPU
         device = "cuda" if (cfg.label if cfg.fuse_model_stages else cfg.encode).num_gpus > 0 else "cpu"
-    fast = native_bf16(device) and asr_mode(cfg, bundle) != "shared"
+    fast = native_bf16(device) and asr != "shared"
     return AUTO_ENCODER_DTYPE if fast else "float32"
 
 
-def with_resolved_precision(cfg: LabelJobConfig, bundle: str) -> tuple[LabelJobConfig, list[str], str | None]:
+def with_resolved_precision(
+    cfg: LabelJobConfig, bundle: str, asr: str | None
+) -> tuple[LabelJobConfig, list[str], str | None]:
     """``cfg`` with the ``auto`` encoder precision resolved into its ``model_overrides`` (what the stages load);
     the overrides that name the model (:func:`model_id`: every one but an ``auto`` resolved to float32, the
     precision every other is measured against); the resolved ``auto`` (None: none to resolve)."""
-    auto = encoder_precision(cfg, bundle)
+    auto = encoder_precision(cfg, bundle, asr)
     if auto is None:
         return cfg, precision_overrides(cfg), None
     run_cfg = replace(cfg, model_overrides=[*cfg.model_overrides, f"encoder.dtype={auto}"])
@@ -411,10 +413,11 @@ def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
     out = cfg.output if "://" in cfg.output else str(Path(cfg.output).expanduser().resolve())
     bundle = str(Path(cfg.bundle).expanduser().resolve())
     meta = read_meta(bundle)
-    cfg, named, auto = with_resolved_precision(cfg, bundle)  # the auto encoder precision, chosen once for all actors
+    asr = asr_mode(cfg, bundle)  # once: comparing the ASR and encoder checkpoints may hash their weights
+    cfg, named, auto = with_resolved_precision(cfg, bundle, asr)  # the auto encoder precision, once for all actors
     labels, mid = list(meta["labels"]), model_id(bundle, named)
     if auto:
-        shared = asr_mode(cfg, bundle) == "shared"
+        shared = asr == "shared"
         log(f"[label] encoder precision (auto): {auto}" + (" (shared-encoder ASR reads its states)" if shared else ""))
     check_output_model(out, mid, cfg.allow_other_model)  # never mix two models' labels in one output
     cfg.prepare.sample_rate = encoder_sample_rate(bundle)
@@ -441,7 +444,7 @@ def _run(cfg: LabelJobConfig, log, progress: bool) -> dict:
         "retried_failed": len(retried),
         "isolated": 0,
         "crashed": 0,
-        "asr": asr_mode(cfg, bundle),
+        "asr": asr,
         "model_overrides": list(cfg.model_overrides),  # the precision the stages ran in, auto resolved
     }
     if todo and bundle_uses_text(bundle) and not cfg.asr_model:

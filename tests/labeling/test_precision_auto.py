@@ -10,6 +10,7 @@ from pipeline.labeling.job import (
     AUTO_ENCODER_DTYPE,
     LabelJobConfig,
     StageResources,
+    asr_mode,
     encoder_precision,
     with_resolved_precision,
 )
@@ -39,6 +40,15 @@ def _cfg(bundle, **kw):
     return LabelJobConfig(inputs=["x.csv"], output="/tmp/unused", bundle=bundle, **kw)
 
 
+def _auto(cfg):
+    """What the job resolves for ``cfg`` (its ASR mode computed as the job computes it)."""
+    return encoder_precision(cfg, cfg.bundle, asr_mode(cfg, cfg.bundle))
+
+
+def _resolved(cfg):
+    return with_resolved_precision(cfg, cfg.bundle, asr_mode(cfg, cfg.bundle))
+
+
 @pytest.fixture
 def native(monkeypatch):
     """Which devices compute bfloat16 natively (the CPU flags of whatever machine runs the tests decide otherwise)."""
@@ -51,21 +61,21 @@ def native(monkeypatch):
 
 def test_auto_follows_the_device(bundles, native):
     native("cpu")
-    assert encoder_precision(_cfg(bundles["speech"]), bundles["speech"]) == AUTO_ENCODER_DTYPE
-    run_cfg, named, auto = with_resolved_precision(_cfg(bundles["speech"]), bundles["speech"])
+    assert _auto(_cfg(bundles["speech"])) == AUTO_ENCODER_DTYPE
+    run_cfg, named, auto = _resolved(_cfg(bundles["speech"]))
     assert auto == AUTO_ENCODER_DTYPE and run_cfg.model_overrides == [f"encoder.dtype={AUTO_ENCODER_DTYPE}"]
     assert named == [f"encoder.dtype={AUTO_ENCODER_DTYPE}"]  # labels that may differ from float32's are named
     # an encode stage with a GPU runs on cuda: the choice follows that device, not the driver's CPU
-    assert encoder_precision(_cfg(bundles["speech"], encode=StageResources(num_gpus=1)), bundles["speech"]) == "float32"
+    assert _auto(_cfg(bundles["speech"], encode=StageResources(num_gpus=1))) == "float32"
     native("cuda")
     gpu = _cfg(bundles["speech"], encode=StageResources(num_gpus=1))
-    assert encoder_precision(gpu, bundles["speech"]) == AUTO_ENCODER_DTYPE
-    assert encoder_precision(_cfg(bundles["speech"]), bundles["speech"]) == "float32"
+    assert _auto(gpu) == AUTO_ENCODER_DTYPE
+    assert _auto(_cfg(bundles["speech"])) == "float32"
     # fused stages run the encoder in the label actors
     fused = _cfg(bundles["speech"], fuse_model_stages=True, label=StageResources(num_gpus=1))
-    assert encoder_precision(fused, bundles["speech"]) == AUTO_ENCODER_DTYPE
+    assert _auto(fused) == AUTO_ENCODER_DTYPE
     native()
-    run_cfg, named, auto = with_resolved_precision(_cfg(bundles["speech"]), bundles["speech"])
+    run_cfg, named, auto = _resolved(_cfg(bundles["speech"]))
     assert auto == "float32" and run_cfg.model_overrides == ["encoder.dtype=float32"]
     assert named == []  # float32 is the reference precision: the default output's model id stays as it was
 
@@ -78,17 +88,17 @@ def test_shared_asr_keeps_float32(bundles, native):
     native("cpu")
     b = bundles["text"]
     asr = bundle_config(b).encoder.path  # the bundle's own Whisper checkpoint: shared-encoder ASR
-    assert encoder_precision(_cfg(b, asr_model=asr), b) == "float32"
-    assert encoder_precision(_cfg(b, asr_model=asr, asr_shared=False), b) == AUTO_ENCODER_DTYPE
-    assert encoder_precision(_cfg(b), b) == AUTO_ENCODER_DTYPE  # transcripts come with the manifest
+    assert _auto(_cfg(b, asr_model=asr)) == "float32"
+    assert _auto(_cfg(b, asr_model=asr, asr_shared=False)) == AUTO_ENCODER_DTYPE
+    assert _auto(_cfg(b)) == AUTO_ENCODER_DTYPE  # transcripts come with the manifest
 
 
 def test_a_named_precision_is_kept(bundles, native):
     native("cpu")
-    assert encoder_precision(_cfg(bundles["float32"]), bundles["float32"]) is None  # the bundle's own choice
+    assert _auto(_cfg(bundles["float32"])) is None  # the bundle's own choice
     asked = _cfg(bundles["speech"], model_overrides=["encoder.dtype=float32"])
-    assert encoder_precision(asked, bundles["speech"]) is None
-    run_cfg, named, auto = with_resolved_precision(asked, bundles["speech"])
+    assert _auto(asked) is None
+    run_cfg, named, auto = _resolved(asked)
     assert auto is None and run_cfg.model_overrides == ["encoder.dtype=float32"] == named
 
 
@@ -101,7 +111,9 @@ def test_auto_precision_reaches_the_actors(bundles, native, tmp_path, ray_sessio
 
     calls = pd.read_csv(make_call_archive(tmp_path / "calls", n_calls=2, minutes=0.25, seed=5, workers=1))
     man = tmp_path / "manifest.csv"
-    pd.DataFrame({"recording_id": calls.recording_id, "path": calls.path, "channels": calls.channels}).to_csv(man)
+    pd.DataFrame({"recording_id": calls.recording_id, "path": calls.path, "channels": calls.channels}).to_csv(
+        man, index=False
+    )
     b = bundles["speech"]
     common = dict(
         inputs=[str(man)],
